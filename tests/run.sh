@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Runs every test family and ends with one line "N passed, N failed".
+#   1. unit tests (build/tests/test_*), normal build
+#   2. the same unit tests under AddressSanitizer + UndefinedBehaviorSanitizer (build-asan/)
+#   3. integration tests (tests/integration/test_*.sh and test_*.py): daemon over HTTP, CLI,
+#      PyTorch parity, systemd, browser
+# Each family prints PASS/FAIL lines; a binary or script that crashes counts as one failure.
+# Options (environment): TESTS_ONLY=unit|asan|integration, TEST_FILTER=substring.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+export CDCD_SHARED_DATA=${CDCD_SHARED_DATA:-$ROOT/../shared/data}
+export CDCD_ROOT=$ROOT
+ART=$ROOT/tests/artifacts
+mkdir -p "$ART"
+passed=0
+failed=0
+failed_names=()
+
+count_output() { # $1 = label, $2 = log file, $3 = exit status
+    local p f
+    p=$(grep -c '^PASS ' "$2" || true)
+    f=$(grep -c '^FAIL ' "$2" || true)
+    passed=$((passed + p))
+    failed=$((failed + f))
+    while read -r line; do failed_names+=("$1: ${line#FAIL }"); done < <(grep '^FAIL ' "$2" || true)
+    if [[ $3 -ne 0 && $f -eq 0 ]]; then
+        failed=$((failed + 1))
+        failed_names+=("$1: exited with status $3 and no FAIL line (crash?)")
+    fi
+}
+
+run_one() { # $1 = label, rest = command
+    local label=$1; shift
+    local log="$ART/$(echo "$label" | tr '/ ' '__').log"
+    local t0=$SECONDS
+    "$@" >"$log" 2>&1
+    local rc=$?
+    count_output "$label" "$log" $rc
+    printf '%-48s %s (%ds)\n' "$label" "$([[ $rc -eq 0 ]] && echo ok || echo FAILED)" $((SECONDS - t0))
+    if [[ $rc -ne 0 ]]; then grep -E '^(FAIL|  )' "$log" | head -40 | sed 's/^/    /'; tail -5 "$log" | sed 's/^/    | /'; fi
+}
+
+want() { [[ -z "${TESTS_ONLY:-}" || "$TESTS_ONLY" == "$1" ]]; }
+match() { [[ -z "${TEST_FILTER:-}" || "$1" == *"$TEST_FILTER"* ]]; }
+
+if want unit; then
+    echo "== unit tests"
+    for t in build/tests/test_*; do
+        [[ -x $t ]] || continue
+        match "$t" || continue
+        run_one "unit/$(basename "$t")" "$t"
+    done
+fi
+
+if want asan; then
+    echo "== unit tests under ASan+UBSan"
+    if make --no-print-directory -s BUILD=build-asan OPT=-O1 \
+        SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" \
+        build-asan/libcdcd.a $(ls tests/unit/test_*.c | sed 's#tests/unit/\(.*\)\.c#build-asan/tests/\1#') \
+        >"$ART/asan-build.log" 2>&1; then
+        for t in build-asan/tests/test_*; do
+            [[ -x $t ]] || continue
+            match "$t" || continue
+            ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
+                CDCD_TEST_FAST=1 run_one "asan/$(basename "$t")" "$t"
+        done
+    else
+        failed=$((failed + 1)); failed_names+=("asan: build failed (see tests/artifacts/asan-build.log)")
+        tail -20 "$ART/asan-build.log"
+    fi
+fi
+
+if want integration; then
+    echo "== integration tests"
+    for t in tests/integration/test_*.sh tests/integration/test_*.py; do
+        [[ -f $t ]] || continue
+        match "$t" || continue
+        case "$t" in
+            *.py) run_one "integration/$(basename "$t")" /usr/bin/python3 "$t" ;;
+            *) run_one "integration/$(basename "$t")" bash "$t" ;;
+        esac
+    done
+fi
+
+echo
+if ((${#failed_names[@]})); then
+    echo "failures:"
+    printf '  %s\n' "${failed_names[@]}"
+fi
+echo "$passed passed, $failed failed"
+[[ $failed -eq 0 ]]
