@@ -1,0 +1,53 @@
+/* The CDCD sampler: Euler (or Heun) ODE integration with score interpolation, timesteps
+ * spaced uniformly in warped time, prompts/infilling through the conditioning channels,
+ * classifier-free guidance and self-conditioning. Runs on the caller's thread (which must
+ * be the only BLAS caller for the model it uses). */
+#ifndef CDCD_SAMPLER_H
+#define CDCD_SAMPLER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct cdcd_model;
+struct cdcd_schedule;
+struct cdcd_tokenizer;
+
+#define CDCD_SAMPLE_DEFAULT_STEPS 200
+#define CDCD_SAMPLE_DEFAULT_N 4
+
+typedef struct {
+    int n;              /* stories per call */
+    int steps;          /* ODE steps (>= 1) */
+    int length;         /* sequence length L, <= the model's max_seq_len; 0 = model max */
+    uint64_t seed;
+    float temperature;  /* final-token sampling temperature; 0 = argmax */
+    float guidance;     /* classifier-free guidance scale gamma; 1 = plain conditional */
+    float score_temp;   /* scales the logits used for x-hat-0; 1 = as trained */
+    int heun;           /* 1 = Heun's second-order method */
+    int self_cond;      /* use self-conditioning (only if the model was trained with it) */
+    const char *prompt; /* prefix text, or NULL/"" */
+    const char *infill; /* text with [MASK] tokens to fill, or NULL */
+    int preview_every;  /* decode the argmax text every K steps for progress (0 = never) */
+} cdcd_sample_params;
+
+void cdcd_sample_params_default(cdcd_sample_params *p);
+
+typedef struct {
+    int n, T;
+    int32_t *ids;  /* (n, T): [CLS] story [SEP] [PAD]... */
+    char **texts;  /* n decoded stories, cut at the first [SEP] */
+} cdcd_sample_result;
+
+/* Progress after each step; preview is the argmax text of story 0 or NULL. Return non-zero
+ * to cancel the run. */
+typedef int (*cdcd_sample_progress_fn)(void *ctx, int step, int n_steps, double t,
+                                       double mean_entropy, const char *preview);
+
+/* Returns 0, or -1 with a message in err (bad arguments are reported, never crash). */
+int cdcd_sample(struct cdcd_model *model, const struct cdcd_schedule *sched,
+                const struct cdcd_tokenizer *tok, const cdcd_sample_params *params,
+                cdcd_sample_progress_fn progress, void *progress_ctx, cdcd_sample_result *out,
+                char *err, size_t errlen);
+void cdcd_sample_result_free(cdcd_sample_result *r);
+
+#endif

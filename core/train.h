@@ -1,0 +1,77 @@
+/* The CDCD trainer: one object per run, driven by exactly one thread (the only BLAS caller
+ * for that run). It owns the model, the optimiser, the data iterators, the noise schedule
+ * and the RNG streams, and reports through a sink so the CLI can write CSV and the daemon
+ * can write SQLite without core/ knowing either.
+ *
+ * Life cycle:  t = cdcd_trainer_create(cfg, run_dir, &sink, err, sizeof err)   (or _resume)
+ *              while ((rc = cdcd_trainer_step(t)) == 0) { ... }   rc 1 = max_steps reached
+ *              cdcd_trainer_checkpoint(t); cdcd_trainer_free(t);
+ * All functions are called from the trainer's own thread only. */
+#ifndef CDCD_TRAIN_H
+#define CDCD_TRAIN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "runconfig.h"
+
+typedef struct cdcd_trainer cdcd_trainer;
+
+typedef struct {
+    int64_t step;        /* optimiser steps done, after this one */
+    double loss;         /* batch loss (mean per-sequence cross-entropy) */
+    double lr;
+    double grad_norm;    /* before clipping */
+    double tokens_per_s; /* real (non-pad) tokens per second over the last step */
+    int64_t tokens;      /* real tokens seen so far */
+    double step_ms;
+    int nonfinite;       /* 1 when loss or grad norm was NaN/Inf (the update was skipped) */
+} cdcd_step_report;
+
+typedef struct {
+    int64_t step;
+    int ok; /* 0: the fit failed and the previous parameters were kept */
+    double mu, s, h, o, rmse;
+    int n;
+    int kind; /* CDCD_SCHEDULE_CAUCHY or CDCD_SCHEDULE_PWL (schedule.h) */
+} cdcd_fit_report;
+
+/* Every callback is optional and runs on the trainer thread: keep it short (queue work). */
+typedef struct {
+    void *ctx;
+    void (*on_step)(void *ctx, const cdcd_step_report *r);
+    /* One (sigma, loss) sample per sequence of the step's batch. */
+    void (*on_entropy)(void *ctx, int64_t step, int n, const float *sigma, const float *loss);
+    void (*on_fit)(void *ctx, const cdcd_fit_report *fit);
+    void (*on_valid)(void *ctx, int64_t step, double valid_loss);
+    void (*on_checkpoint)(void *ctx, int64_t step, const char *path, uint64_t bytes,
+                          const char *sha256_hex);
+    /* The most recent n (sigma, loss) samples of this run, oldest first; returns the count
+     * written, or -1 on error. When NULL the trainer keeps its own ring buffer. */
+    int (*recent_samples)(void *ctx, int n, float *sigma, float *loss);
+} cdcd_train_sink;
+
+/* Returns NULL on error with a message in err. run_dir receives checkpoints. */
+cdcd_trainer *cdcd_trainer_create(const cdcd_run_config *cfg, const char *run_dir,
+                                  const cdcd_train_sink *sink, char *err, size_t errlen);
+/* Resumes from a checkpoint file (config, weights, optimiser, schedule, RNG and data
+ * position all come from it): the following steps are bit-identical to an uninterrupted
+ * run with the same thread count. NULL on error with a message in err. */
+cdcd_trainer *cdcd_trainer_resume(const char *checkpoint_path, const char *run_dir,
+                                  const cdcd_train_sink *sink, char *err, size_t errlen);
+/* One optimiser step plus the periodic work that falls due (refit, validation, checkpoint).
+ * Returns 0 to go on, 1 when max_steps is reached, -1 on error (cdcd_trainer_error). */
+int cdcd_trainer_step(cdcd_trainer *t);
+/* Writes run_dir/step-NNNNNNNN.ckpt atomically and reports it. 0 or -1. */
+int cdcd_trainer_checkpoint(cdcd_trainer *t);
+const char *cdcd_trainer_error(const cdcd_trainer *t);
+int64_t cdcd_trainer_step_count(const cdcd_trainer *t);
+const cdcd_run_config *cdcd_trainer_config(const cdcd_trainer *t);
+struct cdcd_model *cdcd_trainer_model(cdcd_trainer *t);
+struct cdcd_schedule *cdcd_trainer_schedule(cdcd_trainer *t);
+/* Mean validation cross-entropy over the run's valid file at sigmas drawn from the
+ * current schedule (fixed seed, so repeated calls are comparable). */
+int cdcd_trainer_validate(cdcd_trainer *t, double *out_loss);
+void cdcd_trainer_free(cdcd_trainer *t);
+
+#endif
