@@ -12,7 +12,7 @@ PREFIX ?= /usr/local
 DESTDIR ?=
 VERSION := 0.1.0
 
-PKGS := libmicrohttpd libcjson sqlite3 libuv openblas libutf8proc
+PKGS := libmicrohttpd libcjson sqlite3 libuv openblas libutf8proc libcrypto
 HAVE_SYSTEMD := $(shell pkg-config --exists libsystemd && echo 1)
 ifeq ($(HAVE_SYSTEMD),1)
 PKGS += libsystemd

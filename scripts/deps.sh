@@ -8,7 +8,7 @@ set -euo pipefail
 BUILD_PKGS=(
   build-essential pkg-config
   libmicrohttpd-dev libcjson-dev libsqlite3-dev libuv1-dev
-  libopenblas-pthread-dev liblapacke-dev libutf8proc-dev libsystemd-dev
+  libopenblas-pthread-dev libutf8proc-dev libsystemd-dev libssl-dev
   ca-certificates curl sqlite3
 )
 # Tests, benchmarks and the dashboard build.
