@@ -26,9 +26,11 @@
  *
  * Watchdog rule: cdcdd_notify_watchdog_tick() runs on the event loop's timer, so its running
  * at all proves the loop is alive; it sends WATCHDOG=1 only if every registered, non-idle
- * heartbeat advanced since the last WATCHDOG=1 sent. A trainer therefore has to beat at least
- * once every (WatchdogSec/2 - tick period); long checkpoints or evaluations must beat inside
- * their loops or mark themselves idle. A withheld ping is logged (once per stall) with the
+ * heartbeat advanced since the last WATCHDOG=1 sent. After a ping at t, the next one goes out
+ * at the first tick at which every trainer has beaten again, and systemd acts at t + WatchdogSec:
+ * a trainer therefore has to beat at least once every (WatchdogSec - tick period), i.e. within
+ * 3/4 of WatchdogSec (90 s with the unit's 120 s); long checkpoints or evaluations must beat
+ * inside their loops or mark themselves idle. A withheld ping is logged (once per stall) with the
  * stuck heartbeat's name, and systemd restarts the service after WatchdogSec without pings. */
 #ifndef CDCDD_NOTIFY_H
 #define CDCDD_NOTIFY_H

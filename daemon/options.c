@@ -61,19 +61,19 @@ static const opt_def option_table[] = {
     {"config", OPT_CONFIG, OFF(config_path), SZ(config_path), 0, 0, 0, 0, "FILE",
      "read settings from FILE first (also $CDCDD_CONFIG); flags override it"},
     {"listen", OPT_LISTEN, 0, 0, 0, 0, CDCDD_OPT_F_LISTEN, 0, "HOST:PORT",
-     "address to serve HTTP on; [::1]:8080 for IPv6 (default " CDCDD_DEFAULT_HOST ":8080)"},
+     "address to serve HTTP on; [::1]:8080 for IPv6"},
     {"port", OPT_PORT, OFF(listen_port), 0, 0, 65535, CDCDD_OPT_F_LISTEN, 0, "N",
      "port only, keeping the host (0 = any free port)"},
     {"state_dir", OPT_STR, OFF(state_dir), SZ(state_dir), 0, 0, CDCDD_OPT_F_STATE_DIR,
-     OPT_NONEMPTY, "DIR", "database and checkpoints (default " CDCDD_DEFAULT_STATE_DIR ")"},
+     OPT_NONEMPTY, "DIR", "database and checkpoints"},
     {"data_dir", OPT_STR, OFF(data_dir), SZ(data_dir), 0, 0, CDCDD_OPT_F_DATA_DIR,
-     OPT_NONEMPTY, "DIR", "token files runs may read (default " CDCDD_DEFAULT_DATA_DIR ")"},
+     OPT_NONEMPTY, "DIR", "token files runs may read"},
     {"web_dir", OPT_STR, OFF(web_dir), SZ(web_dir), 0, 0, CDCDD_OPT_F_WEB_DIR, 0, "DIR",
-     "dashboard assets; empty = no dashboard (default " CDCDD_DEFAULT_WEB_DIR ")"},
+     "dashboard assets; empty = no dashboard"},
     {"token", OPT_TOKEN, OFF(token), SZ(token), 0, 0, CDCDD_OPT_F_TOKEN, 0, "TOKEN",
      "bearer token for the API (also $CDCDD_TOKEN; prefer token_file: argv is public)"},
     {"token_file", OPT_TOKEN_FILE, OFF(token_file), SZ(token_file), 0, 0, CDCDD_OPT_F_TOKEN,
-     0, "FILE", "read the bearer token from FILE (default: $CREDENTIALS_DIRECTORY/token)"},
+     0, "FILE", "read the bearer token from FILE (else $CREDENTIALS_DIRECTORY/token if present)"},
     {"max_runs", OPT_INT, OFF(max_runs), 0, 1, CDCDD_MAX_RUNS_LIMIT, CDCDD_OPT_F_MAX_RUNS, 0,
      "N", "runs training at once; the rest wait in the queue"},
     {"threads_per_run", OPT_INT, OFF(threads_per_run), 0, 0, CDCDD_MAX_THREADS_PER_RUN,
@@ -97,7 +97,7 @@ static const opt_def option_table[] = {
     {"max_run_memory", OPT_BYTES, OFF(limits.max_run_memory), 0, 0, 1024 * 1024 * GIB,
      CDCDD_OPT_F_RUN_MEMORY, 0, "BYTES", "memory one run may use; 0 = no limit"},
     {"log_level", OPT_LEVEL, OFF(log_level), 0, 0, 0, CDCDD_OPT_F_LOG_LEVEL, 0, "LEVEL",
-     "debug, info, warn, error or off (default info)"},
+     "debug, info, warn, error or off"},
     {"log_file", OPT_STR, OFF(log_file), SZ(log_file), 0, 0, CDCDD_OPT_F_LOG_FILE, 0, "FILE",
      "append log lines to FILE instead of stderr (empty = stderr, for journald)"},
 };
@@ -388,8 +388,10 @@ cleanup:
     return rc;
 }
 
-/* Reads a token from path: first line, surrounding whitespace removed. 0 or error. */
-static int opt_read_token_file(cdcdd_options *o, const char *path, char *err, size_t errlen) {
+/* Reads a token from path: first line, surrounding whitespace removed. 0 or error; an empty
+ * file is an error unless allow_empty (then o->token is left empty). */
+static int opt_read_token_file(cdcdd_options *o, const char *path, int allow_empty, char *err,
+                               size_t errlen) {
     char buf[OPT_TOKEN_FILE_MAX + 1];
     FILE *f = fopen(path, "r");
     if (!f) return opt_fail(err, errlen, "token_file %s: %s", path, strerror(errno));
@@ -401,7 +403,10 @@ static int opt_read_token_file(cdcdd_options *o, const char *path, char *err, si
     char *nl = strchr(buf, '\n');
     if (nl) *nl = '\0';
     char *t = opt_trim(buf);
-    if (!*t) return opt_fail(err, errlen, "token_file %s is empty", path);
+    if (!*t) {
+        o->token[0] = '\0';
+        return allow_empty ? 0 : opt_fail(err, errlen, "token_file %s is empty", path);
+    }
     if (strlen(t) > CDCDD_MAX_TOKEN_BYTES)
         return opt_fail(err, errlen, "token_file %s: token longer than %d bytes", path,
                         CDCDD_MAX_TOKEN_BYTES);
@@ -411,15 +416,16 @@ static int opt_read_token_file(cdcdd_options *o, const char *path, char *err, si
 
 int cdcdd_options_validate(cdcdd_options *o, char *err, size_t errlen) {
     if (o->token_file[0]) {
-        if (opt_read_token_file(o, o->token_file, err, errlen) < 0) return CDCDD_OPTIONS_ERROR;
+        if (opt_read_token_file(o, o->token_file, 0, err, errlen) < 0) return CDCDD_OPTIONS_ERROR;
     } else if (!o->token[0]) { /* systemd LoadCredential=token:... */
         const char *cred = getenv(OPT_ENV_CREDENTIALS);
         if (cred && *cred) {
             char path[CDCDD_OPT_PATH_MAX];
             int n = snprintf(path, sizeof path, "%s/%s", cred, OPT_CREDENTIAL_NAME);
             if (n > 0 && (size_t)n < sizeof path && access(path, R_OK) == 0) {
-                if (opt_read_token_file(o, path, err, errlen) < 0) return CDCDD_OPTIONS_ERROR;
-                snprintf(o->token_file, sizeof o->token_file, "%s", path);
+                /* an empty credential means "no token", like an unset $CDCDD_TOKEN */
+                if (opt_read_token_file(o, path, 1, err, errlen) < 0) return CDCDD_OPTIONS_ERROR;
+                if (o->token[0]) snprintf(o->token_file, sizeof o->token_file, "%s", path);
             }
         }
     }
@@ -439,6 +445,42 @@ int cdcdd_options_validate(cdcdd_options *o, char *err, size_t errlen) {
     return CDCDD_OPTIONS_OK;
 }
 
+/* Formats setting d of o as it would be written in a config file (no quotes). */
+static void opt_format_value(const cdcdd_options *o, const opt_def *d, char *buf, size_t len) {
+    static const char *const level_names[] = {"debug", "info", "warn", "error", "off"};
+    static const char suffixes[] = "KMGT";
+    const char *base = (const char *)o;
+    buf[0] = '\0';
+    switch (d->type) {
+    case OPT_CONFIG:
+    case OPT_STR:
+    case OPT_TOKEN_FILE: snprintf(buf, len, "%s", base + d->off); break;
+    case OPT_TOKEN: snprintf(buf, len, "%s", o->token[0] ? "<set>" : ""); break;
+    case OPT_LISTEN:
+        snprintf(buf, len, strchr(o->listen_host, ':') ? "[%s]:%d" : "%s:%d", o->listen_host,
+                 o->listen_port);
+        break;
+    case OPT_PORT:
+    case OPT_INT: snprintf(buf, len, "%d", *(const int *)(base + d->off)); break;
+    case OPT_I64: snprintf(buf, len, "%" PRId64, *(const int64_t *)(base + d->off)); break;
+    case OPT_BYTES: {
+        uint64_t b = *(const uint64_t *)(base + d->off);
+        int k = -1;
+        while (b && k < 3 && (b & 1023) == 0) {
+            b >>= 10;
+            k++;
+        }
+        if (k >= 0) snprintf(buf, len, "%" PRIu64 "%c", b, suffixes[k]);
+        else snprintf(buf, len, "%" PRIu64, b);
+        break;
+    }
+    case OPT_LEVEL:
+        snprintf(buf, len, "%s",
+                 (unsigned)o->log_level <= CDCD_LOG_OFF ? level_names[o->log_level] : "info");
+        break;
+    }
+}
+
 static void opt_print_help(FILE *f, const char *prog) {
     fprintf(f,
             "usage: %s [--config FILE] [--SETTING VALUE | --SETTING=VALUE]...\n"
@@ -446,6 +488,8 @@ static void opt_print_help(FILE *f, const char *prog) {
             "Settings come from built-in defaults, then FILE (key = value lines), then\n"
             "$CDCDD_TOKEN, then these flags. SIGHUP re-reads them.\n\n",
             prog, CDCD_VERSION);
+    cdcdd_options defaults;
+    cdcdd_options_defaults(&defaults);
     for (size_t i = 0; i < sizeof option_table / sizeof option_table[0]; i++) {
         const opt_def *d = &option_table[i];
         char flag[OPT_KEY_MAX + 32];
@@ -454,7 +498,13 @@ static void opt_print_help(FILE *f, const char *prog) {
             flag[n++] = *k == '_' ? '-' : *k;
         flag[n] = '\0';
         snprintf(flag + n, sizeof flag - (size_t)n, " %s", d->arg);
-        fprintf(f, "%-34s %s\n", flag, d->help);
+        char def[CDCDD_OPT_PATH_MAX];
+        opt_format_value(&defaults, d, def, sizeof def);
+        if (d->type == OPT_CONFIG || d->type == OPT_TOKEN || d->type == OPT_TOKEN_FILE ||
+            d->type == OPT_PORT)
+            fprintf(f, "%-34s %s\n", flag, d->help);
+        else
+            fprintf(f, "%-34s %s [%s]\n", flag, d->help, def[0] ? def : "empty");
     }
     fprintf(f, "  %-32s %s\n  %-32s %s\n\nSee cdcdd(8) and systemd/cdcdd.conf.\n",
             "-h, --help", "show this help", "-V, --version", "show the version");
@@ -605,31 +655,13 @@ int cdcdd_options_threads_per_run(const cdcdd_options *o) {
 }
 
 void cdcdd_options_dump(const cdcdd_options *o, FILE *f) {
-    static const char *const level_names[] = {"debug", "info", "warn", "error", "off"};
-    const char *base = (const char *)o;
+    char v[CDCDD_OPT_PATH_MAX + 8];
     for (size_t i = 0; i < sizeof option_table / sizeof option_table[0]; i++) {
         const opt_def *d = &option_table[i];
-        switch (d->type) {
-        case OPT_CONFIG: fprintf(f, "# config = %s\n", o->config_path); break;
-        case OPT_STR:
-        case OPT_TOKEN_FILE: fprintf(f, "%s = \"%s\"\n", d->key, base + d->off); break;
-        case OPT_TOKEN: fprintf(f, "# token = %s\n", o->token[0] ? "<set>" : ""); break;
-        case OPT_LISTEN:
-            fprintf(f, strchr(o->listen_host, ':') ? "listen = [%s]:%d\n" : "listen = %s:%d\n",
-                    o->listen_host, o->listen_port);
-            break;
-        case OPT_PORT: break; /* part of listen */
-        case OPT_INT: fprintf(f, "%s = %d\n", d->key, *(const int *)(base + d->off)); break;
-        case OPT_I64:
-            fprintf(f, "%s = %" PRId64 "\n", d->key, *(const int64_t *)(base + d->off));
-            break;
-        case OPT_BYTES:
-            fprintf(f, "%s = %" PRIu64 "\n", d->key, *(const uint64_t *)(base + d->off));
-            break;
-        case OPT_LEVEL:
-            fprintf(f, "log_level = %s\n",
-                    (unsigned)o->log_level <= CDCD_LOG_OFF ? level_names[o->log_level] : "info");
-            break;
-        }
+        if (d->type == OPT_PORT) continue; /* part of listen */
+        opt_format_value(o, d, v, sizeof v);
+        int comment = d->type == OPT_CONFIG || d->type == OPT_TOKEN;
+        int quote = d->type == OPT_STR || d->type == OPT_TOKEN_FILE;
+        fprintf(f, quote ? "%s%s = \"%s\"\n" : "%s%s = %s\n", comment ? "# " : "", d->key, v);
     }
 }

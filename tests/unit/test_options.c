@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "options.h"
 #include "test.h"
@@ -247,6 +248,18 @@ TEST(test_options_token_sources) {
     setenv("CREDENTIALS_DIRECTORY", test_tmpdir(), 1);
     EXPECT(parse_args(&o, NULL) == CDCDD_OPTIONS_OK);
     EXPECT_STREQ(o.token, "s3cret-file-token");
+    setenv("CDCDD_TOKEN", "env-wins", 1); /* an explicit token beats the credential */
+    EXPECT(parse_args(&o, NULL) == CDCDD_OPTIONS_OK);
+    EXPECT_STREQ(o.token, "env-wins");
+    clean_env();
+    /* an empty credential means no token, not an error */
+    char cred[4096];
+    snprintf(cred, sizeof cred, "%s/cred", test_tmpdir());
+    mkdir(cred, 0700);
+    write_file("cred/token", "\n");
+    setenv("CREDENTIALS_DIRECTORY", cred, 1);
+    EXPECT(parse_args(&o, NULL) == CDCDD_OPTIONS_OK);
+    EXPECT_STREQ(o.token, "");
     clean_env();
 }
 
