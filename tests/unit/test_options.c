@@ -346,6 +346,31 @@ TEST(test_options_dump_roundtrip) {
     EXPECT(cdcdd_options_diff(&o, &back) == 0);
 }
 
+/* The shipped example configuration parses and matches the documented values. */
+TEST(test_options_example_config) {
+    clean_env();
+    const char *root = getenv("CDCD_ROOT");
+    char path[4096];
+    snprintf(path, sizeof path, "%s/systemd/cdcdd.conf", root && *root ? root : ".");
+    if (access(path, R_OK) != 0) {
+        printf("  # %s not found (run from the repository root)\n", path);
+        ASSERT(0);
+    }
+    cdcdd_options o;
+    const char *args[] = {"--config", path, NULL};
+    int rc = parse_args(&o, args);
+    EXPECTF(rc == CDCDD_OPTIONS_OK, "%.400s", errbuf);
+    EXPECT_STREQ(o.state_dir, "/var/lib/cdcdd");
+    EXPECT_STREQ(o.data_dir, "/var/lib/cdcdd/data");
+    EXPECT_STREQ(o.listen_host, "127.0.0.1");
+    EXPECT(o.listen_port == 8080);
+    /* every limit in the example equals the compiled-in default */
+    cdcdd_options d;
+    cdcdd_options_defaults(&d);
+    EXPECT(memcmp(&o.limits, &d.limits, sizeof d.limits) == 0);
+    EXPECT(o.max_runs == d.max_runs && o.threads_per_run == d.threads_per_run);
+}
+
 int main(void) {
     RUN(test_options_defaults);
     RUN(test_options_file);
@@ -355,5 +380,6 @@ int main(void) {
     RUN(test_options_help_version);
     RUN(test_options_reload);
     RUN(test_options_dump_roundtrip);
+    RUN(test_options_example_config);
     return test_summary();
 }
