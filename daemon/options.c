@@ -585,14 +585,17 @@ int cdcdd_options_parse(int argc, char **argv, cdcdd_options *o, char *err, size
     cdcdd_options_defaults(o);
     if (err && errlen) err[0] = '\0';
     for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+        const char *a = argv[i];
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
             opt_print_help(stdout, argc > 0 ? argv[0] : "cdcdd");
             return CDCDD_OPTIONS_EXIT;
         }
-        if (strcmp(argv[i], "--version") == 0 || strcmp(argv[i], "-V") == 0) {
+        if (strcmp(a, "--version") == 0 || strcmp(a, "-V") == 0) {
             printf("cdcdd %s\n", CDCD_VERSION);
             return CDCDD_OPTIONS_EXIT;
         }
+        /* skip the value of "--key value" so `--token -h` is not taken for help */
+        if (strcmp(a, "-c") == 0 || (strncmp(a, "--", 2) == 0 && a[2] && !strchr(a, '='))) i++;
     }
     return opt_build(argc, argv, o, err, errlen);
 }

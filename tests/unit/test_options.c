@@ -285,6 +285,9 @@ TEST(test_options_help_version) {
     text[n] = '\0';
     fclose(cap);
     EXPECT(rc_help == CDCDD_OPTIONS_EXIT);
+    const char *t[] = {"--token", "-h", NULL}; /* a value that looks like a flag */
+    EXPECT(parse_args(&o, t) == CDCDD_OPTIONS_OK);
+    EXPECT_STREQ(o.token, "-h");
     EXPECT(rc_ver == CDCDD_OPTIONS_EXIT);
     EXPECT(strstr(text, "--state-dir DIR") != NULL);
     EXPECT(strstr(text, "--max-connections-per-ip N") != NULL);
