@@ -8,7 +8,59 @@
 #include <stddef.h>
 #include <stdint.h>
 
-typedef struct cdcd_run_config cdcd_run_config; /* defined in runconfig.c's header section below */
+#define CDCD_RUN_NAME_MAX 64
+#define CDCD_RUN_PATH_MAX 1024
+
+typedef enum { CDCD_DECAY_COSINE = 0, CDCD_DECAY_EXP = 1, CDCD_DECAY_NONE = 2 } cdcd_lr_decay;
+typedef enum { CDCD_DATA_WINDOW = 0, CDCD_DATA_TRUNCATE = 1 } cdcd_data_mode;
+
+/* The model section mirrors cdcd_model_config (core/model.h) field for field. */
+typedef struct {
+    int vocab_size, d_emb, d_model, n_heads, n_layers, cond_dim, max_seq_len;
+    int head_embedding; /* 0 = "logits" (default), 1 = "embedding" */
+    int cond_channels, self_cond;
+    float emb_init_std, init_std;
+} cdcd_run_model;
+
+typedef struct cdcd_run_config {
+    char name[CDCD_RUN_NAME_MAX];
+    char preset[16];
+    uint64_t seed;
+    cdcd_run_model model;
+    struct {
+        char train[CDCD_RUN_PATH_MAX], valid[CDCD_RUN_PATH_MAX]; /* resolved paths */
+        int seq_len;
+        cdcd_data_mode mode;
+    } data;
+    struct {
+        int batch_size;
+        int64_t max_steps;
+        int threads;
+        int checkpoint_every; /* steps; 0 = only at the end */
+        int valid_every;      /* steps; 0 = never */
+        int valid_batches;
+        int keep_checkpoints; /* newest N kept on disk; 0 = all */
+    } train;
+    struct {
+        float lr, beta1, beta2, eps, weight_decay, clip;
+        int warmup_steps;
+        cdcd_lr_decay decay;
+        float min_lr_ratio; /* final lr = lr * min_lr_ratio */
+        float ema;          /* EMA decay of the weights; 0 = off */
+    } optim;
+    struct {
+        int kind; /* CDCD_SCHEDULE_CAUCHY (0) or CDCD_SCHEDULE_PWL (1) */
+        float tmin, tmax;
+        int window;      /* last N (sigma, loss) samples used by a refit */
+        int refit_every; /* steps */
+    } schedule;
+    struct {
+        float p_cond;      /* probability that an example gets a conditioning mask */
+        float p_prefix;    /* among those, the share of prefix masks (the rest: random subsets) */
+        float p_drop;      /* conditioning dropped (for classifier-free guidance) */
+        float p_self_cond; /* share of the batch trained with self-conditioning */
+    } cond;
+} cdcd_run_config;
 
 typedef struct {
     char field[128];   /* JSON path of the offending key, e.g. "train.batch_size" ("" when global) */
@@ -19,6 +71,7 @@ typedef struct {
     const char *data_dir;      /* relative data paths resolve here; NULL = current directory */
     int confine_to_data_dir;   /* 1 (daemon): absolute paths and ".." escapes are refused */
     uint64_t max_memory_bytes; /* 0 = no limit; otherwise refuse configs whose estimate is above */
+    int skip_file_checks;      /* 1: do not require the token files to exist (checkpoint reload) */
 } cdcd_config_env;
 
 /* Parses and validates; returns NULL with err filled on any problem. */
@@ -28,6 +81,11 @@ cdcd_run_config *cdcd_run_config_parse(const char *json, size_t len, const cdcd_
 char *cdcd_run_config_to_json(const cdcd_run_config *cfg);
 cdcd_run_config *cdcd_run_config_clone(const cdcd_run_config *cfg);
 void cdcd_run_config_free(cdcd_run_config *cfg);
+
+/* Conversions between the run's model section and core/model.h's config. */
+#include "model.h"
+void cdcd_run_model_from(cdcd_run_model *dst, const cdcd_model_config *m);
+void cdcd_run_model_to(const cdcd_run_model *src, cdcd_model_config *m);
 
 /* Accessors the daemon needs without seeing the struct. */
 int cdcd_run_config_threads(const cdcd_run_config *cfg);
