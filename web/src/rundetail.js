@@ -1,0 +1,433 @@
+// One run's page: header and actions, the loss / lr / grad-norm / tokens-per-s charts, the
+// entropy-vs-sigma scatter with its Cauchy fit and fit history, the generate panel and the
+// stored samples. Live data arrives over the run's SSE stream and is appended to the charts.
+import * as api from './api.js';
+import { EntropyChart, FitHistoryChart, LossChart, MetricChart, COLORS } from './charts.js';
+import { $, h, setText, fmtInt, fmtNum, fmtDuration, now, frameThrottle, actionsFor, ACTION_LABEL } from './util.js';
+
+const MAX_ENTROPY_POINTS = 4000; // most recent (sigma, loss) samples kept in the scatter
+const ENTROPY_POLL_MS = 3000;
+const TERMINAL = new Set(['finished', 'done', 'completed', 'stopped', 'failed', 'cancelled']);
+
+export class RunDetail {
+  // ctx: { onAction(run, verb), onRunChanged(), onStatus(state) }
+  constructor(root, run, ctx) {
+    this.root = root;
+    this.run = run;
+    this.ctx = ctx;
+    this.ac = new AbortController(); // removes every listener this view added
+    const on = (el, ev, fn) => el.addEventListener(ev, fn, { signal: this.ac.signal });
+
+    this.series = api.emptySeries();
+    this.entropy = { step: [], sigma: [], loss: [] };
+    this.fits = [];
+    this.fit = null;
+    this.samples = [];
+    this.genAbort = null;
+    this.loaded = false;
+
+    root.hidden = false;
+    this.loss = new LossChart($('#loss-chart', root), { onZoom: (a, b) => this.zoomTo(a, b) });
+    this.lr = new MetricChart($('#lr-chart', root), { label: 'lr', color: COLORS.lr, key: 'lr' });
+    this.grad = new MetricChart($('#grad-chart', root), { label: 'grad norm', color: COLORS.grad, key: 'gradNorm' });
+    this.tps = new MetricChart($('#tps-chart', root), { label: 'tokens/s', color: COLORS.tps, key: 'tokensPerS' });
+    this.entropyChart = new EntropyChart($('#entropy-chart', root));
+    this.fitsChart = new FitHistoryChart($('#fits-chart', root));
+    this.redraw = frameThrottle(() => this.drawSeries(), 250);
+
+    // loss controls keep their settings from run to run
+    const logy = $('#loss-logy', root);
+    const ema = $('#loss-ema', root);
+    const xmode = $('#loss-x', root);
+    this.loss.smoothing = Number(ema.value);
+    if (logy.checked) this.loss.logY = true;
+    if (xmode.value !== 'step') this.loss.xMode = xmode.value;
+    if (this.loss.logY || this.loss.xMode !== 'step') this.loss.build();
+    setText($('#loss-ema-out', root), Number(ema.value).toFixed(2));
+    on(logy, 'change', () => this.loss.setLogY(logy.checked));
+    on(xmode, 'change', () => this.loss.setXMode(xmode.value));
+    on(ema, 'input', () => { setText($('#loss-ema-out', root), Number(ema.value).toFixed(2)); this.loss.setSmoothing(Number(ema.value)); });
+    on($('#loss-reset', root), 'click', () => this.loss.reset());
+    on($('#gen-form', root), 'submit', (e) => { e.preventDefault(); this.generate(); });
+
+    this.resetPanels();
+    this.update(run);
+    this.load();
+    this.events = new api.RunEvents(run.id, {
+      metrics: (d) => this.onMetrics(d),
+      fit: (d) => this.onFit(d),
+      state: (d) => this.onState(d),
+      sample: (d) => this.onSample(d),
+      reconnected: () => this.resync(),
+    }, (s) => ctx.onStatus(s));
+    this.entropyTimer = setInterval(() => this.pollEntropy(), ENTROPY_POLL_MS);
+    this.ageTimer = setInterval(() => this.renderStats(), 1000);
+  }
+
+  destroy() {
+    this.ac.abort();
+    this.events.close();
+    this.genAbort?.abort();
+    clearInterval(this.entropyTimer);
+    clearInterval(this.ageTimer);
+    for (const c of [this.loss, this.lr, this.grad, this.tps, this.entropyChart, this.fitsChart]) c.destroy();
+    this.root.hidden = true;
+  }
+
+  resetPanels() {
+    const r = this.root;
+    setText($('#fit-params', r), 'no fit yet');
+    setText($('#fits-count', r), '');
+    $('#fits-table tbody', r).textContent = '';
+    $('#gen-stories', r).textContent = '';
+    $('#gen-progress', r).hidden = true;
+    $('#gen-preview', r).hidden = true;
+    $('#gen-error', r).hidden = true;
+    $('#samples-list', r).textContent = '';
+    $('#samples-empty', r).hidden = false;
+    setText($('#run-config', r), '');
+    $('#checkpoints', r).textContent = '';
+    $('#run-actions', r).textContent = '';
+    $('#run-stats', r).dataset.text = '';
+  }
+
+  pointsWanted() {
+    return Math.max(300, Math.min(2000, Math.round(this.loss.width() * 1.5)));
+  }
+
+  // ---- loading ----
+  async load() {
+    const id = this.run.id;
+    const settle = (p) => p.then((v) => ({ v }), (e) => ({ e }));
+    const [m, ent, sch, smp, full, ck] = await Promise.all([
+      settle(api.getMetrics(id, { points: this.pointsWanted() })),
+      settle(api.getEntropy(id, { limit: MAX_ENTROPY_POINTS })),
+      settle(api.getSchedule(id)),
+      settle(api.listSamples(id)),
+      settle(api.getRun(id)),
+      settle(api.listCheckpoints(id)),
+    ]);
+    if (this.ac.signal.aborted) return;
+    if (m.v) { this.series = m.v; this.drawSeries(); }
+    if (ent.v) this.entropy = trimEntropy(ent.v);
+    if (sch.v) { this.fits = sch.v.history.slice(); this.fit = sch.v.current || this.fits[this.fits.length - 1] || null; this.tmin = sch.v.tmin; this.tmax = sch.v.tmax; }
+    if (this.fit && !this.fits.some((f) => f.step === this.fit.step)) this.fits.push(this.fit);
+    this.drawEntropy();
+    if (smp.v) { this.samples = smp.v; this.renderSamples(); }
+    if (full.v) { this.update(full.v); setText($('#run-config', this.root), JSON.stringify(full.v.config ?? {}, null, 2)); }
+    if (ck.v) this.renderCheckpoints(ck.v);
+    this.loaded = true;
+  }
+
+  // After a gap in the event stream (daemon restart): fetch what was missed.
+  async resync() {
+    if (!this.loaded) return;
+    const last = this.lastStep();
+    try {
+      const more = await api.getMetrics(this.run.id, { after: last ?? undefined });
+      this.appendSeries(more);
+      const sch = await api.getSchedule(this.run.id);
+      this.fits = sch.history.slice();
+      this.fit = sch.current || this.fits[this.fits.length - 1] || null;
+      if (this.fit && !this.fits.some((f) => f.step === this.fit.step)) this.fits.push(this.fit);
+      await this.pollEntropy(true);
+      this.samples = await api.listSamples(this.run.id);
+      this.renderSamples();
+    } catch { /* the next reconnect tries again */ }
+  }
+
+  kick() { this.events.kick(); }
+
+  lastStep() {
+    const s = this.series.step;
+    return s.length ? s[s.length - 1] : null;
+  }
+
+  // ---- metrics ----
+  onMetrics(d) {
+    const rows = Array.isArray(d) ? d : Array.isArray(d.points) ? d.points : [d];
+    const cols = api.emptySeries();
+    for (const r of rows) { const n = api.normMetricRow(r); if (n.step !== null) api.pushRow(cols, n); }
+    this.appendSeries(cols);
+    const last = rows[rows.length - 1];
+    if (last) {
+      const n = api.normMetricRow(last);
+      this.run = { ...this.run, step: n.step ?? this.run.step, loss: n.loss ?? this.run.loss,
+        tokensPerS: n.tokensPerS ?? this.run.tokensPerS, tokens: n.tokens ?? this.run.tokens,
+        validLoss: n.validLoss ?? this.run.validLoss };
+      if (this.run.state === 'queued') this.run.state = 'running';
+      this.ctx.onRunChanged(this.run);
+      this.renderStats();
+    }
+  }
+
+  appendSeries(cols) {
+    if (!cols.step.length) return;
+    const s = this.series;
+    // A restarted run re-logs the steps after its checkpoint: drop what they replace.
+    const first = cols.step[0];
+    let cut = s.step.length;
+    while (cut > 0 && s.step[cut - 1] >= first) cut--;
+    if (cut < s.step.length) for (const k of Object.keys(s)) s[k].length = cut;
+    for (const k of Object.keys(s)) s[k].push(...cols[k]);
+    this.redraw();
+    if (s.step.length > 3 * this.pointsWanted()) this.refreshOverview();
+  }
+
+  // The series grew past what the chart needs: ask the daemon to downsample again.
+  refreshOverview() {
+    if (this.refreshing) return;
+    this.refreshing = true;
+    api.getMetrics(this.run.id, { points: this.pointsWanted() })
+      .then((m) => { if (!this.ac.signal.aborted && m.step.length) { this.series = m; this.redraw(); } })
+      .catch(() => {})
+      .finally(() => { this.refreshing = false; });
+  }
+
+  drawSeries() {
+    if (this.ac.signal.aborted) return;
+    this.loss.setOverview(this.series);
+    this.lr.setSeries(this.series);
+    this.grad.setSeries(this.series);
+    this.tps.setSeries(this.series);
+  }
+
+  // A zoomed range: fetch it at full resolution (within the points budget).
+  async zoomTo(a, b) {
+    this.zoomAbort?.abort();
+    if (a === null) { setText($('#loss-hint', this.root), 'Drag across the chart to zoom; double-click or "Reset zoom" to see the whole run.'); return; }
+    const ac = (this.zoomAbort = new AbortController());
+    try {
+      const detail = await api.getMetrics(this.run.id, { after: Math.max(0, a - 1), before: b + 1, points: this.pointsWanted() }, { signal: ac.signal });
+      if (!ac.signal.aborted && detail.step.length) {
+        this.loss.setDetail(detail);
+        setText($('#loss-hint', this.root), `Steps ${fmtInt(a)}–${fmtInt(b)}: ${fmtInt(detail.step.length)} points. Double-click or "Reset zoom" to zoom out.`);
+      }
+    } catch { /* keep the coarse view */ }
+  }
+
+  // ---- entropy and fits ----
+  async pollEntropy(force = false) {
+    if (!this.loaded || (!force && this.run.state !== 'running')) return;
+    const st = this.entropy.step;
+    const since = st.length ? st[st.length - 1] : undefined;
+    try {
+      const more = await api.getEntropy(this.run.id, { since, limit: MAX_ENTROPY_POINTS });
+      if (this.ac.signal.aborted || !more.step.length) return;
+      const e = this.entropy;
+      for (let i = 0; i < more.step.length; i++) {
+        if (since !== undefined && more.step[i] <= since) continue;
+        e.step.push(more.step[i]); e.sigma.push(more.sigma[i]); e.loss.push(more.loss[i]);
+      }
+      this.entropy = trimEntropy(e);
+      this.drawEntropy();
+    } catch { /* next tick */ }
+  }
+
+  onFit(d) {
+    const f = api.normFit(d.fit ?? d);
+    if (!f) return;
+    if (f.ok) {
+      this.fit = f;
+      this.fits = this.fits.filter((x) => x.step !== f.step);
+      this.fits.push(f);
+    }
+    this.drawEntropy();
+    this.pollEntropy();
+  }
+
+  drawEntropy() {
+    this.entropyChart.setData(this.entropy, this.fit);
+    const sig = this.entropy.sigma;
+    let range = null;
+    if (sig.length) range = [Math.min(...sig), Math.max(...sig)];
+    else if (this.tmin && this.tmax) range = [this.tmin, this.tmax];
+    this.fitsChart.setFits(this.fits, range);
+    const f = this.fit;
+    setText($('#fit-params', this.root), f
+      ? `F(σ) = h·(atan((σ−μ)/s)/π + ½) + o   μ=${fmtNum(f.mu)}  s=${fmtNum(f.s)}  h=${fmtNum(f.h)}  o=${fmtNum(f.o)}` +
+        `${f.step !== null ? `  (step ${fmtInt(f.step)}` : ''}${f.rmse !== null ? `, rmse ${fmtNum(f.rmse, 3)}` : ''}${f.step !== null ? ')' : ''}` +
+        `   ·   ${fmtInt(sig.length)} samples`
+      : `no fit yet · ${fmtInt(sig.length)} samples`);
+    setText($('#fits-count', this.root), this.fits.length ? `${this.fits.length} fits` : '');
+    const tbody = $('#fits-table tbody', this.root);
+    tbody.textContent = '';
+    for (const x of this.fits.slice(-6).reverse()) {
+      tbody.append(h('tr', {}, h('td', { class: 'num' }, fmtInt(x.step)), h('td', { class: 'num' }, fmtNum(x.mu)),
+        h('td', { class: 'num' }, fmtNum(x.s)), h('td', { class: 'num' }, fmtNum(x.h)), h('td', { class: 'num' }, fmtNum(x.o)),
+        h('td', { class: 'num' }, fmtNum(x.rmse, 3))));
+    }
+  }
+
+  // ---- state and header ----
+  onState(d) {
+    const state = d.state ?? d.to ?? d.new_state;
+    if (!state) return;
+    this.run = { ...this.run, state, error: d.error ?? this.run.error };
+    this.ctx.onRunChanged(this.run);
+    this.update(this.run);
+    if (TERMINAL.has(state)) api.listCheckpoints(this.run.id).then((c) => this.renderCheckpoints(c), () => {});
+  }
+
+  update(run) {
+    const prevState = this.run.state;
+    this.run = { ...this.run, ...Object.fromEntries(Object.entries(run).filter(([, v]) => v !== null && v !== undefined && v !== '')) };
+    if (run.error !== undefined) this.run.error = run.error;
+    const r = this.root;
+    setText($('#run-title', r), this.run.name || `run ${this.run.id}`);
+    const st = $('#run-state', r);
+    setText(st, this.run.state);
+    st.dataset.state = this.run.state;
+    const err = $('#run-error', r);
+    err.hidden = !this.run.error;
+    setText(err, this.run.error);
+    this.renderStats();
+    if (prevState !== this.run.state || !$('#run-actions', r).childElementCount) this.renderActions();
+  }
+
+  renderStats() {
+    const run = this.run;
+    const stats = $('#run-stats', this.root);
+    const age = run.created ? fmtDuration(now() - run.created) : '—';
+    const items = [
+      ['step', `${fmtInt(run.step)}${run.maxSteps ? ` / ${fmtInt(run.maxSteps)}` : ''}`],
+      ['loss', fmtNum(run.loss)],
+      ['valid', fmtNum(run.validLoss)],
+      ['tokens/s', fmtInt(run.tokensPerS)],
+      ['tokens', fmtInt(run.tokens)],
+      ['age', age],
+    ];
+    if (run.checkpoint?.step !== null && run.checkpoint?.step !== undefined) items.push(['checkpoint', `step ${fmtInt(run.checkpoint.step)}`]);
+    const text = items.map(([k, v]) => `${k} ${v}`).join(' ');
+    if (stats.dataset.text === text) return;
+    stats.dataset.text = text;
+    stats.textContent = '';
+    for (const [k, v] of items) stats.append(h('span', {}, `${k} `, h('b', { 'data-stat': k }, v)));
+  }
+
+  renderActions() {
+    const box = $('#run-actions', this.root);
+    box.textContent = '';
+    for (const verb of actionsFor(this.run.state)) {
+      box.append(h('button', { type: 'button', class: verb === 'delete' ? 'danger' : '', 'data-action': verb,
+        onclick: () => this.ctx.onAction(this.run, verb) }, ACTION_LABEL[verb]));
+    }
+  }
+
+  renderCheckpoints(list) {
+    const ul = $('#checkpoints', this.root);
+    ul.textContent = '';
+    for (const c of list) {
+      const bytes = Number(c.bytes);
+      ul.append(h('li', {}, `step ${fmtInt(Number(c.step))}`, Number.isFinite(bytes) ? ` · ${(bytes / 1048576).toFixed(1)} MiB` : '',
+        c.sha256 ? ` · sha256 ${String(c.sha256).slice(0, 12)}…` : ''));
+    }
+    if (!list.length) ul.append(h('li', { class: 'muted' }, 'no checkpoints yet'));
+  }
+
+  // ---- samples ----
+  onSample(d) {
+    const list = Array.isArray(d.samples) ? d.samples : [d];
+    for (const s of list.map(api.normSample)) {
+      if (s.id && this.samples.some((x) => x.id === s.id)) continue;
+      if (s.text) this.samples.unshift(s);
+    }
+    this.renderSamples();
+  }
+
+  renderSamples() {
+    const ul = $('#samples-list', this.root);
+    const list = this.samples.slice().sort((a, b) => (b.created ?? 0) - (a.created ?? 0) || Number(b.id) - Number(a.id)).slice(0, 40);
+    $('#samples-empty', this.root).hidden = list.length > 0;
+    ul.textContent = '';
+    for (const s of list) {
+      const meta = [s.step !== null ? `step ${fmtInt(s.step)}` : '', s.prompt ? `prompt “${s.prompt}”` : '',
+        s.params.steps ? `${s.params.steps} steps` : '', s.params.seed !== undefined ? `seed ${s.params.seed}` : '',
+        s.created ? new Date(s.created * 1000).toLocaleString() : ''].filter(Boolean).join(' · ');
+      ul.append(h('li', {}, h('span', { class: 'meta' }, meta), s.text));
+    }
+  }
+
+  async generate() {
+    const r = this.root;
+    const form = $('#gen-form', r);
+    const btn = $('#gen-submit', r);
+    const bar = $('#gen-progress', r);
+    const preview = $('#gen-preview', r);
+    const errEl = $('#gen-error', r);
+    const ol = $('#gen-stories', r);
+    const fd = new FormData(form);
+    const params = {};
+    for (const k of ['n', 'steps', 'seed']) if (fd.get(k) !== '') params[k] = Math.round(Number(fd.get(k)));
+    if (fd.get('guidance') !== '') params.guidance = Number(fd.get('guidance'));
+    if (String(fd.get('prompt')).trim()) params.prompt = String(fd.get('prompt')).trim();
+
+    this.genAbort?.abort();
+    const ac = (this.genAbort = new AbortController());
+    btn.disabled = true;
+    errEl.hidden = true;
+    ol.textContent = '';
+    preview.hidden = true;
+    bar.hidden = false;
+    this.setProgress(0, params.steps || 1, 'starting…');
+    let shown = 0;
+    const addStory = (text, i) => {
+      if (typeof text !== 'string') return;
+      const li = h('li', { 'data-story': i ?? shown }, text);
+      ol.append(li);
+      shown++;
+    };
+    const addAll = (d) => {
+      const list = d.samples ?? d.stories ?? d.texts ?? (d.text !== undefined ? [d] : []);
+      if (!Array.isArray(list)) return;
+      if (shown >= list.length) return;
+      ol.textContent = '';
+      shown = 0;
+      list.forEach((s, i) => addStory(typeof s === 'string' ? s : s.text, i));
+    };
+    try {
+      await api.generate(this.run.id, params, (type, d) => {
+        if (type === 'progress') {
+          const total = d.n_steps ?? d.steps ?? d.total ?? params.steps;
+          this.setProgress(d.step ?? 0, total, null);
+          if (d.preview) { preview.hidden = false; setText(preview, d.preview); }
+        } else if (type === 'story') {
+          addStory(d.text, d.index);
+        } else if (type === 'error') {
+          throw new api.ApiError(d.error?.status ?? 500, d.error?.code ?? 'error', d.error?.message ?? String(d.message ?? 'sampling failed'), '');
+        } else if (type === 'result' || type === 'done' || type === 'samples' || type === 'sample') {
+          addAll(d);
+        }
+      }, ac.signal);
+      const total = params.steps || 1;
+      this.setProgress(total, total, shown ? `${shown} ${shown === 1 ? 'story' : 'stories'}` : 'done');
+      preview.hidden = true;
+      this.samples = await api.listSamples(this.run.id).catch(() => this.samples);
+      this.renderSamples();
+    } catch (e) {
+      if (e.name === 'AbortError') return;
+      errEl.hidden = false;
+      setText(errEl, e.status === 0 ? 'cdcdd is unreachable.' : `${e.message}${e.field ? ` (${e.field})` : ''}`);
+      bar.hidden = true;
+      if (e.status === 401 || e.status === 403) document.dispatchEvent(new CustomEvent('cdcd-auth-needed'));
+    } finally {
+      if (this.genAbort === ac) btn.disabled = false;
+    }
+  }
+
+  setProgress(step, total, label) {
+    const bar = $('#gen-progress', this.root);
+    const frac = total > 0 ? Math.max(0, Math.min(1, step / total)) : 0;
+    bar.querySelector('.bar').style.width = `${(frac * 100).toFixed(1)}%`;
+    bar.dataset.step = String(step);
+    bar.dataset.total = String(total);
+    setText(bar.querySelector('.label'), label ?? `denoising step ${step} / ${total}`);
+  }
+}
+
+function trimEntropy(e) {
+  const n = e.step.length;
+  if (n <= MAX_ENTROPY_POINTS) return e;
+  const k = n - MAX_ENTROPY_POINTS;
+  return { step: e.step.slice(k), sigma: e.sigma.slice(k), loss: e.loss.slice(k) };
+}
