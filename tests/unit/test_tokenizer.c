@@ -307,7 +307,7 @@ static int load_fails_with(const char *name, const char *text, int expect, const
 #define SMALL_VOCAB "[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nthe\n##s\ncat\n"
 
 TEST(test_bad_vocab) {
-    char err[1024] = "";
+    char err[400] = ""; /* fits EXPECTF's message */
     EXPECT(cdcd_tok_load("/nonexistent/vocab.txt", err, sizeof err) == NULL);
     EXPECT(strstr(err, "cannot open") != NULL);
     EXPECT(load_fails_with("short.txt", SMALL_VOCAB, CDCD_TOK_BERT_VOCAB_SIZE, "8 lines, expected 30522"));
