@@ -148,9 +148,10 @@ int cdcd_model_param_table(const cdcd_model_config *c, cdcd_param_info *out, int
     set_info(&all[i++], "emb", V, E, 0, &off);
     set_info(&all[i++], "in_w", D, cdcd_model_in_dim(c), 1, &off);
     set_info(&all[i++], "in_b", D, 0, 0, &off);
-    set_info(&all[i++], "time_w1", C, C, 1, &off);
+    /* docs/model.md: decay on names ending in "_w"; time_w1/time_w2 literally do not */
+    set_info(&all[i++], "time_w1", C, C, 0, &off);
     set_info(&all[i++], "time_b1", C, 0, 0, &off);
-    set_info(&all[i++], "time_w2", C, C, 1, &off);
+    set_info(&all[i++], "time_w2", C, C, 0, &off);
     set_info(&all[i++], "time_b2", C, 0, 0, &off);
     static const struct {
         const char *suffix;

@@ -94,7 +94,7 @@ typedef struct {
     size_t numel;
     int ndim;                       /* 1 or 2 */
     int shape[2];                   /* PyTorch layout: Linear weights are [out, in] */
-    int decay;                      /* 1 = AdamW weight decay applies (every *_w matrix) */
+    int decay;                      /* 1 = AdamW weight decay applies (names ending in _w) */
 } cdcd_param_info;
 
 /* The tensor table of a config in docs/model.md order, without a model: writes up to cap
