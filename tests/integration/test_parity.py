@@ -4,7 +4,8 @@ build/tests/tools/parity_dump) against the PyTorch reference (tests/reference/cd
 both implementing docs/model.md.
 
 For each case (head "logits" and head "embedding", both with cond_channels and self_cond
-on, with padding and conditioning positions present) the C tool writes a .cdts file with
+on, with padding and conditioning positions present; then two more on 2 C threads with
+fewer input channels, see CASES) the C tool writes a .cdts file with
 its config, its (perturbed) parameters, the batch (ids, masks, sigma, noise, self_cond),
 and its results: logits of the first sequence, loss, per-sequence losses, every gradient,
 the pre-clip grad norm and the parameters after one AdamW step. This script loads the
@@ -71,6 +72,18 @@ CASE_CONFIG = dict(vocab_size=1000, d_emb=16, d_model=64, n_heads=4, n_layers=2,
                    max_seq_len=16, cond_channels=True, self_cond=True, emb_init_std=0.001,
                    init_std=0.02)
 ADAMW = dict(lr=1e-3, beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.01, clip=1.0)
+# (label, config overrides, parity_dump options). The first two are the required cases
+# (both heads, every input channel on, B 3 x T 12: padding, a conditioning prefix and
+# scattered conditioning positions, a self-conditioning input); the other two run the C
+# side on 2 threads with B 5 x T 16 (sigma up to 40), with the tiny preset's channels
+# (self_cond off) and with no extra channels at all.
+CASES = [
+    ("logits", dict(head="logits"), []),
+    ("embedding", dict(head="embedding"), []),
+    ("embedding-t2", dict(head="embedding", self_cond=False), ["--threads", "2", "--batch", "5", "--seq", "16"]),
+    ("logits-plain-t2", dict(head="logits", self_cond=False, cond_channels=False),
+     ["--threads", "2", "--batch", "5", "--seq", "16"]),
+]
 
 failures = 0
 
@@ -380,11 +393,11 @@ def find_tool():
     return os.path.join(build, "tests", "tools", "parity_dump")
 
 
-def run_tool(tool, cfg, path):
+def run_tool(tool, cfg, path, opts):
     cfg_path = path + ".config.json"
     with open(cfg_path, "w") as f:
-        json.dump(cfg, f)
-    cmd = [tool, "--config", cfg_path, "--out", path]
+        json.dump(dict(cfg, adamw=ADAMW), f)
+    cmd = [tool, "--config", cfg_path, "--out", path] + list(opts)
     r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
     if r.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited {r.returncode}: {r.stdout[-2000:]}")
@@ -408,15 +421,15 @@ def main():
                    f"{os.path.relpath(tool, ROOT)} (or set CDCD_BUILD)")
             return 1
         tmp = tempfile.mkdtemp(prefix="cdcd-parity-")
-        for head in ("logits", "embedding"):
-            cfg = dict(CASE_CONFIG, head=head)
-            path = os.path.join(tmp, f"parity_{head}.cdts")
-            label = ("standin-" if a.self_test else "") + head
+        for name, over, opts in CASES:
+            cfg = dict(CASE_CONFIG, **over)
+            path = os.path.join(tmp, f"parity_{name}.cdts")
+            label = ("standin-" if a.self_test else "") + name
             try:
                 if a.self_test:
                     make_standin_dump(cfg, path)
                 else:
-                    run_tool(tool, cfg, path)
+                    run_tool(tool, cfg, path, opts)
             except Exception as e:  # noqa: BLE001
                 report(False, f"{label}/dump", str(e))
                 continue
