@@ -78,7 +78,8 @@ static void warn_line(prep_ctx *c, uint64_t count, const char *fmt, ...) {
     va_start(ap, fmt);
     fprintf(stderr, "cdcd prep: warning: %s:%llu: ", c->name, (unsigned long long)c->line_no);
     vfprintf(stderr, fmt, ap);
-    if (count == MAX_WARNINGS_SHOWN) fprintf(stderr, " (further warnings of this kind are only counted)");
+    if (count == MAX_WARNINGS_SHOWN)
+        fprintf(stderr, " (further warnings of this kind are only counted)");
     fputc('\n', stderr);
     va_end(ap);
 }

@@ -34,9 +34,10 @@ static void usage(FILE *out, filter_mode mode) {
     if (mode == MODE_TOKENIZE)
         fprintf(out,
                 "usage: cdcd tokenize [--vocab FILE] [--special] < in.jsonl > out.jsonl\n\n"
-                "Reads JSON Lines with a \"text\" (or \"story\") string, writes one {\"ids\": [...]}\n"
-                "line per input line (bert-base-uncased WordPiece, exactly as Hugging Face's\n"
-                "BertTokenizer). A bad line gives {\"error\": ...} and exit status 1.\n\n"
+                "Reads JSON Lines with a \"text\" (or \"story\") string, writes one\n"
+                "{\"ids\": [...]} line per input line: bert-base-uncased WordPiece, exactly as\n"
+                "Hugging Face's BertTokenizer. A bad line gives {\"error\": ...} and exit\n"
+                "status 1.\n\n"
                 "  --vocab FILE   vocab.txt (default %s)\n"
                 "  --special      add [CLS] before and [SEP] after the ids\n",
                 DEFAULT_VOCAB);

@@ -681,6 +681,8 @@ static const char *const clause_openers[] = {
 #define APOS "'"
 #define RIGHT_SINGLE_QUOTE "\xE2\x80\x99" /* ’ */
 #define POSSESSIVE_MIN_LEN 5 /* "friends' house"; shorter words ending in s are "was", "is" */
+#define QUOTE_LOOKAHEAD_WORDS 64 /* a closing single quote is looked for this far (keeps
+                                    decode linear on text full of quotes) */
 
 #define IN_SET(w, set) in_set((w), (set), sizeof(set) / sizeof((set)[0]))
 static int in_set(const char *w, const char *const *set, size_t n) {
@@ -720,8 +722,9 @@ static int is_apostrophe(const wordlist *l, size_t k) {
  *  - straight double quotes alternate opening / closing;
  *  - an apostrophe between a word and a clitic (or after a one-letter word) is glued on
  *    both sides; after a long word ending in s it is a plural possessive (friends' toys);
- *    otherwise a straight single quote opens when another one follows before the next
- *    double quote, and closes (glued to the left) when one is open or none follows;
+ *    otherwise a straight single quote opens when another one follows (before the next
+ *    double quote, within QUOTE_LOOKAHEAD_WORDS words), and closes (glued to the left)
+ *    when one is open or none follows;
  *  - a hyphen between two words is glued unless a clause opener follows it (and it is
  *    not part of a chain like hide-and-seek). */
 static int story_join(const wordlist *l, strbuf *out) {
@@ -745,7 +748,9 @@ static int story_join(const wordlist *l, strbuf *out) {
             } else {
                 int opens = 0;
                 if (strcmp(w, APOS) == 0) {
-                    for (size_t j = k + 1; j < l->n && strcmp(l->w[j], "\"") != 0; j++)
+                    size_t end = k + 1 + QUOTE_LOOKAHEAD_WORDS;
+                    for (size_t j = k + 1; j < l->n && j < end && strcmp(l->w[j], "\"") != 0;
+                         j++)
                         if (strcmp(l->w[j], APOS) == 0 && !is_apostrophe(l, j)) {
                             opens = 1;
                             break;

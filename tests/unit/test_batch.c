@@ -278,7 +278,8 @@ TEST(test_state_restore) {
     EXPECT(cdcd_batch_set_state(b, &st, err, sizeof err) == -1);
     cdcd_batch_free(b);
     b = cdcd_batch_create(g, &o, err, sizeof err);
-    EXPECT(cdcd_batch_set_state(b, &st, err, sizeof err) == -1 && strstr(err, "another token file"));
+    EXPECT(cdcd_batch_set_state(b, &st, err, sizeof err) == -1 &&
+           strstr(err, "another token file"));
     cdcd_batch_free(b);
     cdcd_batch_free(a);
     cdcd_tokfile_close(f);

@@ -310,7 +310,8 @@ TEST(test_bad_vocab) {
     char err[400] = ""; /* fits EXPECTF's message */
     EXPECT(cdcd_tok_load("/nonexistent/vocab.txt", err, sizeof err) == NULL);
     EXPECT(strstr(err, "cannot open") != NULL);
-    EXPECT(load_fails_with("short.txt", SMALL_VOCAB, CDCD_TOK_BERT_VOCAB_SIZE, "8 lines, expected 30522"));
+    EXPECT(load_fails_with("short.txt", SMALL_VOCAB, CDCD_TOK_BERT_VOCAB_SIZE,
+                           "8 lines, expected 30522"));
     EXPECT(load_fails_with("dup.txt", SMALL_VOCAB "cat\n", 0, "line 9 duplicates line 8"));
     EXPECT(load_fails_with("empty-line.txt", "[PAD]\n\n[UNK]\n", 0, "line 2 is empty"));
     EXPECT(load_fails_with("crlf.txt", "[PAD]\r\n[UNK]\r\n", 0, "CR"));
@@ -455,7 +456,8 @@ static char *normalise(const char *s) {
     size_t m = 0;
     for (size_t i = 0; i < n;) {
         int32_t c;
-        utf8proc_ssize_t k = utf8proc_iterate((const uint8_t *)s + i, (utf8proc_ssize_t)(n - i), &c);
+        utf8proc_ssize_t k =
+            utf8proc_iterate((const uint8_t *)s + i, (utf8proc_ssize_t)(n - i), &c);
         if (k <= 0) {
             i++;
             continue;
@@ -522,7 +524,8 @@ static void fold_punct_spaces(char *s) {
         if (k <= 0) k = 1, c = 0;
         if (c == ' ') {
             int32_t next = 0;
-            if (i + 1 < n) utf8proc_iterate((uint8_t *)s + i + 1, (utf8proc_ssize_t)(n - i - 1), &next);
+            if (i + 1 < n)
+                utf8proc_iterate((uint8_t *)s + i + 1, (utf8proc_ssize_t)(n - i - 1), &next);
             if (prev_punct || is_bert_punct(next)) {
                 i++;
                 continue;

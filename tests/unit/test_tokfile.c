@@ -104,7 +104,8 @@ TEST(test_round_trip) {
     EXPECT(f->h.n_stories == BIG_STORIES);
     EXPECT(f->h.vocab_size == CDCD_TOK_BERT_VOCAB_SIZE);
     EXPECT(f->h.vocab_checksum == cdcd_tok_checksum(tok));
-    EXPECT(f->h.cls_id == cdcd_tok_specials(tok)->cls && f->h.sep_id == cdcd_tok_specials(tok)->sep);
+    EXPECT(f->h.cls_id == cdcd_tok_specials(tok)->cls);
+    EXPECT(f->h.sep_id == cdcd_tok_specials(tok)->sep);
     EXPECT(f->h.pad_id == cdcd_tok_specials(tok)->pad);
     uint64_t total = 0, bad = 0;
     for (uint64_t i = 0; i < f->h.n_stories; i++) {
