@@ -618,6 +618,27 @@ int cdcd_tok_encode(const cdcd_tokenizer *t, const char *text, size_t len, cdcd_
     return 0;
 }
 
+int cdcd_tok_encode_ex(const cdcd_tokenizer *t, const char *text, size_t len, unsigned flags,
+                       cdcd_tok_ids *out) {
+    if (!(flags & CDCD_TOK_ENCODE_SPECIALS)) return cdcd_tok_encode(t, text, len, out);
+    const int32_t ids[] = {t->sp.pad, t->sp.unk, t->sp.cls, t->sp.sep, t->sp.mask};
+    size_t done = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (text[i] != '[') continue;
+        for (size_t k = 0; k < sizeof ids / sizeof ids[0]; k++) {
+            const char *name = t->pool + t->piece_off[ids[k]];
+            size_t nl = strlen(name);
+            if (nl > len - i || memcmp(text + i, name, nl) != 0) continue;
+            if (cdcd_tok_encode(t, text + done, i - done, out) || push_id(out, ids[k]))
+                return -1;
+            done = i + nl;
+            i = done - 1;
+            break;
+        }
+    }
+    return cdcd_tok_encode(t, text + done, len - done, out);
+}
+
 /* ------------------------------------------------------------------ decoding */
 
 typedef struct {

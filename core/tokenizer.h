@@ -80,6 +80,16 @@ void cdcd_tok_ids_free(cdcd_tok_ids *o);
  * No [CLS]/[SEP] are added. Returns 0, or -1 with errno ENOMEM. */
 int cdcd_tok_encode(const cdcd_tokenizer *t, const char *text, size_t len, cdcd_tok_ids *out);
 
+/* Encode flags. */
+#define CDCD_TOK_ENCODE_SPECIALS 1u /* "[MASK]", "[SEP]", ... in the text become their ids */
+
+/* cdcd_tok_encode with flags. CDCD_TOK_ENCODE_SPECIALS: an exact special token name
+ * ([PAD] [UNK] [CLS] [SEP] [MASK]) anywhere in the text gives its id, and the text
+ * between them is encoded piece by piece, as HF's tokenizer call does with its added
+ * tokens (so "un[MASK]able" is un, [MASK], able). For prompts and infill templates. */
+int cdcd_tok_encode_ex(const cdcd_tokenizer *t, const char *text, size_t len, unsigned flags,
+                       cdcd_tok_ids *out);
+
 /* Decode flags. */
 #define CDCD_TOK_DECODE_STOP_AT_SEP 1u /* end at the first [SEP] */
 #define CDCD_TOK_DECODE_HF 2u          /* exactly HF's clean_up_tokenization, no more */

@@ -220,6 +220,26 @@ TEST(test_punctuation) {
     EXPECT(ENCODES("\xC2\xBFqu\xC3\xA9?", "\xC2\xBF que ?"));       /* ¿ (Po) */
     EXPECT(ENCODES("\xE2\x80\x9Chi\xE2\x80\x9D", "\xE2\x80\x9C hi \xE2\x80\x9D")); /* “ ” */
     EXPECT(ENCODES("[CLS]", "[ cl ##s ]")); /* special names in text are plain text */
+    /* ... unless asked: then they are their ids, and the text around them separate */
+    const char *t = "Un[MASK]able [SEP] [mask] [MASK";
+    cdcd_tok_ids sp, want;
+    cdcd_tok_ids_init(&sp);
+    EXPECT(cdcd_tok_encode_ex(tok, t, strlen(t), CDCD_TOK_ENCODE_SPECIALS, &sp) == 0);
+    want = enc("un", 2);
+    const cdcd_tok_special *s = cdcd_tok_specials(tok);
+    cdcd_tok_ids rest = enc("able", 4), tail = enc(" [mask] [MASK", 13);
+    int ok = sp.n == want.n + 1 + rest.n + 1 + tail.n;
+    size_t k = 0;
+    for (size_t i = 0; ok && i < want.n; i++) ok = sp.ids[k++] == want.ids[i];
+    ok = ok && sp.ids[k++] == s->mask;
+    for (size_t i = 0; ok && i < rest.n; i++) ok = sp.ids[k++] == rest.ids[i];
+    ok = ok && sp.ids[k++] == s->sep;
+    for (size_t i = 0; ok && i < tail.n; i++) ok = sp.ids[k++] == tail.ids[i];
+    EXPECTF(ok, "encode_ex with specials gave %zu ids", sp.n);
+    cdcd_tok_ids_free(&sp);
+    cdcd_tok_ids_free(&want);
+    cdcd_tok_ids_free(&rest);
+    cdcd_tok_ids_free(&tail);
     /* × (Sm) is not punctuation: it stays inside the word */
     cdcd_tok_ids x = enc("a\xC3\x97" "b", 4), y = enc("a \xC3\x97 b", 6);
     EXPECT(!same_ids(&x, &y));
