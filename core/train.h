@@ -65,6 +65,8 @@ int cdcd_trainer_step(cdcd_trainer *t);
 /* Writes run_dir/step-NNNNNNNN.ckpt atomically and reports it. 0 or -1. */
 int cdcd_trainer_checkpoint(cdcd_trainer *t);
 const char *cdcd_trainer_error(const cdcd_trainer *t);
+/* Changes the step budget (e.g. to continue a finished run); the lr schedule follows it. */
+void cdcd_trainer_set_max_steps(cdcd_trainer *t, int64_t max_steps);
 int64_t cdcd_trainer_step_count(const cdcd_trainer *t);
 const cdcd_run_config *cdcd_trainer_config(const cdcd_trainer *t);
 struct cdcd_model *cdcd_trainer_model(cdcd_trainer *t);
@@ -73,5 +75,25 @@ struct cdcd_schedule *cdcd_trainer_schedule(cdcd_trainer *t);
  * current schedule (fixed seed, so repeated calls are comparable). */
 int cdcd_trainer_validate(cdcd_trainer *t, double *out_loss);
 void cdcd_trainer_free(cdcd_trainer *t);
+/* The path of the checkpoint for `step` in the run directory. 0, or -1 when too long. */
+int cdcd_trainer_checkpoint_path(const cdcd_trainer *t, int64_t step, char *out, size_t cap);
+/* Learning rate at 0-based optimiser step `step` (warmup, then the configured decay). */
+double cdcd_train_lr(const cdcd_run_config *c, int64_t step);
+
+/* What sampling and evaluation need from a checkpoint, without the optimiser or data. */
+typedef struct {
+    struct cdcd_model *model;
+    struct cdcd_schedule *sched;
+    cdcd_run_config *cfg;
+    int64_t step;
+    int used_ema; /* 1 when the EMA weights were loaded */
+} cdcd_inference_bundle;
+
+/* Loads a checkpoint for inference with a model sized for max_batch sequences of the
+ * model's max_seq_len; use_ema picks the EMA weights when the checkpoint has them.
+ * 0, or -1 with a message in err (truncated, corrupt, wrong version...). */
+int cdcd_load_for_inference(const char *path, int threads, int max_batch, int use_ema,
+                            cdcd_inference_bundle *out, char *err, size_t errlen);
+void cdcd_inference_bundle_free(cdcd_inference_bundle *b);
 
 #endif

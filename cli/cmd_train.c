@@ -1,0 +1,258 @@
+/* cdcd train --config run.json --out DIR [--resume CKPT] [--quiet]
+ *
+ * DIR receives: checkpoints (step-NNNNNNNN.ckpt), metrics.csv (one row per step),
+ * entropy.csv (one (step, sigma, loss) row per sequence: the samples the schedule is fitted
+ * to), fits.csv (every schedule refit), valid.csv, config.json (the normalised config) and
+ * train.log. SIGINT/SIGTERM stop after the current step with a final checkpoint. */
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "clock.h"
+#include "commands.h"
+#include "log.h"
+#include "runconfig.h"
+#include "train.h"
+
+static volatile sig_atomic_t stop_requested;
+static void on_signal(int sig) {
+    (void)sig;
+    stop_requested = 1;
+}
+
+typedef struct {
+    FILE *metrics, *entropy, *fits, *valid;
+    int64_t max_steps;
+    int64_t start_step;
+    double t0;
+    int quiet, tty;
+    double last_print;
+} train_cli;
+
+static void sink_step(void *ctx, const cdcd_step_report *r) {
+    train_cli *c = ctx;
+    fprintf(c->metrics, "%lld,%.6f,%.6g,%.6f,%.1f,%lld,%.2f,%d\n", (long long)r->step, r->loss, r->lr,
+            r->grad_norm, r->tokens_per_s, (long long)r->tokens, r->step_ms, r->nonfinite);
+    if (c->quiet) return;
+    double now = cdcd_now_s();
+    if (!c->tty && now - c->last_print < 10.0 && r->step != c->max_steps) return;
+    c->last_print = now;
+    double elapsed = now - c->t0;
+    double per_step = elapsed / (double)(r->step - c->start_step > 0 ? r->step - c->start_step : 1);
+    double eta = per_step * (double)(c->max_steps - r->step);
+    fprintf(stderr, "%sstep %lld/%lld  loss %.4f  lr %.2e  gnorm %.3f  %.0f tok/s  ETA %02d:%02d:%02d%s",
+            c->tty ? "\r" : "", (long long)r->step, (long long)c->max_steps, r->loss, r->lr, r->grad_norm,
+            r->tokens_per_s, (int)(eta / 3600), (int)fmod(eta / 60, 60), (int)fmod(eta, 60),
+            c->tty ? "   " : "\n");
+}
+
+static void sink_entropy(void *ctx, int64_t step, int n, const float *sigma, const float *loss) {
+    train_cli *c = ctx;
+    for (int i = 0; i < n; i++) fprintf(c->entropy, "%lld,%.6g,%.6f\n", (long long)step, sigma[i], loss[i]);
+}
+
+static void sink_fit(void *ctx, const cdcd_fit_report *f) {
+    train_cli *c = ctx;
+    fprintf(c->fits, "%lld,%d,%.6g,%.6g,%.6g,%.6g,%.6g,%d\n", (long long)f->step, f->ok, f->mu, f->s, f->h,
+            f->o, f->rmse, f->n);
+    fflush(c->fits);
+}
+
+static void sink_valid(void *ctx, int64_t step, double loss) {
+    train_cli *c = ctx;
+    fprintf(c->valid, "%lld,%.6f\n", (long long)step, loss);
+    fflush(c->valid);
+    if (!c->quiet) fprintf(stderr, "%sstep %lld  valid loss %.4f\n", c->tty ? "\n" : "", (long long)step, loss);
+}
+
+static void sink_checkpoint(void *ctx, int64_t step, const char *path, uint64_t bytes, const char *sha) {
+    train_cli *c = ctx;
+    fflush(c->metrics);
+    fflush(c->entropy);
+    cdcd_info("checkpoint step %lld: %s (%llu bytes, sha256 %.12s)", (long long)step, path,
+              (unsigned long long)bytes, sha);
+    (void)c;
+}
+
+static FILE *open_csv(const char *dir, const char *name, const char *header, int append) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    int exists = access(path, F_OK) == 0;
+    FILE *f = fopen(path, append ? "a" : "w");
+    if (!f) {
+        fprintf(stderr, "cdcd train: cannot open %s: %s\n", path, strerror(errno));
+        return NULL;
+    }
+    if (!append || !exists) fprintf(f, "%s\n", header);
+    return f;
+}
+
+static char *read_file(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    char *buf = NULL;
+    size_t cap = 0, n = 0;
+    for (;;) {
+        if (n + 4096 > cap) {
+            cap = cap ? cap * 2 : 8192;
+            char *nb = realloc(buf, cap);
+            if (!nb) {
+                free(buf);
+                fclose(f);
+                return NULL;
+            }
+            buf = nb;
+        }
+        size_t got = fread(buf + n, 1, cap - n - 1, f);
+        n += got;
+        if (got == 0) break;
+    }
+    fclose(f);
+    buf[n] = 0;
+    *len = n;
+    return buf;
+}
+
+static void usage(FILE *out) {
+    fprintf(out,
+            "usage: cdcd train --config run.json --out DIR [--resume CKPT] [--quiet]\n"
+            "  --config FILE   run config JSON (see README \"Run config\"); data paths relative to\n"
+            "                  --data-dir (default: the current directory)\n"
+            "  --data-dir DIR  where relative data paths resolve\n"
+            "  --out DIR       checkpoints, CSV logs and train.log go here (created)\n"
+            "  --resume CKPT   continue from a checkpoint (the config comes from it)\n"
+            "  --max-steps N   override train.max_steps (also when resuming)\n"
+            "  --quiet         no progress line\n");
+}
+
+int cdcd_cmd_train(int argc, char **argv) {
+    const char *config_path = NULL, *out_dir = NULL, *resume = NULL, *data_dir = NULL;
+    int quiet = 0;
+    long long max_steps_override = 0;
+    static const struct option opts[] = {{"config", required_argument, 0, 'c'},
+                                         {"out", required_argument, 0, 'o'},
+                                         {"resume", required_argument, 0, 'r'},
+                                         {"data-dir", required_argument, 0, 'd'},
+                                         {"max-steps", required_argument, 0, 'm'},
+                                         {"quiet", no_argument, 0, 'q'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
+    int ch;
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, "c:o:r:d:m:qh", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'c': config_path = optarg; break;
+        case 'o': out_dir = optarg; break;
+        case 'r': resume = optarg; break;
+        case 'd': data_dir = optarg; break;
+        case 'm': max_steps_override = atoll(optarg); break;
+        case 'q': quiet = 1; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if ((!config_path && !resume) || !out_dir) {
+        usage(stderr);
+        return 2;
+    }
+    if (mkdir(out_dir, 0755) < 0 && errno != EEXIST) {
+        fprintf(stderr, "cdcd train: cannot create %s: %s\n", out_dir, strerror(errno));
+        return 1;
+    }
+    char log_path[4096];
+    snprintf(log_path, sizeof log_path, "%s/train.log", out_dir);
+
+    int rc = 1;
+    cdcd_run_config *cfg = NULL;
+    cdcd_trainer *t = NULL;
+    train_cli c = {0};
+    char err[512] = "";
+    if (!resume) {
+        size_t len = 0;
+        char *json = read_file(config_path, &len);
+        if (!json) {
+            fprintf(stderr, "cdcd train: cannot read %s: %s\n", config_path, strerror(errno));
+            return 1;
+        }
+        cdcd_config_env env = {.data_dir = data_dir, .confine_to_data_dir = 0, .max_memory_bytes = 0};
+        cdcd_config_error cerr;
+        cfg = cdcd_run_config_parse(json, len, &env, &cerr);
+        free(json);
+        if (!cfg) {
+            fprintf(stderr, "cdcd train: %s: %s%s%s\n", config_path, cerr.field, cerr.field[0] ? ": " : "",
+                    cerr.message);
+            return 2;
+        }
+        if (max_steps_override > 0) cfg->train.max_steps = max_steps_override;
+        char *norm = cdcd_run_config_to_json(cfg);
+        if (norm) {
+            char p[4096];
+            snprintf(p, sizeof p, "%s/config.json", out_dir);
+            FILE *f = fopen(p, "w");
+            if (f) {
+                fprintf(f, "%s\n", norm);
+                fclose(f);
+            }
+            free(norm);
+        }
+    }
+    int append = resume != NULL;
+    c.metrics = open_csv(out_dir, "metrics.csv", "step,loss,lr,grad_norm,tokens_per_s,tokens,step_ms,nonfinite", append);
+    c.entropy = open_csv(out_dir, "entropy.csv", "step,sigma,loss", append);
+    c.fits = open_csv(out_dir, "fits.csv", "step,ok,mu,s,h,o,rmse,n", append);
+    c.valid = open_csv(out_dir, "valid.csv", "step,valid_loss", append);
+    if (!c.metrics || !c.entropy || !c.fits || !c.valid) goto done;
+    c.quiet = quiet;
+    c.tty = isatty(STDERR_FILENO);
+    cdcd_train_sink sink = {.ctx = &c,
+                            .on_step = sink_step,
+                            .on_entropy = sink_entropy,
+                            .on_fit = sink_fit,
+                            .on_valid = sink_valid,
+                            .on_checkpoint = sink_checkpoint,
+                            .recent_samples = NULL};
+    t = resume ? cdcd_trainer_resume(resume, out_dir, &sink, err, sizeof err)
+               : cdcd_trainer_create(cfg, out_dir, &sink, err, sizeof err);
+    if (!t) {
+        fprintf(stderr, "cdcd train: %s\n", err);
+        goto done;
+    }
+    if (resume && max_steps_override > 0) cdcd_trainer_set_max_steps(t, max_steps_override);
+    c.max_steps = cdcd_run_config_max_steps(cdcd_trainer_config(t));
+    c.start_step = cdcd_trainer_step_count(t);
+    c.t0 = cdcd_now_s();
+    struct sigaction sa = {0};
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    int st = 0;
+    while (!stop_requested && (st = cdcd_trainer_step(t)) == 0) {
+    }
+    if (!quiet && c.tty) fputc('\n', stderr);
+    if (st < 0) {
+        fprintf(stderr, "cdcd train: %s\n", cdcd_trainer_error(t));
+        cdcd_trainer_checkpoint(t);
+        goto done;
+    }
+    if (cdcd_trainer_checkpoint(t) < 0) {
+        fprintf(stderr, "cdcd train: final checkpoint failed: %s\n", cdcd_trainer_error(t));
+        goto done;
+    }
+    if (stop_requested) fprintf(stderr, "cdcd train: interrupted at step %lld; checkpoint written\n",
+                                (long long)cdcd_trainer_step_count(t));
+    rc = 0;
+done:
+    cdcd_trainer_free(t);
+    cdcd_run_config_free(cfg);
+    if (c.metrics) fclose(c.metrics);
+    if (c.entropy) fclose(c.entropy);
+    if (c.fits) fclose(c.fits);
+    if (c.valid) fclose(c.valid);
+    return rc;
+}

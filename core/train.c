@@ -1,0 +1,615 @@
+#include "train.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "batch.h"
+#include "ckpt.h"
+#include "clock.h"
+#include "log.h"
+#include "masks.h"
+#include "model.h"
+#include "rng.h"
+#include "runconfig.h"
+#include "schedule.h"
+#include "tokfile.h"
+
+/* RNG stream ids: each consumer has its own stream of the run's seed. */
+enum { STREAM_INIT = 1, STREAM_SIGMA, STREAM_NOISE, STREAM_MASK, STREAM_SELF_COND, STREAM_DATA,
+       STREAM_VALID = 100 };
+
+#define TRAIN_STATE_MAGIC 0x43444344545354ull /* "CDCDTST" */
+#define TRAIN_STATE_VERSION 1
+#define TRAIN_VALID_SEED_MIX 0x5eedULL
+
+typedef struct {
+    uint64_t magic;
+    uint32_t version, reserved;
+    int64_t step, tokens, adam_t;
+    int64_t ring_n, ring_head;
+    uint64_t n_params;
+    int32_t has_ema, fits_failed;
+} train_state_blob;
+
+struct cdcd_trainer {
+    cdcd_run_config cfg;
+    char run_dir[CDCD_RUN_PATH_MAX];
+    cdcd_train_sink sink;
+    cdcd_model *model;
+    cdcd_schedule sched;
+    cdcd_tokfile *train_tf, *valid_tf;
+    cdcd_batcher *train_it;
+    cdcd_rng rng_sigma, rng_noise, rng_mask, rng_self_cond;
+    int64_t step, tokens, adam_t;
+    int B, T, E;
+    /* Batch buffers. */
+    int32_t *ids;       /* (B,T) */
+    uint8_t *pad;       /* (B,T) */
+    uint8_t *cond;      /* (B,T) */
+    uint8_t *loss_mask; /* (B,T) */
+    float *sigma;       /* (B) */
+    float *per_seq;     /* (B) */
+    float *noise;       /* (B,T,E) */
+    float *self_cond;   /* (B,T,E) or NULL */
+    /* Recent (sigma, loss) samples, used for refits when the sink has no store. */
+    float *ring_sigma, *ring_loss; /* (window) */
+    int64_t ring_n, ring_head;
+    float *fit_sigma, *fit_loss;   /* (window) scratch for a refit */
+    float *ema;                    /* (n_params) or NULL */
+    char err[512];
+};
+
+static void set_err(cdcd_trainer *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void set_err(cdcd_trainer *t, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(t->err, sizeof t->err, fmt, ap);
+    va_end(ap);
+}
+
+const char *cdcd_trainer_error(const cdcd_trainer *t) { return t->err; }
+int64_t cdcd_trainer_step_count(const cdcd_trainer *t) { return t->step; }
+const cdcd_run_config *cdcd_trainer_config(const cdcd_trainer *t) { return &t->cfg; }
+struct cdcd_model *cdcd_trainer_model(cdcd_trainer *t) { return t->model; }
+struct cdcd_schedule *cdcd_trainer_schedule(cdcd_trainer *t) { return &t->sched; }
+void cdcd_trainer_set_max_steps(cdcd_trainer *t, int64_t max_steps) {
+    if (max_steps > 0) t->cfg.train.max_steps = max_steps;
+}
+
+/* Learning rate at optimiser step `step` (0-based): linear warmup, then cosine or
+ * exponential decay to lr * min_lr_ratio at max_steps. */
+double cdcd_train_lr(const cdcd_run_config *c, int64_t step) {
+    double lr = c->optim.lr, floor_lr = lr * c->optim.min_lr_ratio;
+    if (c->optim.warmup_steps > 0 && step < c->optim.warmup_steps)
+        return lr * (double)(step + 1) / (double)c->optim.warmup_steps;
+    double span = (double)(c->train.max_steps - c->optim.warmup_steps);
+    double progress = span > 0 ? (double)(step - c->optim.warmup_steps) / span : 1.0;
+    if (progress < 0) progress = 0;
+    if (progress > 1) progress = 1;
+    switch (c->optim.decay) {
+    case CDCD_DECAY_COSINE: return floor_lr + (lr - floor_lr) * 0.5 * (1.0 + cos(M_PI * progress));
+    case CDCD_DECAY_EXP:
+        return c->optim.min_lr_ratio > 0 ? lr * pow(c->optim.min_lr_ratio, progress) : lr * (1.0 - progress);
+    default: return lr;
+    }
+}
+
+static void free_buffers(cdcd_trainer *t) {
+    free(t->ids);
+    free(t->pad);
+    free(t->cond);
+    free(t->loss_mask);
+    free(t->sigma);
+    free(t->per_seq);
+    free(t->noise);
+    free(t->self_cond);
+    free(t->ring_sigma);
+    free(t->ring_loss);
+    free(t->fit_sigma);
+    free(t->fit_loss);
+    free(t->ema);
+}
+
+void cdcd_trainer_free(cdcd_trainer *t) {
+    if (!t) return;
+    cdcd_batch_free(t->train_it);
+    cdcd_tokfile_close(t->train_tf);
+    cdcd_tokfile_close(t->valid_tf);
+    cdcd_model_free(t->model);
+    free_buffers(t);
+    free(t);
+}
+
+static cdcd_trainer *trainer_build(const cdcd_run_config *cfg, const char *run_dir,
+                                   const cdcd_train_sink *sink, char *err, size_t errlen) {
+    cdcd_trainer *t = calloc(1, sizeof *t);
+    if (!t) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    t->cfg = *cfg;
+    snprintf(t->run_dir, sizeof t->run_dir, "%s", run_dir ? run_dir : ".");
+    if (sink) t->sink = *sink;
+    t->B = cfg->train.batch_size;
+    t->T = cfg->data.seq_len;
+    t->E = cfg->model.d_emb;
+    size_t bt = (size_t)t->B * (size_t)t->T;
+    int window = cfg->schedule.window;
+
+    cdcd_model_config mc;
+    cdcd_run_model_to(&cfg->model, &mc);
+    char merr[256];
+    t->train_tf = cdcd_tokfile_open(cfg->data.train, NULL, merr, sizeof merr);
+    if (!t->train_tf) {
+        snprintf(err, errlen, "data.train: %s", merr);
+        goto fail;
+    }
+    t->valid_tf = cdcd_tokfile_open(cfg->data.valid, NULL, merr, sizeof merr);
+    if (!t->valid_tf) {
+        snprintf(err, errlen, "data.valid: %s", merr);
+        goto fail;
+    }
+    if ((int)t->train_tf->h.vocab_size > cfg->model.vocab_size) {
+        snprintf(err, errlen, "data.train: made with a %u-token vocabulary, the model has %d",
+                 t->train_tf->h.vocab_size, cfg->model.vocab_size);
+        goto fail;
+    }
+    cdcd_batch_opts bo;
+    cdcd_batch_opts_default(&bo);
+    bo.batch_size = t->B;
+    bo.seq_len = t->T;
+    bo.mode = cfg->data.mode == CDCD_DATA_TRUNCATE ? CDCD_BATCH_TRUNCATE : CDCD_BATCH_WINDOW;
+    bo.shuffle = 1;
+    bo.wrap = 1;
+    bo.seed = cfg->seed ^ (uint64_t)STREAM_DATA;
+    t->train_it = cdcd_batch_create(t->train_tf, &bo, merr, sizeof merr);
+    if (!t->train_it) {
+        snprintf(err, errlen, "data.train: %s", merr);
+        goto fail;
+    }
+    t->model = cdcd_model_create(&mc, t->B, t->T, cfg->train.threads, cfg->seed ^ (uint64_t)STREAM_INIT, merr,
+                                 sizeof merr);
+    if (!t->model) {
+        snprintf(err, errlen, "model: %s", merr);
+        goto fail;
+    }
+    if (cdcd_schedule_init(&t->sched, (cdcd_schedule_kind)cfg->schedule.kind, cfg->schedule.tmin,
+                           cfg->schedule.tmax) != 0) {
+        snprintf(err, errlen, "schedule: invalid noise range [%g, %g]", cfg->schedule.tmin, cfg->schedule.tmax);
+        goto fail;
+    }
+    cdcd_rng_init(&t->rng_sigma, cfg->seed, STREAM_SIGMA);
+    cdcd_rng_init(&t->rng_noise, cfg->seed, STREAM_NOISE);
+    cdcd_rng_init(&t->rng_mask, cfg->seed, STREAM_MASK);
+    cdcd_rng_init(&t->rng_self_cond, cfg->seed, STREAM_SELF_COND);
+
+    t->ids = calloc(bt, sizeof *t->ids);
+    t->pad = calloc(bt, 1);
+    t->cond = calloc(bt, 1);
+    t->loss_mask = calloc(bt, 1);
+    t->sigma = calloc((size_t)t->B, sizeof *t->sigma);
+    t->per_seq = calloc((size_t)t->B, sizeof *t->per_seq);
+    t->noise = calloc(bt * (size_t)t->E, sizeof *t->noise);
+    if (cfg->model.self_cond) t->self_cond = calloc(bt * (size_t)t->E, sizeof *t->self_cond);
+    t->ring_sigma = calloc((size_t)window, sizeof(float));
+    t->ring_loss = calloc((size_t)window, sizeof(float));
+    t->fit_sigma = calloc((size_t)window, sizeof(float));
+    t->fit_loss = calloc((size_t)window, sizeof(float));
+    if (cfg->optim.ema > 0) {
+        size_t n = cdcd_model_param_count(t->model);
+        t->ema = malloc(n * sizeof(float));
+        if (t->ema) memcpy(t->ema, cdcd_model_params(t->model), n * sizeof(float));
+    }
+    if (!t->ids || !t->pad || !t->cond || !t->loss_mask || !t->sigma || !t->per_seq || !t->noise ||
+        (cfg->model.self_cond && !t->self_cond) || !t->ring_sigma || !t->ring_loss || !t->fit_sigma ||
+        !t->fit_loss || (cfg->optim.ema > 0 && !t->ema)) {
+        snprintf(err, errlen, "out of memory for the training buffers");
+        goto fail;
+    }
+    return t;
+fail:
+    cdcd_trainer_free(t);
+    return NULL;
+}
+
+cdcd_trainer *cdcd_trainer_create(const cdcd_run_config *cfg, const char *run_dir,
+                                  const cdcd_train_sink *sink, char *err, size_t errlen) {
+    return trainer_build(cfg, run_dir, sink, err, errlen);
+}
+
+static void ring_push(cdcd_trainer *t, float sigma, float loss) {
+    int64_t cap = t->cfg.schedule.window;
+    t->ring_sigma[t->ring_head] = sigma;
+    t->ring_loss[t->ring_head] = loss;
+    t->ring_head = (t->ring_head + 1) % cap;
+    if (t->ring_n < cap) t->ring_n++;
+}
+
+/* The newest n ring samples, oldest first. */
+static int ring_recent(cdcd_trainer *t, int n, float *sigma, float *loss) {
+    int64_t cap = t->cfg.schedule.window;
+    if (n > t->ring_n) n = (int)t->ring_n;
+    for (int i = 0; i < n; i++) {
+        int64_t idx = ((t->ring_head - n + i) % cap + cap) % cap;
+        sigma[i] = t->ring_sigma[idx];
+        loss[i] = t->ring_loss[idx];
+    }
+    return n;
+}
+
+static void refit(cdcd_trainer *t) {
+    int window = t->cfg.schedule.window;
+    int n = t->sink.recent_samples ? t->sink.recent_samples(t->sink.ctx, window, t->fit_sigma, t->fit_loss)
+                                   : ring_recent(t, window, t->fit_sigma, t->fit_loss);
+    if (n < 0) {
+        cdcd_warn("schedule refit at step %lld: the sample store failed; keeping the current fit",
+                  (long long)t->step);
+        return;
+    }
+    int ok = cdcd_schedule_refit(&t->sched, t->fit_sigma, t->fit_loss, n, t->step) == CDCD_FIT_OK;
+    const cdcd_schedule_fit rec = t->sched.last;
+    if (!ok)
+        cdcd_warn("schedule refit at step %lld failed (%s); keeping the previous parameters",
+                  (long long)t->step, cdcd_fit_status_name((cdcd_fit_status)rec.status));
+    if (t->sink.on_fit) {
+        cdcd_fit_report r = {.step = t->step, .ok = ok, .mu = rec.mu, .s = rec.s, .h = rec.h, .o = rec.o,
+                             .rmse = rec.rmse, .n = rec.n, .kind = t->sched.kind};
+        t->sink.on_fit(t->sink.ctx, &r);
+    }
+}
+
+/* Validation: the first valid_batches batches of the valid file in file order, sigma
+ * from the current schedule and noise from a fixed seed, no conditioning, so two calls at
+ * the same parameters agree and the curve over steps is comparable. */
+int cdcd_trainer_validate(cdcd_trainer *t, double *out_loss) {
+    char e[256];
+    cdcd_batch_opts bo;
+    cdcd_batch_opts_default(&bo);
+    bo.batch_size = t->B;
+    bo.seq_len = t->T;
+    bo.shuffle = 0;
+    bo.wrap = 0;
+    cdcd_batcher *it = cdcd_batch_create(t->valid_tf, &bo, e, sizeof e);
+    if (!it) {
+        set_err(t, "validation: %s", e);
+        return -1;
+    }
+    cdcd_rng rs, rn;
+    cdcd_rng_init(&rs, t->cfg.seed ^ TRAIN_VALID_SEED_MIX, STREAM_VALID);
+    cdcd_rng_init(&rn, t->cfg.seed ^ TRAIN_VALID_SEED_MIX, STREAM_VALID + 1);
+    double sum = 0;
+    int n = 0;
+    size_t bt = (size_t)t->B * (size_t)t->T;
+    for (int i = 0; i < t->cfg.train.valid_batches; i++) {
+        int rows = cdcd_batch_next(it, t->ids, t->pad, NULL);
+        if (rows <= 0) break;
+        memcpy(t->loss_mask, t->pad, bt);
+        cdcd_schedule_sample_sigmas(&t->sched, &rs, t->B, t->sigma);
+        cdcd_rng_fill_normal(&rn, t->noise, bt * (size_t)t->E, 1.0f);
+        cdcd_batch b = {.B = rows, .T = t->T, .ids = t->ids, .pad_mask = t->pad, .cond_mask = NULL,
+                        .loss_mask = t->loss_mask, .sigma = t->sigma, .noise = t->noise, .self_cond = NULL};
+        float loss;
+        if (cdcd_model_forward_loss(t->model, &b, &loss, NULL) != 0) break;
+        sum += loss;
+        n++;
+    }
+    cdcd_batch_free(it);
+    if (n == 0) {
+        set_err(t, "validation: no batch could be evaluated");
+        return -1;
+    }
+    *out_loss = sum / n;
+    return 0;
+}
+
+int cdcd_trainer_step(cdcd_trainer *t) {
+    const cdcd_run_config *c = &t->cfg;
+    if (t->step >= c->train.max_steps) return 1;
+    double t0 = cdcd_now_s();
+    size_t bt = (size_t)t->B * (size_t)t->T;
+    int64_t real = 0;
+    if (cdcd_batch_next(t->train_it, t->ids, t->pad, &real) != t->B) {
+        set_err(t, "the training data gave no batch (empty token file?)");
+        return -1;
+    }
+
+    cdcd_mask_params mp = {.p_cond = c->cond.p_cond, .p_prefix = c->cond.p_prefix, .p_drop = c->cond.p_drop};
+    cdcd_masks_make(&mp, &t->rng_mask, t->B, t->T, t->pad, t->cond, t->loss_mask);
+    cdcd_schedule_sample_sigmas(&t->sched, &t->rng_sigma, t->B, t->sigma);
+    cdcd_rng_fill_normal(&t->rng_noise, t->noise, bt * (size_t)t->E, 1.0f);
+
+    cdcd_batch b = {.B = t->B, .T = t->T, .ids = t->ids, .pad_mask = t->pad,
+                    .cond_mask = c->model.cond_channels ? t->cond : NULL, .loss_mask = t->loss_mask,
+                    .sigma = t->sigma, .noise = t->noise, .self_cond = NULL};
+    if (t->self_cond) {
+        /* Self-conditioning on a random share of the batch: the first k rows (the batch
+         * order is already random), whose x-hat-0 comes from an extra no-grad pass. */
+        int k = 0;
+        for (int i = 0; i < t->B; i++) k += cdcd_rng_uniform(&t->rng_self_cond) < c->cond.p_self_cond;
+        memset(t->self_cond, 0, bt * (size_t)t->E * sizeof(float));
+        if (k > 0) {
+            cdcd_batch sub = b;
+            sub.B = k;
+            if (cdcd_model_forward_x0(t->model, &sub, t->self_cond) != 0) {
+                set_err(t, "self-conditioning pass failed");
+                return -1;
+            }
+        }
+        b.self_cond = t->self_cond;
+    }
+    double lr = cdcd_train_lr(c, t->step);
+    cdcd_adamw_params op = {.lr = (float)lr, .beta1 = c->optim.beta1, .beta2 = c->optim.beta2,
+                            .eps = c->optim.eps, .weight_decay = c->optim.weight_decay, .clip = c->optim.clip};
+    cdcd_train_result res;
+    if (cdcd_model_train_step(t->model, &b, &op, t->adam_t + 1, t->per_seq, &res) != 0) {
+        set_err(t, "training step %lld failed (bad batch)", (long long)t->step + 1);
+        return -1;
+    }
+    if (!res.nonfinite) t->adam_t++;
+    t->step++;
+    t->tokens += real;
+    if (t->ema && !res.nonfinite) {
+        float d = c->optim.ema, *p = cdcd_model_params(t->model);
+        size_t n = cdcd_model_param_count(t->model);
+        for (size_t i = 0; i < n; i++) t->ema[i] = d * t->ema[i] + (1.0f - d) * p[i];
+    }
+    /* Per-sequence samples for the schedule (sequences with no loss position carry none). */
+    if (!res.nonfinite) {
+        int n = 0;
+        for (int i = 0; i < t->B; i++) {
+            int has = 0;
+            for (int j = 0; j < t->T && !has; j++) has = t->loss_mask[(size_t)i * t->T + j];
+            if (!has || !isfinite(t->per_seq[i])) continue;
+            t->fit_sigma[n] = t->sigma[i];
+            t->fit_loss[n] = t->per_seq[i];
+            ring_push(t, t->sigma[i], t->per_seq[i]);
+            n++;
+        }
+        if (t->sink.on_entropy && n) t->sink.on_entropy(t->sink.ctx, t->step, n, t->fit_sigma, t->fit_loss);
+    }
+    double dt = cdcd_now_s() - t0;
+    if (t->sink.on_step) {
+        cdcd_step_report r = {.step = t->step, .loss = res.loss, .lr = lr, .grad_norm = res.grad_norm,
+                              .tokens_per_s = dt > 0 ? (double)real / dt : 0, .tokens = t->tokens,
+                              .step_ms = dt * 1e3, .nonfinite = res.nonfinite};
+        t->sink.on_step(t->sink.ctx, &r);
+    }
+    if (c->schedule.refit_every > 0 && t->step % c->schedule.refit_every == 0) refit(t);
+    if (c->train.valid_every > 0 && t->step % c->train.valid_every == 0) {
+        double vl;
+        if (cdcd_trainer_validate(t, &vl) == 0 && t->sink.on_valid) t->sink.on_valid(t->sink.ctx, t->step, vl);
+    }
+    if (c->train.checkpoint_every > 0 && t->step % c->train.checkpoint_every == 0 && t->step < c->train.max_steps) {
+        if (cdcd_trainer_checkpoint(t) != 0) return -1;
+    }
+    return t->step >= c->train.max_steps ? 1 : 0;
+}
+
+/* ------------------------------------------------------------ checkpoints */
+
+static int is_step_ckpt(const char *name, long long *step) {
+    int len = 0;
+    if (sscanf(name, "step-%lld.ckpt%n", step, &len) != 1) return 0;
+    return name[len] == 0;
+}
+
+/* Keeps the newest keep_checkpoints step files of run_dir. */
+static void prune_checkpoints(cdcd_trainer *t) {
+    int keep = t->cfg.train.keep_checkpoints;
+    if (keep <= 0) return;
+    DIR *d = opendir(t->run_dir);
+    if (!d) return;
+    long long steps[4096];
+    int n = 0;
+    struct dirent *e;
+    long long s;
+    while ((e = readdir(d)) && n < (int)(sizeof steps / sizeof steps[0]))
+        if (is_step_ckpt(e->d_name, &s)) steps[n++] = s;
+    closedir(d);
+    for (int i = 0; i < n; i++) { /* a few files: insertion sort, newest first */
+        for (int j = i; j > 0 && steps[j] > steps[j - 1]; j--) {
+            long long x = steps[j];
+            steps[j] = steps[j - 1];
+            steps[j - 1] = x;
+        }
+    }
+    for (int i = keep; i < n; i++) {
+        char p[CDCD_RUN_PATH_MAX + 64];
+        snprintf(p, sizeof p, "%s/step-%08lld.ckpt", t->run_dir, steps[i]);
+        unlink(p);
+    }
+}
+
+int cdcd_trainer_checkpoint_path(const cdcd_trainer *t, int64_t step, char *out, size_t cap) {
+    return snprintf(out, cap, "%s/step-%08lld.ckpt", t->run_dir, (long long)step) < (int)cap ? 0 : -1;
+}
+
+int cdcd_trainer_checkpoint(cdcd_trainer *t) {
+    char path[CDCD_RUN_PATH_MAX + 64];
+    char *json = NULL;
+    cdcd_ckpt_writer *w = NULL;
+    size_t n = cdcd_model_param_count(t->model);
+    double sched_blob[CDCD_SCHEDULE_SERIAL_LEN];
+    train_state_blob st = {.magic = TRAIN_STATE_MAGIC, .version = TRAIN_STATE_VERSION, .step = t->step,
+                           .tokens = t->tokens, .adam_t = t->adam_t, .ring_n = t->ring_n,
+                           .ring_head = t->ring_head, .n_params = n, .has_ema = t->ema != NULL};
+    cdcd_rng rngs[4] = {t->rng_sigma, t->rng_noise, t->rng_mask, t->rng_self_cond};
+    cdcd_batch_state data_state;
+    cdcd_batch_get_state(t->train_it, &data_state);
+    cdcd_schedule_serialise(&t->sched, sched_blob);
+    st.fits_failed = (int32_t)t->sched.n_failures;
+
+    cdcd_trainer_checkpoint_path(t, t->step, path, sizeof path);
+    json = cdcd_run_config_to_json(&t->cfg);
+    w = cdcd_ckpt_writer_new(path);
+    if (!json || !w) {
+        set_err(t, "checkpoint: out of memory");
+        goto fail;
+    }
+    int rc = 0;
+    rc |= cdcd_ckpt_add(w, "config", json, strlen(json));
+    rc |= cdcd_ckpt_add(w, "state", &st, sizeof st);
+    rc |= cdcd_ckpt_add(w, "params", cdcd_model_params(t->model), n * sizeof(float));
+    rc |= cdcd_ckpt_add(w, "adam_m", cdcd_model_adam_m(t->model), n * sizeof(float));
+    rc |= cdcd_ckpt_add(w, "adam_v", cdcd_model_adam_v(t->model), n * sizeof(float));
+    if (t->ema) rc |= cdcd_ckpt_add(w, "ema", t->ema, n * sizeof(float));
+    rc |= cdcd_ckpt_add(w, "schedule", sched_blob, sizeof sched_blob);
+    rc |= cdcd_ckpt_add(w, "rng", rngs, sizeof rngs);
+    rc |= cdcd_ckpt_add(w, "data", &data_state, sizeof data_state);
+    rc |= cdcd_ckpt_add(w, "ring_sigma", t->ring_sigma, (size_t)t->cfg.schedule.window * sizeof(float));
+    rc |= cdcd_ckpt_add(w, "ring_loss", t->ring_loss, (size_t)t->cfg.schedule.window * sizeof(float));
+    if (rc) {
+        set_err(t, "checkpoint: too many sections");
+        goto fail;
+    }
+    uint64_t bytes = 0;
+    char sha[65], cerr[512];
+    int crc = cdcd_ckpt_commit(w, &bytes, sha, cerr, sizeof cerr);
+    w = NULL;
+    if (crc != 0) {
+        set_err(t, "checkpoint at step %lld failed: %s", (long long)t->step, cerr);
+        goto fail;
+    }
+    free(json);
+    if (t->sink.on_checkpoint) t->sink.on_checkpoint(t->sink.ctx, t->step, path, bytes, sha);
+    prune_checkpoints(t);
+    return 0;
+fail:
+    if (w) cdcd_ckpt_writer_abort(w);
+    free(json);
+    return -1;
+}
+
+/* Reads the config of a checkpoint. NULL with err set. */
+static cdcd_run_config *ckpt_config(const cdcd_ckpt_reader *r, const char *path, char *err, size_t errlen) {
+    const void *json;
+    size_t len;
+    if (cdcd_ckpt_get(r, "config", &json, &len) != 0) {
+        snprintf(err, errlen, "%s: no config section", path);
+        return NULL;
+    }
+    cdcd_config_error cerr;
+    cdcd_config_env env = {0};
+    /* The token files may have moved since: the checkpoint alone must be enough to sample. */
+    env.skip_file_checks = 1;
+    cdcd_run_config *cfg = cdcd_run_config_parse(json, len, &env, &cerr);
+    if (!cfg) snprintf(err, errlen, "%s: stored config invalid: %s %s", path, cerr.field, cerr.message);
+    return cfg;
+}
+
+cdcd_trainer *cdcd_trainer_resume(const char *checkpoint_path, const char *run_dir,
+                                  const cdcd_train_sink *sink, char *err, size_t errlen) {
+    cdcd_ckpt_reader *r = cdcd_ckpt_open(checkpoint_path, err, errlen);
+    cdcd_run_config *cfg = NULL;
+    cdcd_trainer *t = NULL;
+    if (!r) return NULL;
+    cfg = ckpt_config(r, checkpoint_path, err, errlen);
+    if (!cfg) goto fail;
+    t = trainer_build(cfg, run_dir, sink, err, errlen);
+    if (!t) goto fail;
+    train_state_blob st;
+    size_t n = cdcd_model_param_count(t->model);
+    size_t window = (size_t)cfg->schedule.window;
+    double sched_blob[CDCD_SCHEDULE_SERIAL_LEN];
+    cdcd_rng rngs[4];
+    cdcd_batch_state data_state;
+    if (cdcd_ckpt_read_exact(r, "state", &st, sizeof st) != 0 || st.magic != TRAIN_STATE_MAGIC ||
+        st.version != TRAIN_STATE_VERSION || st.n_params != n) {
+        snprintf(err, errlen, "%s: training state missing or made by another model shape", checkpoint_path);
+        goto fail;
+    }
+    if (cdcd_ckpt_read_exact(r, "params", cdcd_model_params(t->model), n * sizeof(float)) != 0 ||
+        cdcd_ckpt_read_exact(r, "adam_m", cdcd_model_adam_m(t->model), n * sizeof(float)) != 0 ||
+        cdcd_ckpt_read_exact(r, "adam_v", cdcd_model_adam_v(t->model), n * sizeof(float)) != 0 ||
+        (t->ema && cdcd_ckpt_read_exact(r, "ema", t->ema, n * sizeof(float)) != 0) ||
+        cdcd_ckpt_read_exact(r, "schedule", sched_blob, sizeof sched_blob) != 0 ||
+        cdcd_ckpt_read_exact(r, "rng", rngs, sizeof rngs) != 0 ||
+        cdcd_ckpt_read_exact(r, "data", &data_state, sizeof data_state) != 0 ||
+        cdcd_ckpt_read_exact(r, "ring_sigma", t->ring_sigma, window * sizeof(float)) != 0 ||
+        cdcd_ckpt_read_exact(r, "ring_loss", t->ring_loss, window * sizeof(float)) != 0) {
+        snprintf(err, errlen, "%s: a section is missing or has the wrong size", checkpoint_path);
+        goto fail;
+    }
+    if (cdcd_schedule_deserialise(&t->sched, sched_blob, CDCD_SCHEDULE_SERIAL_LEN) != 0 ||
+        cdcd_batch_set_state(t->train_it, &data_state, err, errlen) != 0) {
+        snprintf(err, errlen, "%s: schedule or data position cannot be restored", checkpoint_path);
+        goto fail;
+    }
+    t->rng_sigma = rngs[0];
+    t->rng_noise = rngs[1];
+    t->rng_mask = rngs[2];
+    t->rng_self_cond = rngs[3];
+    t->step = st.step;
+    t->tokens = st.tokens;
+    t->adam_t = st.adam_t;
+    t->ring_n = st.ring_n;
+    t->ring_head = st.ring_head;
+    cdcd_ckpt_close(r);
+    cdcd_run_config_free(cfg);
+    return t;
+fail:
+    cdcd_trainer_free(t);
+    cdcd_run_config_free(cfg);
+    cdcd_ckpt_close(r);
+    return NULL;
+}
+
+int cdcd_load_for_inference(const char *path, int threads, int max_batch, int use_ema,
+                            cdcd_inference_bundle *out, char *err, size_t errlen) {
+    memset(out, 0, sizeof *out);
+    cdcd_ckpt_reader *r = cdcd_ckpt_open(path, err, errlen);
+    if (!r) return -1;
+    cdcd_run_config *cfg = ckpt_config(r, path, err, errlen);
+    if (!cfg) goto fail;
+    cdcd_model_config mc;
+    cdcd_run_model_to(&cfg->model, &mc);
+    char merr[256];
+    out->model = cdcd_model_create(&mc, max_batch, mc.max_seq_len, threads, 0, merr, sizeof merr);
+    if (!out->model) {
+        snprintf(err, errlen, "%s: %s", path, merr);
+        goto fail;
+    }
+    size_t n = cdcd_model_param_count(out->model);
+    const void *p;
+    size_t bytes;
+    out->used_ema = 0;
+    if (use_ema && cdcd_ckpt_get(r, "ema", &p, &bytes) == 0 && bytes == n * sizeof(float)) {
+        memcpy(cdcd_model_params(out->model), p, bytes);
+        out->used_ema = 1;
+    } else if (cdcd_ckpt_read_exact(r, "params", cdcd_model_params(out->model), n * sizeof(float)) != 0) {
+        snprintf(err, errlen, "%s: parameters missing or of the wrong size", path);
+        goto fail;
+    }
+    double sched_blob[CDCD_SCHEDULE_SERIAL_LEN];
+    out->sched = calloc(1, sizeof *out->sched);
+    if (!out->sched || cdcd_ckpt_read_exact(r, "schedule", sched_blob, sizeof sched_blob) != 0 ||
+        cdcd_schedule_deserialise(out->sched, sched_blob, CDCD_SCHEDULE_SERIAL_LEN) != 0) {
+        snprintf(err, errlen, "%s: schedule missing or invalid", path);
+        goto fail;
+    }
+    train_state_blob st;
+    if (cdcd_ckpt_read_exact(r, "state", &st, sizeof st) == 0) out->step = st.step;
+    out->cfg = cfg;
+    cdcd_ckpt_close(r);
+    return 0;
+fail:
+    cdcd_run_config_free(cfg);
+    out->cfg = NULL;
+    cdcd_inference_bundle_free(out);
+    cdcd_ckpt_close(r);
+    return -1;
+}
+
+void cdcd_inference_bundle_free(cdcd_inference_bundle *b) {
+    cdcd_model_free(b->model);
+    free(b->sched);
+    cdcd_run_config_free(b->cfg);
+    memset(b, 0, sizeof *b);
+}
