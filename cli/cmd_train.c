@@ -128,6 +128,7 @@ static void usage(FILE *out) {
             "  --out DIR       checkpoints, CSV logs and train.log go here (created)\n"
             "  --resume CKPT   continue from a checkpoint (the config comes from it)\n"
             "  --max-steps N   override train.max_steps (also when resuming)\n"
+            "  --time-limit M  stop after M minutes (final checkpoint), like SIGINT\n"
             "  --quiet         no progress line\n");
 }
 
@@ -135,17 +136,19 @@ int cdcd_cmd_train(int argc, char **argv) {
     const char *config_path = NULL, *out_dir = NULL, *resume = NULL, *data_dir = NULL;
     int quiet = 0;
     long long max_steps_override = 0;
+    double time_limit_min = 0;
     static const struct option opts[] = {{"config", required_argument, 0, 'c'},
                                          {"out", required_argument, 0, 'o'},
                                          {"resume", required_argument, 0, 'r'},
                                          {"data-dir", required_argument, 0, 'd'},
                                          {"max-steps", required_argument, 0, 'm'},
                                          {"quiet", no_argument, 0, 'q'},
+                                         {"time-limit", required_argument, 0, 'T'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     int ch;
     optind = 1;
-    while ((ch = getopt_long(argc, argv, "c:o:r:d:m:qh", opts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "c:o:r:d:m:qT:h", opts, NULL)) != -1) {
         switch (ch) {
         case 'c': config_path = optarg; break;
         case 'o': out_dir = optarg; break;
@@ -153,6 +156,7 @@ int cdcd_cmd_train(int argc, char **argv) {
         case 'd': data_dir = optarg; break;
         case 'm': max_steps_override = atoll(optarg); break;
         case 'q': quiet = 1; break;
+        case 'T': time_limit_min = atof(optarg); break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -233,6 +237,10 @@ int cdcd_cmd_train(int argc, char **argv) {
     sigaction(SIGTERM, &sa, NULL);
     int st = 0;
     while (!stop_requested && (st = cdcd_trainer_step(t)) == 0) {
+        if (time_limit_min > 0 && cdcd_now_s() - c.t0 > time_limit_min * 60.0) {
+            fprintf(stderr, "%scdcd train: time limit of %g minutes reached\n", c.tty ? "\n" : "", time_limit_min);
+            break;
+        }
     }
     if (!quiet && c.tty) fputc('\n', stderr);
     if (st < 0) {
