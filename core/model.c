@@ -208,8 +208,7 @@ typedef struct {
     float *o;                   /* (N,D) attention output before proj */
     float *attn_out;            /* (N,D) after proj */
     float *ln2_mean, *ln2_rstd; /* (N) */
-    float *u;                   /* (N,4D) fc1 output */
-    float *g;                   /* (N,4D) GELU(u) */
+    float *u;                   /* (N,4D) fc1 output (GELU(u) is recomputed, not kept) */
     float *mlp_out;             /* (N,D) */
 } layer_acts;
 
@@ -241,6 +240,7 @@ typedef struct {
     float *dqk;                 /* (N,2D) */
     float *dqkv;                /* (N,3D) */
     float *du;                  /* (N,4D) */
+    float *g_s;                 /* (N,4D) GELU(u) of the current layer */
     float *dP;                  /* (B,H,T,T) */
     float *dmod;                /* (B,6D) */
     float *dfmod;               /* (B,2D) */
@@ -323,7 +323,6 @@ static void layout_acts(const cdcd_model_config *c, int Bm, int Tm, cdcd_arena *
         L->ln2_mean = take(ar, N);
         L->ln2_rstd = take(ar, N);
         L->u = take(ar, N * 4 * D);
-        L->g = take(ar, N * 4 * D);
         L->mlp_out = take(ar, N * D);
     }
     a->layers = layers;
@@ -345,6 +344,7 @@ static void layout_acts(const cdcd_model_config *c, int Bm, int Tm, cdcd_arena *
     a->dqk = take(ar, N * 2 * D);
     a->dqkv = take(ar, N * 3 * D);
     a->du = take(ar, N * 4 * D);
+    a->g_s = take(ar, N * 4 * D);
     a->dP = take(ar, Bm * H * TT);
     a->dmod = take(ar, Bm * 6 * D);
     a->dfmod = take(ar, Bm * 2 * D);
@@ -894,9 +894,9 @@ static void trunk_forward(cdcd_model *m) {
         s2.mod_shift = L->mod + 3 * D, s2.mod_scale = L->mod + 4 * D, s2.mod_stride = 6 * D;
         run_seq(m, adaln_fwd_task, &s2);
         cdcd_ops_linear_forward(m->pool, L->u, a->a_s, w->fc1_w, w->fc1_b, N, D, 4 * D);
-        elem_ctx ge = {L->g, L->u, NULL, (size_t)4 * D};
+        elem_ctx ge = {a->g_s, L->u, NULL, (size_t)4 * D};
         cdcd_pool_for(m->pool, N, ROW_GRAIN, gelu_fwd_range, &ge);
-        cdcd_ops_linear_forward(m->pool, L->mlp_out, L->g, w->fc2_w, w->fc2_b, N, 4 * D, D);
+        cdcd_ops_linear_forward(m->pool, L->mlp_out, a->g_s, w->fc2_w, w->fc2_b, N, 4 * D, D);
         seq_ctx gm = {0};
         gm.out = next, gm.branch = L->mlp_out, gm.gate = L->mod + 5 * D, gm.mod_stride = 6 * D;
         run_seq(m, gate_fwd_task, &gm); /* next = h_{l+1} */
@@ -953,8 +953,10 @@ static void trunk_backward(cdcd_model *m, const int32_t *ids, const uint8_t *con
         gb.dbranch = a->dtmp, gb.dgate = a->dmod + 5 * D, gb.dout = a->dh, gb.branch = L->mlp_out;
         gb.gate = L->mod + 5 * D, gb.mod_stride = 6 * D;
         run_seq(m, gate_bwd_task, &gb);
-        cdcd_ops_linear_backward(m->pool, a->du, 0, gw->fc2_w, gw->fc2_b, a->dtmp, L->g, w->fc2_w,
-                                 N, 4 * D, D);
+        elem_ctx gf = {a->g_s, L->u, NULL, (size_t)4 * D}; /* recompute GELU(u) */
+        cdcd_pool_for(m->pool, N, ROW_GRAIN, gelu_fwd_range, &gf);
+        cdcd_ops_linear_backward(m->pool, a->du, 0, gw->fc2_w, gw->fc2_b, a->dtmp, a->g_s,
+                                 w->fc2_w, N, 4 * D, D);
         elem_ctx ge = {a->du, L->u, a->du, (size_t)4 * D};
         cdcd_pool_for(m->pool, N, ROW_GRAIN, gelu_bwd_range, &ge);
         seq_ctx rm = {0};
