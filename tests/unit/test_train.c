@@ -1,0 +1,190 @@
+/* The trainer on a small synthetic token file: steps run and report, the schedule is
+ * refitted from the per-sequence samples, checkpoints are written, resuming gives the
+ * same losses bit for bit, the learning-rate schedule has the documented shape, and
+ * checkpoints load for inference. */
+#include <math.h>
+#include <stdio.h>
+#include <sys/stat.h>
+
+#include "model.h"
+#include "runconfig.h"
+#include "schedule.h"
+#include "tokenizer.h"
+#include "tokfile.h"
+#include "train.h"
+#include "test.h"
+
+static const char *const words[] = {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "one", "two", "three",
+                                    "four",  "five",  "six",   "seven", "eight",  "nine", "ten", "."};
+#define NW ((int)(sizeof words / sizeof words[0]))
+#define STEPS 6
+
+static char dir[4200];
+
+typedef struct {
+    double loss[64];
+    double gnorm[64];
+    int n_steps, n_fits, n_entropy, n_ckpt;
+} record;
+
+static void on_step(void *ctx, const cdcd_step_report *r) {
+    record *rec = ctx;
+    if (r->step < 64) {
+        rec->loss[r->step] = r->loss;
+        rec->gnorm[r->step] = r->grad_norm;
+    }
+    rec->n_steps++;
+}
+static void on_fit(void *ctx, const cdcd_fit_report *f) { ((record *)ctx)->n_fits += f->ok; }
+static void on_entropy(void *ctx, int64_t step, int n, const float *sigma, const float *loss) {
+    record *rec = ctx;
+    for (int i = 0; i < n; i++)
+        if (sigma[i] > 0 && isfinite(loss[i])) rec->n_entropy++;
+}
+static void on_ckpt(void *ctx, int64_t step, const char *path, uint64_t bytes, const char *sha) {
+    ((record *)ctx)->n_ckpt += bytes > 0 && strlen(sha) == 64;
+}
+
+static int make_data(void) {
+    snprintf(dir, sizeof dir, "%s", test_tmpdir());
+    char vocab[4400], tokp[4400], err[256];
+    snprintf(vocab, sizeof vocab, "%s/vocab.txt", dir);
+    FILE *f = fopen(vocab, "w");
+    for (int i = 0; i < NW; i++) fprintf(f, "%s\n", words[i]);
+    fclose(f);
+    cdcd_tokenizer *tok = cdcd_tok_load_sized(vocab, NW, err, sizeof err);
+    if (!tok) return -1;
+    for (int which = 0; which < 2; which++) {
+        snprintf(tokp, sizeof tokp, "%s/%s.tok", dir, which ? "valid" : "train");
+        cdcd_tokfile_writer *w = cdcd_tokfile_writer_open(tokp, tok, err, sizeof err);
+        if (!w) return -1;
+        for (int s = 0; s < 40; s++) { /* counting stories: "three four five six ." */
+            int32_t ids[12];
+            int start = 5 + s % 6, len = 3 + s % 5;
+            for (int i = 0; i < len; i++) ids[i] = 5 + (start - 5 + i) % 10;
+            ids[len] = 15;
+            cdcd_tokfile_writer_append(w, ids, (size_t)len + 1);
+            cdcd_tokfile_writer_end_story(w);
+        }
+        if (cdcd_tokfile_writer_finish(w, err, sizeof err) != 0) return -1;
+    }
+    cdcd_tok_free(tok);
+    return 0;
+}
+
+static cdcd_run_config *config(int self_cond, const char *head) {
+    char json[2048];
+    snprintf(json, sizeof json,
+             "{\"seed\":5,\"model\":{\"vocab_size\":%d,\"d_emb\":8,\"d_model\":32,\"n_heads\":2,\"n_layers\":1,"
+             "\"cond_dim\":8,\"max_seq_len\":16,\"self_cond\":%s,\"head\":\"%s\"},"
+             "\"data\":{\"seq_len\":8},\"train\":{\"batch_size\":6,\"max_steps\":%d,\"threads\":2,"
+             "\"checkpoint_every\":3,\"valid_every\":3,\"valid_batches\":2,\"keep_checkpoints\":0},"
+             "\"optim\":{\"ema\":0.9,\"warmup_steps\":2},\"schedule\":{\"refit_every\":2,\"window\":16}}",
+             NW, self_cond ? "true" : "false", head, STEPS);
+    cdcd_config_env env = {.data_dir = dir};
+    cdcd_config_error e;
+    cdcd_run_config *c = cdcd_run_config_parse(json, strlen(json), &env, &e);
+    if (!c) printf("  config: %s: %s\n", e.field, e.message);
+    return c;
+}
+
+static void run_and_resume(int self_cond, const char *head) {
+    char run_a[4400], run_b[4400], ck[4500], err[1024];
+    snprintf(run_a, sizeof run_a, "%s/a-%d-%s", dir, self_cond, head);
+    snprintf(run_b, sizeof run_b, "%s/b-%d-%s", dir, self_cond, head);
+    mkdir(run_a, 0755);
+    mkdir(run_b, 0755);
+    cdcd_run_config *c = config(self_cond, head);
+    ASSERT(c != NULL);
+    record a = {0}, b = {0};
+    cdcd_train_sink sa = {.ctx = &a, .on_step = on_step, .on_fit = on_fit, .on_entropy = on_entropy,
+                          .on_checkpoint = on_ckpt};
+    cdcd_trainer *t = cdcd_trainer_create(c, run_a, &sa, err, sizeof err);
+    EXPECTF(t != NULL, "%.300s", err);
+    if (!t) {
+        cdcd_run_config_free(c);
+        return;
+    }
+    int rc;
+    while ((rc = cdcd_trainer_step(t)) == 0) {
+    }
+    EXPECTF(rc == 1, "step returned %d: %s", rc, cdcd_trainer_error(t));
+    cdcd_trainer_free(t);
+    EXPECT(a.n_steps == STEPS);
+    EXPECT(a.n_entropy == STEPS * 6);
+    EXPECTF(a.n_fits >= 2, "%d successful fits", a.n_fits);
+    EXPECT(a.n_ckpt == 1); /* step 3; the last step's checkpoint is the caller's */
+    for (int s = 1; s <= STEPS; s++) EXPECT(isfinite(a.loss[s]) && a.loss[s] > 0);
+
+    cdcd_train_sink sb = {.ctx = &b, .on_step = on_step};
+    snprintf(ck, sizeof ck, "%s/step-00000003.ckpt", run_a);
+    t = cdcd_trainer_resume(ck, run_b, &sb, err, sizeof err);
+    EXPECTF(t != NULL, "resume: %.300s", err);
+    if (t) {
+        EXPECT(cdcd_trainer_step_count(t) == 3);
+        while (cdcd_trainer_step(t) == 0) {
+        }
+        for (int s = 4; s <= STEPS; s++) {
+            EXPECTF(a.loss[s] == b.loss[s], "step %d: loss %.9g vs resumed %.9g", s, a.loss[s], b.loss[s]);
+            EXPECTF(a.gnorm[s] == b.gnorm[s], "step %d: grad norm %.9g vs resumed %.9g", s, a.gnorm[s], b.gnorm[s]);
+        }
+        EXPECT(cdcd_trainer_checkpoint(t) == 0);
+        cdcd_trainer_free(t);
+    }
+    /* The checkpoint loads for inference, with the EMA weights. */
+    cdcd_inference_bundle ib;
+    snprintf(ck, sizeof ck, "%s/step-%08d.ckpt", run_b, STEPS);
+    EXPECTF(cdcd_load_for_inference(ck, 1, 2, 1, &ib, err, sizeof err) == 0, "%.300s", err);
+    if (ib.model) {
+        EXPECT(ib.used_ema == 1 && ib.step == STEPS);
+        EXPECT(ib.sched->tmax > ib.sched->tmin);
+    }
+    cdcd_inference_bundle_free(&ib);
+    cdcd_run_config_free(c);
+}
+
+TEST(test_train_resume_bit_exact_logits_head) { run_and_resume(0, "logits"); }
+TEST(test_train_resume_bit_exact_self_cond_embedding_head) { run_and_resume(1, "embedding"); }
+
+TEST(test_train_lr_schedule) {
+    cdcd_run_config *c = config(0, "logits");
+    ASSERT(c != NULL);
+    c->optim.lr = 1e-3f;
+    c->optim.warmup_steps = 10;
+    c->optim.min_lr_ratio = 0.1f;
+    c->train.max_steps = 110;
+    c->optim.decay = CDCD_DECAY_COSINE;
+    EXPECT_NEAR(cdcd_train_lr(c, 0), 1e-4, 1e-9);
+    EXPECT_NEAR(cdcd_train_lr(c, 9), 1e-3, 1e-9);
+    EXPECT_NEAR(cdcd_train_lr(c, 60), 0.55e-3, 1e-9); /* halfway through the cosine */
+    EXPECT_NEAR(cdcd_train_lr(c, 110), 1e-4, 1e-9);
+    c->optim.decay = CDCD_DECAY_EXP;
+    EXPECT_NEAR(cdcd_train_lr(c, 60), 1e-3 * sqrt(0.1), 1e-9);
+    c->optim.decay = CDCD_DECAY_NONE;
+    EXPECT_NEAR(cdcd_train_lr(c, 100), 1e-3, 1e-9);
+    cdcd_run_config_free(c);
+}
+
+TEST(test_train_bad_data_is_an_error) {
+    cdcd_run_config *c = config(0, "logits");
+    ASSERT(c != NULL);
+    snprintf(c->data.train, sizeof c->data.train, "%.900s/missing.tok", dir);
+    char err[512] = "";
+    cdcd_trainer *t = cdcd_trainer_create(c, dir, NULL, err, sizeof err);
+    EXPECT(t == NULL);
+    EXPECTF(strstr(err, "data.train") != NULL, "%s", err);
+    cdcd_trainer_free(t);
+    cdcd_run_config_free(c);
+}
+
+int main(void) {
+    if (make_data() != 0) {
+        printf("FAIL setup: cannot write the synthetic token files\n");
+        return 1;
+    }
+    RUN(test_train_lr_schedule);
+    RUN(test_train_resume_bit_exact_logits_head);
+    RUN(test_train_resume_bit_exact_self_cond_embedding_head);
+    RUN(test_train_bad_data_is_an_error);
+    return test_summary();
+}
