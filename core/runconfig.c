@@ -421,7 +421,11 @@ char *cdcd_run_config_to_json(const cdcd_run_config *c) {
             case F_FLOAT: {
                 /* Print floats with the precision they have, so 0.1f comes back as 0.1. */
                 char buf[32];
-                snprintf(buf, sizeof buf, "%.9g", (double)*(const float *)base);
+                float v = *(const float *)base;
+                for (int prec = 6; prec <= 9; prec++) { /* shortest text that reads back as v */
+                    snprintf(buf, sizeof buf, "%.*g", prec, (double)v);
+                    if (strtof(buf, NULL) == v) break;
+                }
                 cJSON_AddRawToObject(obj, f->key, buf);
                 break;
             }
