@@ -25,12 +25,14 @@ static const double eval_default_sigmas[] = {0.5, 1, 2, 5, 10, 20, 50, 100};
 
 static void usage(FILE *out) {
     fprintf(out, "usage: cdcd eval --checkpoint C --data valid.tok [--batches N] [--batch B]\n"
-                 "                 [--sigmas 0.5,1,2,...] [--threads N] [--seed S] [--no-ema] [--json]\n");
+                 "                 [--sigmas 0.5,1,2,...] [--threads N] [--seed S] [--no-ema] [--self-cond] [--json]\n"
+                 "  --self-cond  first a pass without it, then the loss with that x-hat-0 as the\n"
+                 "               self-conditioning input (as the sampler uses it)\n");
 }
 
 int cdcd_cmd_eval(int argc, char **argv) {
     const char *ckpt = NULL, *data = NULL;
-    int batches = EVAL_DEFAULT_BATCHES, B = EVAL_DEFAULT_BATCH, threads = 2, json = 0, use_ema = 1;
+    int batches = EVAL_DEFAULT_BATCHES, B = EVAL_DEFAULT_BATCH, threads = 2, json = 0, use_ema = 1, self_cond = 0;
     unsigned long long seed = 1;
     double sigmas[EVAL_MAX_SIGMAS];
     int n_sigmas = (int)(sizeof eval_default_sigmas / sizeof eval_default_sigmas[0]);
@@ -40,10 +42,11 @@ int cdcd_cmd_eval(int argc, char **argv) {
                                          {"sigmas", required_argument, 0, 's'},     {"threads", required_argument, 0, 'j'},
                                          {"seed", required_argument, 0, 'S'},       {"no-ema", no_argument, 0, 'E'},
                                          {"json", no_argument, 0, 'J'},             {"help", no_argument, 0, 'h'},
+                                         {"self-cond", no_argument, 0, 'C'},
                                          {0, 0, 0, 0}};
     int ch;
     optind = 1;
-    while ((ch = getopt_long(argc, argv, "c:d:b:B:s:j:S:EJh", opts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "c:d:b:B:s:j:S:EJCh", opts, NULL)) != -1) {
         switch (ch) {
         case 'c': ckpt = optarg; break;
         case 'd': data = optarg; break;
@@ -53,6 +56,7 @@ int cdcd_cmd_eval(int argc, char **argv) {
         case 'S': seed = strtoull(optarg, NULL, 10); break;
         case 'E': use_ema = 0; break;
         case 'J': json = 1; break;
+        case 'C': self_cond = 1; break;
         case 's': {
             n_sigmas = 0;
             char *s = optarg, *end;
@@ -93,10 +97,19 @@ int cdcd_cmd_eval(int argc, char **argv) {
     int32_t *ids = malloc(sizeof(int32_t) * bt * (size_t)batches);
     uint8_t *pad = malloc(bt * (size_t)batches);
     float *noise = malloc(sizeof(float) * bt * (size_t)E), *sig = malloc(sizeof(float) * (size_t)B);
+    float *sc = self_cond ? malloc(sizeof(float) * bt * (size_t)E) : NULL;
     double *counts = calloc((size_t)V, sizeof(double));
     double *ce = calloc((size_t)n_sigmas + 1, sizeof(double));
     if (!tf) {
         fprintf(stderr, "cdcd eval: %s\n", err);
+        goto done;
+    }
+    if (self_cond && !ib.cfg->model.self_cond) {
+        fprintf(stderr, "cdcd eval: --self-cond: the model was not trained with self-conditioning\n");
+        goto done;
+    }
+    if (self_cond && !sc) {
+        fprintf(stderr, "cdcd eval: out of memory\n");
         goto done;
     }
     if (!ids || !pad || !noise || !sig || !counts || !ce) {
@@ -147,6 +160,13 @@ int cdcd_cmd_eval(int argc, char **argv) {
                                 .cond_mask = NULL, .loss_mask = pad + (size_t)b * bt, .sigma = sig,
                                 .noise = noise, .self_cond = NULL};
             float loss;
+            if (sc) {
+                if (cdcd_model_forward_x0(ib.model, &batch, sc) != 0) {
+                    fprintf(stderr, "cdcd eval: evaluation failed\n");
+                    goto done;
+                }
+                batch.self_cond = sc;
+            }
             if (cdcd_model_forward_loss(ib.model, &batch, &loss, NULL) != 0) {
                 fprintf(stderr, "cdcd eval: evaluation failed\n");
                 goto done;
@@ -190,6 +210,7 @@ done:
     free(ids);
     free(pad);
     free(noise);
+    free(sc);
     free(sig);
     free(counts);
     free(ce);
