@@ -503,26 +503,25 @@ void cdcd_ops_attention_backward(cdcd_pool *pool, float *dqk, float *dv, int ldd
 typedef struct {
     float *out;
     const float *b;
-    int O;
+    int n_out;
 } bias_ctx;
 
-static void bias_add_range(void *vctx, size_t lo, size_t hi) {
+static void bias_fill_range(void *vctx, size_t lo, size_t hi) {
     const bias_ctx *c = vctx;
-    for (size_t n = lo; n < hi; n++) {
-        float *o = c->out + n * (size_t)c->O;
-        for (int i = 0; i < c->O; i++) o[i] += c->b[i];
-    }
+    for (size_t n = lo; n < hi; n++) memcpy(c->out + n * (size_t)c->n_out, c->b, sizeof(float) * c->n_out);
 }
 
+/* With a bias the output rows are first filled with it and the product accumulated onto
+ * them (beta = 1): one pass over the output instead of BLAS zeroing it and a bias pass. */
 void cdcd_ops_linear_forward(cdcd_pool *pool, float *out, const float *in, const float *w,
                              const float *b, size_t N, int n_in, int n_out) {
     if (N == 0) return;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, n_out, n_in, 1.0f, in, n_in, w,
-                n_in, 0.0f, out, n_out);
     if (b) {
         bias_ctx c = {out, b, n_out};
-        cdcd_pool_for(pool, N, ROW_GRAIN_SMALL * 4, bias_add_range, &c);
+        cdcd_pool_for(pool, N, ROW_GRAIN_SMALL * 4, bias_fill_range, &c);
     }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, n_out, n_in, 1.0f, in, n_in, w,
+                n_in, b ? 1.0f : 0.0f, out, n_out);
 }
 
 typedef struct {
