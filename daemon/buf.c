@@ -96,6 +96,16 @@ static size_t utf8_seq(const unsigned char *s, size_t n) {
     return len;
 }
 
+void cdcdd_utf8_scrub(char *s) {
+    unsigned char *p = (unsigned char *)s;
+    size_t n = strlen(s), i = 0;
+    while (i < n) {
+        size_t l = utf8_seq(p + i, n - i);
+        if (l) i += l;
+        else p[i++] = '?';
+    }
+}
+
 void cdcdd_buf_json_strn(cdcdd_buf *b, const char *s, size_t n) {
     static const char hex[] = "0123456789abcdef";
     const unsigned char *p = (const unsigned char *)s;

@@ -31,6 +31,9 @@ void cdcdd_buf_vprintf(cdcdd_buf *b, const char *fmt, va_list ap);
 /* A JSON string literal with quotes; NULL becomes null. Invalid UTF-8 bytes become U+FFFD. */
 void cdcdd_buf_json_str(cdcdd_buf *b, const char *s);
 void cdcdd_buf_json_strn(cdcdd_buf *b, const char *s, size_t n);
+/* Replaces every byte that is not part of valid UTF-8 with '?', in place (text that is
+ * echoed back verbatim inside JSON, such as a stored config, must be valid UTF-8). */
+void cdcdd_utf8_scrub(char *s);
 /* A JSON number with up to 9 significant digits (%.9g); NaN and +-Inf become null. */
 void cdcdd_buf_json_num(cdcdd_buf *b, double v);
 /* As above with 17 digits (round-trips a double). */

@@ -726,6 +726,8 @@ out:
     }
     cdcdd_notify_heartbeat_unregister(ctl->hb);
     ctl->hb = -1;
+    /* everything this run logged is committed before anyone sees its new state */
+    cdcdd_store_sync(ctl->srv->store);
     if (!exit_ev) {
         /* cannot tell the loop: nothing sane is left to do */
         cdcd_error("run %lld: out of memory reporting the trainer's exit", (long long)ctl->run_id);
@@ -1206,8 +1208,10 @@ void cdcdd_runs_http_create(cdcdd_req *req) {
     r->id = srv->runs->next_id++;
     if (cfg->name[0]) snprintf(r->name, sizeof r->name, "%s", cfg->name);
     else snprintf(r->name, sizeof r->name, "run-%lld", (long long)r->id);
+    cdcdd_utf8_scrub(r->name);
     snprintf(cfg->name, sizeof cfg->name, "%s", r->name);
     r->config_json = cdcd_run_config_to_json(cfg);
+    if (r->config_json) cdcdd_utf8_scrub(r->config_json);
     r->max_steps = cfg->train.max_steps;
     cdcd_run_config_free(cfg);
     if (!r->config_json) {

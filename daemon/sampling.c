@@ -262,7 +262,11 @@ static void job_execute(cdcdd_job *job, struct cdcd_model *model, const struct c
     }
     cdcdd_buf_puts(&b, "]}");
     cdcd_sample_result_free(&res);
-    if (op) cdcdd_store_submit(job->srv->store, op);
+    if (op) {
+        /* committed before the answer, so GET .../samples shows what was just returned */
+        cdcdd_store_submit(job->srv->store, op);
+        cdcdd_store_sync(job->srv->store);
+    }
     job->result_json = cdcdd_buf_take(&b, NULL);
     if (!job->result_json) {
         snprintf(job->error, sizeof job->error, "out of memory building the result");
