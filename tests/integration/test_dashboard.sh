@@ -40,7 +40,7 @@ RUN_CONFIG='{"name":"dashboard-live","preset":"tiny","seed":7,
   "data":{"seq_len":32},
   "train":{"batch_size":4,"max_steps":3000,"threads":1,"checkpoint_every":100,"valid_every":40,"valid_batches":1},
   "optim":{"warmup_steps":20},
-  "schedule":{"refit_every":10,"window":256}}'
+  "schedule":{"refit_every":10,"window":500}}'
 
 if [[ ${CDCD_DASHBOARD_MOCK:-0} == 1 ]]; then
   DAEMON_CMD=$(printf '["node","%s","--state-dir","%s","--web-dir","%s"]' "$ROOT/web/dev/mock-cdcdd.mjs" "$T" "$T/web")
@@ -50,6 +50,7 @@ else
   TEXT=$SHARED/tinystories/valid.txt
   [[ -f $VOCAB && -f $TEXT ]] || fail dashboard_prereqs "shared data missing under $SHARED"
   mkdir -p "$T/data" "$T/state"
+  cp "$VOCAB" "$T/data/vocab.txt" # the daemon's tokenizer, for sampling
   for split in train valid; do
     "$BIN/cdcd" prep --vocab "$VOCAB" --out "$T/data/$split.tok" "$TEXT" >"$T/prep.log" 2>&1 ||
       fail dashboard_data "cdcd prep: $(tail -2 "$T/prep.log" | tr '\n' ' ')"

@@ -150,7 +150,7 @@ export class RunEvents {
   open() {
     if (this.closed) return;
     const es = (this.es = new EventSource(this.url));
-    for (const type of ['metrics', 'fit', 'state', 'sample']) {
+    for (const type of Object.keys(this.handlers).filter((k) => k !== 'reconnected')) {
       es.addEventListener(type, (e) => {
         let data;
         try { data = JSON.parse(e.data); } catch { return; }
@@ -216,11 +216,15 @@ export function toSeconds(v) {
   return n > 1e11 ? n / 1000 : n;
 }
 
+// A schedule fit. Cauchy fits carry mu, s, h, o; the current fit also carries knots: F at
+// 101 log-spaced sigmas of [tmin, tmax] (the only description of a piecewise-linear fit).
 export function normFit(f) {
   if (!f || typeof f !== 'object') return null;
   const mu = num(f.mu), s = num(f.s), h = num(f.h), o = num(f.o);
-  if (mu === null || s === null || h === null || o === null) return null;
-  return { mu, s, h, o, step: num(f.step), rmse: num(f.rmse), n: num(f.n), ok: f.ok === undefined ? true : !!f.ok };
+  const knots = Array.isArray(f.knots) && f.knots.length > 1 && f.knots.every((v) => num(v) !== null) ? f.knots.map(Number) : null;
+  const cauchy = mu !== null && s !== null && s > 0 && h !== null && o !== null;
+  if (!cauchy && !knots) return null;
+  return { kind: f.kind || 'cauchy', mu, s, h, o, knots, cauchy, step: num(f.step), rmse: num(f.rmse), n: num(f.n), ok: f.ok === undefined ? true : !!f.ok };
 }
 
 export function normRun(r) {
@@ -231,6 +235,7 @@ export function normRun(r) {
     id: String(r.id),
     name: r.name || cfg?.name || '',
     state: r.state || 'unknown',
+    pending: r.pending || '', // "pause" / "stop" while the trainer checkpoints
     step: num(r.step) ?? 0,
     maxSteps: num(r.max_steps ?? cfg?.train?.max_steps),
     tokens: num(r.tokens),
@@ -242,7 +247,8 @@ export function normRun(r) {
     finished: toSeconds(r.finished_at ?? r.finished),
     error: r.error || '',
     fit: normFit(r.fit ?? r.schedule_fit ?? r.schedule),
-    checkpoint: ck && typeof ck === 'object' ? { step: num(ck.step), bytes: num(ck.bytes) } : null,
+    checkpoint: ck && typeof ck === 'object' ? { step: num(ck.step), bytes: num(ck.bytes), sha256: ck.sha256 || '' } : null,
+    nonfinite: !!r.nonfinite,
     preset: r.preset || cfg?.preset || '',
     config: cfg,
   };
@@ -253,7 +259,7 @@ export function normMetricRow(p) {
   return {
     step: num(p.step),
     time: toSeconds(p.time ?? p.t ?? p.wall_time ?? p.created_at),
-    loss: num(p.loss ?? p.loss_mean ?? p.mean),
+    loss: p.nonfinite ? null : num(p.loss ?? p.loss_mean ?? p.mean),
     lossMin: num(p.loss_min ?? p.min),
     lossMax: num(p.loss_max ?? p.max),
     lr: num(p.lr),
@@ -265,15 +271,25 @@ export function normMetricRow(p) {
 }
 
 // Column arrays sorted by step: {step, time, loss, lossMin, lossMax, lr, gradNorm, tokensPerS, validLoss}.
+// cdcdd answers columns (step[], time[], loss[], ...); a list of row objects is read too.
 export function normMetrics(j) {
-  let rows = listOf(j, 'points');
-  if (!rows.length) rows = listOf(j, 'metrics');
-  if (!rows.length && j && Array.isArray(j.step)) { // columnar answer
-    rows = j.step.map((_, i) => Object.fromEntries(Object.keys(j).filter((k) => Array.isArray(j[k])).map((k) => [k, j[k][i]])));
-  }
   const cols = emptySeries();
-  const parsed = rows.map(normMetricRow).filter((r) => r.step !== null).sort((a, b) => a.step - b.step);
-  for (const r of parsed) pushRow(cols, r);
+  if (j && Array.isArray(j.step)) {
+    const col = (k) => (Array.isArray(j[k]) ? j[k] : []);
+    const map = { time: 'time', loss: 'loss', lossMin: 'loss_min', lossMax: 'loss_max', lr: 'lr', gradNorm: 'grad_norm', tokensPerS: 'tokens_per_s', validLoss: 'valid_loss' };
+    const nonfinite = col('nonfinite');
+    for (let i = 0; i < j.step.length; i++) {
+      const step = num(j.step[i]);
+      if (step === null) continue;
+      cols.step.push(step);
+      for (const [k, src] of Object.entries(map)) cols[k].push(num(col(src)[i]));
+      if (nonfinite[i] === true || nonfinite[i] === 1) cols.loss[cols.loss.length - 1] = null;
+    }
+  } else {
+    let rows = listOf(j, 'points');
+    if (!rows.length) rows = listOf(j, 'metrics');
+    for (const r of rows.map(normMetricRow).filter((x) => x.step !== null).sort((a, b) => a.step - b.step)) pushRow(cols, r);
+  }
   return cols;
 }
 

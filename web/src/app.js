@@ -142,14 +142,14 @@ function updateRow(tr, run) {
   setText(c[0].firstChild, run.name || `run ${run.id}`);
   setText(c[0].lastChild, `#${run.id}`);
   const st = c[1].firstChild;
-  setText(st, run.state);
+  setText(st, run.pending ? `${run.pending === 'stop' ? 'stopping' : 'pausing'}…` : run.state);
   st.dataset.state = run.state;
   setText(c[2], run.maxSteps ? `${fmtInt(run.step)} / ${fmtInt(run.maxSteps)}` : fmtInt(run.step));
   setText(c[3], run.state === 'running' ? fmtInt(run.tokensPerS) : '—');
   setText(c[4], fmtNum(run.loss));
   setText(c[5], run.created ? fmtDuration(now() - run.created) : '—');
   tr.classList.toggle('selected', app.detail?.run.id === run.id);
-  const verbs = actionsFor(run.state);
+  const verbs = actionsFor(run.state, run.pending);
   if (c[6].dataset.verbs !== verbs.join()) {
     c[6].dataset.verbs = verbs.join();
     c[6].textContent = '';
@@ -160,8 +160,12 @@ function updateRow(tr, run) {
   }
 }
 
-async function doAction(run, verb) {
+async function doAction(run, verb, button) {
   if (verb === 'delete' && !confirm(`Delete run ${run.name || run.id} with its metrics, samples and checkpoints?`)) return;
+  // pause and stop answer once the trainer has checkpointed: keep the buttons from repeating it
+  const buttons = [...document.querySelectorAll(`tr[data-id="${CSS.escape(run.id)}"] button`)];
+  if (app.detail?.run.id === run.id) buttons.push(...document.querySelectorAll('#run-actions button'));
+  for (const b of buttons) b.disabled = true;
   try {
     if (verb === 'delete') await api.deleteRun(run.id);
     else await api.runAction(run.id, verb);
@@ -170,6 +174,8 @@ async function doAction(run, verb) {
     if (e.status === 401 || e.status === 403) needToken();
     showBanner([h('strong', {}, `${ACTION_LABEL[verb]} failed:`), h('span', {}, e.status === 0 ? 'cdcdd is unreachable.' : e.message),
       h('button', { type: 'button', class: 'small', onclick: () => showBanner(null) }, 'Dismiss')]);
+  } finally {
+    for (const b of buttons) b.disabled = false;
   }
   poll();
 }

@@ -70,6 +70,10 @@ const yAxis = (extra = {}) => ({
   values: tickValues,
   ...extra,
 });
+// Steps are whole numbers: ticks at 1, 2, 5 x 10^k only.
+const STEP_INCRS = [];
+for (let k = 0; k < 10; k++) for (const m of [1, 2, 5]) STEP_INCRS.push(m * 10 ** k);
+
 const xAxis = (extra = {}) => ({
   stroke: COLORS.axis, font: axisFont, size: 36, gap: 4,
   grid: { stroke: COLORS.grid, width: 1 }, ticks: { stroke: COLORS.grid, width: 1, size: 4 },
@@ -129,7 +133,7 @@ export class LossChart extends Base {
     const time = this.xMode === 'time';
     this.mount({
       scales: { x: { time }, y: this.logY ? { distr: 3, log: 10 } : { auto: true } },
-      axes: [xAxis(), yAxis()],
+      axes: [time ? xAxis() : xAxis({ incrs: STEP_INCRS }), yAxis()],
       legend: { live: true },
       cursor: {
         drag: { x: true, y: false, setScale: true },
@@ -240,7 +244,7 @@ export class MetricChart extends Base {
     this.key = key;
     this.mount({
       scales: { x: { time: false } },
-      axes: [xAxis(), yAxis()],
+      axes: [xAxis({ incrs: STEP_INCRS }), yAxis()],
       legend: { live: true },
       cursor: { sync: { key: 'cdcd-steps' }, drag: { x: true, y: false } },
       series: [
@@ -261,21 +265,31 @@ function logGrid(a, b, n) {
   return Array.from({ length: n }, (_, i) => Math.exp(la + ((lb - la) * i) / (n - 1)));
 }
 
-function drawCurve(u, fit, color, width) {
+// Points of a fit's curve over [a, b]: the Cauchy formula on a log grid, or (a piecewise-linear
+// fit) its knots, log-spaced over the schedule's [tmin, tmax].
+export function fitCurve(fit, a, b, tmin, tmax) {
+  if (fit.cauchy) return logGrid(a, b, 160).map((x) => [x, cauchyF(x, fit)]);
+  if (fit.knots && tmin > 0 && tmax > tmin) {
+    const xs = logGrid(tmin, tmax, fit.knots.length);
+    return xs.map((x, i) => [x, fit.knots[i]]);
+  }
+  return [];
+}
+
+function drawCurve(u, fit, color, width, tmin, tmax) {
   const ctx = u.ctx;
   const { min, max } = u.scales.x;
   if (!(min > 0) || !(max > min)) return 0;
-  const xs = logGrid(min, max, 160);
   ctx.save();
   ctx.beginPath();
   ctx.rect(u.bbox.left, u.bbox.top, u.bbox.width, u.bbox.height);
   ctx.clip();
   ctx.strokeStyle = color;
   ctx.lineWidth = width * devicePixelRatio;
+  ctx.lineJoin = 'round';
   ctx.beginPath();
   let n = 0;
-  for (const x of xs) {
-    const y = cauchyF(x, fit);
+  for (const [x, y] of fitCurve(fit, min, max, tmin, tmax)) {
     if (!Number.isFinite(y)) continue;
     const px = u.valToPos(x, 'x', true);
     const py = u.valToPos(y, 'y', true);
@@ -293,6 +307,8 @@ export class EntropyChart extends Base {
     super(el, 300);
     this.samples = { step: [], sigma: [], loss: [] };
     this.fit = null;
+    this.tmin = null;
+    this.tmax = null;
     this.mount({
       mode: 1,
       scales: {
@@ -309,23 +325,24 @@ export class EntropyChart extends Base {
 
   yRange(min, max) {
     let lo = min, hi = max;
-    if (this.fit && this.samples.sigma.length === 0) { lo = this.fit.o; hi = this.fit.o + this.fit.h; }
     if (!(Number.isFinite(lo) && Number.isFinite(hi))) return [0, 10];
     if (hi - lo < 1e-6) { lo -= 0.5; hi += 0.5; }
     const pad = (hi - lo) * 0.05;
     return [Math.max(0, lo - pad), hi + pad];
   }
 
-  // samples: {step, sigma, loss} oldest first
-  setData(samples, fit) {
+  // samples: {step, sigma, loss} oldest first; range: the schedule's [tmin, tmax]
+  setData(samples, fit, range) {
     this.samples = samples;
     this.fit = fit;
+    if (range) [this.tmin, this.tmax] = range;
     const order = samples.sigma.map((_, i) => i).sort((a, b) => samples.sigma[a] - samples.sigma[b]);
     let xs = order.map((i) => samples.sigma[i]);
     let ys = order.map((i) => samples.loss[i]);
-    if (!xs.length && fit) { // no samples yet: show the fit over a sensible range
-      xs = logGrid(Math.max(1e-2, fit.mu / 100), Math.max(10, fit.mu * 100), 50);
-      ys = xs.map((x) => cauchyF(x, fit));
+    if (!xs.length && fit) { // no samples yet: the fit alone, over the noise range
+      const pts = fitCurve(fit, this.tmin || 0.1, this.tmax || 200, this.tmin, this.tmax);
+      xs = pts.map((p) => p[0]);
+      ys = pts.map((p) => p[1]);
     }
     this.u.setData([xs, ys]);
   }
@@ -358,7 +375,7 @@ export class EntropyChart extends Base {
       }
     }
     ctx.restore();
-    const fitPts = this.fit ? drawCurve(u, this.fit, COLORS.fit, 2.5) : 0;
+    const fitPts = this.fit ? drawCurve(u, this.fit, COLORS.fit, 2.5, this.tmin, this.tmax) : 0;
     this.el.dataset.points = String(drawn);
     this.el.dataset.fit = fitPts > 0 ? '1' : '0';
   }
@@ -383,15 +400,19 @@ export class FitHistoryChart extends Base {
 
   yRange() {
     let lo = Infinity, hi = -Infinity;
-    for (const f of this.fits) { lo = Math.min(lo, f.o); hi = Math.max(hi, f.o + f.h); }
+    const [a, b] = this.range;
+    for (const f of this.fits) {
+      for (const [, y] of fitCurve(f, a, b, this.tmin, this.tmax)) if (Number.isFinite(y)) { lo = Math.min(lo, y); hi = Math.max(hi, y); }
+    }
     if (!Number.isFinite(lo)) return [0, 10];
     const pad = (hi - lo) * 0.05 || 0.5;
     return [Math.max(0, lo - pad), hi + pad];
   }
 
-  // fits oldest first; range [sigmaMin, sigmaMax] shared with the scatter
-  setFits(fits, range) {
+  // fits oldest first; range [sigmaMin, sigmaMax] shared with the scatter; t: [tmin, tmax]
+  setFits(fits, range, t) {
     this.fits = fits.filter((f) => f.ok !== false);
+    if (t) [this.tmin, this.tmax] = t;
     if (range && range[0] > 0 && range[1] > range[0]) this.range = range;
     const xs = [this.range[0], this.range[1]];
     this.u.setData([xs, [null, null]]);
@@ -403,7 +424,7 @@ export class FitHistoryChart extends Base {
     this.fits.forEach((f, i) => {
       const last = i === n - 1;
       const a = last ? 1 : 0.12 + 0.5 * (i / Math.max(1, n - 1));
-      drawCurve(u, f, last ? COLORS.fit : `rgba(${r},${g},${b},${a.toFixed(3)})`, last ? 2.5 : 1.2);
+      drawCurve(u, f, last ? COLORS.fit : `rgba(${r},${g},${b},${a.toFixed(3)})`, last ? 2.5 : 1.2, this.tmin, this.tmax);
     });
     this.el.dataset.fits = String(n);
   }

@@ -6,7 +6,6 @@ import { EntropyChart, FitHistoryChart, LossChart, MetricChart, COLORS } from '.
 import { $, h, setText, fmtInt, fmtNum, fmtDuration, now, frameThrottle, actionsFor, ACTION_LABEL } from './util.js';
 
 const MAX_ENTROPY_POINTS = 4000; // most recent (sigma, loss) samples kept in the scatter
-const ENTROPY_POLL_MS = 3000;
 const TERMINAL = new Set(['finished', 'done', 'completed', 'stopped', 'failed', 'cancelled']);
 
 export class RunDetail {
@@ -53,14 +52,20 @@ export class RunDetail {
     this.resetPanels();
     this.update(run);
     this.load();
+    // Events that arrive while load() runs wait for it, then only what is newer is applied.
+    const later = (fn) => (d) => (this.loaded ? fn(d) : this.early.push(() => fn(d)));
+    this.early = [];
     this.events = new api.RunEvents(run.id, {
-      metrics: (d) => this.onMetrics(d),
-      fit: (d) => this.onFit(d),
       state: (d) => this.onState(d),
-      sample: (d) => this.onSample(d),
-      reconnected: () => this.resync(),
+      metrics: later((d) => this.onMetrics(d)),
+      valid: later((d) => this.onValid(d)),
+      entropy: later((d) => this.onEntropy(d)),
+      fit: later((d) => this.onFit(d)),
+      checkpoint: later((d) => this.onCheckpoint(d)),
+      sample: later((d) => { this.addLocalSamples(d); this.refreshSamples(); }),
+      reconnected: () => this.load(), // the daemon restarted: re-read everything
     }, (s) => ctx.onStatus(s));
-    this.entropyTimer = setInterval(() => this.pollEntropy(), ENTROPY_POLL_MS);
+    this.redrawEntropy = frameThrottle(() => this.drawEntropy(), 500);
     this.ageTimer = setInterval(() => this.renderStats(), 1000);
   }
 
@@ -68,8 +73,8 @@ export class RunDetail {
     this.ac.abort();
     this.events.close();
     this.genAbort?.abort();
-    clearInterval(this.entropyTimer);
     clearInterval(this.ageTimer);
+    clearTimeout(this.samplesTimer);
     for (const c of [this.loss, this.lr, this.grad, this.tps, this.entropyChart, this.fitsChart]) c.destroy();
     this.root.hidden = true;
   }
@@ -96,7 +101,10 @@ export class RunDetail {
   }
 
   // ---- loading ----
+  // Reads everything (on open, and after the daemon came back); events that arrive meanwhile
+  // are applied afterwards, skipping what the answers already hold.
   async load() {
+    this.loaded = false;
     const id = this.run.id;
     const settle = (p) => p.then((v) => ({ v }), (e) => ({ e }));
     const [m, ent, sch, smp, full, ck] = await Promise.all([
@@ -110,68 +118,62 @@ export class RunDetail {
     if (this.ac.signal.aborted) return;
     if (m.v) { this.series = m.v; this.drawSeries(); }
     if (ent.v) this.entropy = trimEntropy(ent.v);
-    if (sch.v) { this.fits = sch.v.history.slice(); this.fit = sch.v.current || this.fits[this.fits.length - 1] || null; this.tmin = sch.v.tmin; this.tmax = sch.v.tmax; }
-    if (this.fit && !this.fits.some((f) => f.step === this.fit.step)) this.fits.push(this.fit);
+    if (sch.v) {
+      this.fits = sch.v.history.slice();
+      this.fit = sch.v.current || this.fits[this.fits.length - 1] || null;
+      if (sch.v.tmin > 0 && sch.v.tmax > sch.v.tmin) this.trange = [sch.v.tmin, sch.v.tmax];
+      if (this.fit && !this.fits.some((f) => f.step === this.fit.step)) this.fits.push(this.fit);
+    }
     this.drawEntropy();
     if (smp.v) { this.samples = smp.v; this.renderSamples(); }
     if (full.v) { this.update(full.v); setText($('#run-config', this.root), JSON.stringify(full.v.config ?? {}, null, 2)); }
     if (ck.v) this.renderCheckpoints(ck.v);
     this.loaded = true;
-  }
-
-  // After a gap in the event stream (daemon restart): fetch what was missed.
-  async resync() {
-    if (!this.loaded) return;
-    const last = this.lastStep();
-    try {
-      const more = await api.getMetrics(this.run.id, { after: last ?? undefined });
-      this.appendSeries(more);
-      const sch = await api.getSchedule(this.run.id);
-      this.fits = sch.history.slice();
-      this.fit = sch.current || this.fits[this.fits.length - 1] || null;
-      if (this.fit && !this.fits.some((f) => f.step === this.fit.step)) this.fits.push(this.fit);
-      await this.pollEntropy(true);
-      this.samples = await api.listSamples(this.run.id);
-      this.renderSamples();
-    } catch { /* the next reconnect tries again */ }
+    const early = this.early.splice(0);
+    for (const fn of early) fn();
   }
 
   kick() { this.events.kick(); }
 
   lastStep() {
     const s = this.series.step;
-    return s.length ? s[s.length - 1] : null;
+    return s.length ? s[s.length - 1] : -Infinity;
   }
 
   // ---- metrics ----
   onMetrics(d) {
-    const rows = Array.isArray(d) ? d : Array.isArray(d.points) ? d.points : [d];
+    const rows = (Array.isArray(d) ? d : [d]).map(api.normMetricRow).filter((r) => r.step !== null && r.step > this.lastStep());
+    if (!rows.length) return;
     const cols = api.emptySeries();
-    for (const r of rows) { const n = api.normMetricRow(r); if (n.step !== null) api.pushRow(cols, n); }
-    this.appendSeries(cols);
-    const last = rows[rows.length - 1];
-    if (last) {
-      const n = api.normMetricRow(last);
-      this.run = { ...this.run, step: n.step ?? this.run.step, loss: n.loss ?? this.run.loss,
-        tokensPerS: n.tokensPerS ?? this.run.tokensPerS, tokens: n.tokens ?? this.run.tokens,
-        validLoss: n.validLoss ?? this.run.validLoss };
-      if (this.run.state === 'queued') this.run.state = 'running';
-      this.ctx.onRunChanged(this.run);
-      this.renderStats();
-    }
-  }
-
-  appendSeries(cols) {
-    if (!cols.step.length) return;
+    for (const r of rows) api.pushRow(cols, r);
     const s = this.series;
-    // A restarted run re-logs the steps after its checkpoint: drop what they replace.
-    const first = cols.step[0];
-    let cut = s.step.length;
-    while (cut > 0 && s.step[cut - 1] >= first) cut--;
-    if (cut < s.step.length) for (const k of Object.keys(s)) s[k].length = cut;
     for (const k of Object.keys(s)) s[k].push(...cols[k]);
     this.redraw();
     if (s.step.length > 3 * this.pointsWanted()) this.refreshOverview();
+    const n = rows[rows.length - 1];
+    this.run = { ...this.run, step: n.step, loss: n.loss, tokensPerS: n.tokensPerS ?? this.run.tokensPerS,
+      tokens: n.tokens ?? this.run.tokens };
+    this.ctx.onRunChanged(this.run);
+    this.renderStats();
+  }
+
+  // A validation loss belongs to a step the series already holds.
+  onValid(d) {
+    const step = Number(d.step);
+    const v = Number(d.valid_loss);
+    if (!Number.isFinite(v)) return;
+    const s = this.series;
+    for (let i = s.step.length - 1; i >= 0 && s.step[i] >= step; i--) {
+      if (s.step[i] === step) { s.validLoss[i] = v; this.redraw(); break; }
+    }
+    this.run = { ...this.run, validLoss: v };
+    this.renderStats();
+  }
+
+  onCheckpoint(d) {
+    this.run = { ...this.run, checkpoint: { step: Number(d.step), bytes: Number(d.bytes), sha256: d.sha256 || '' } };
+    this.renderStats();
+    api.listCheckpoints(this.run.id).then((c) => this.renderCheckpoints(c), () => {});
   }
 
   // The series grew past what the chart needs: ask the daemon to downsample again.
@@ -207,48 +209,45 @@ export class RunDetail {
   }
 
   // ---- entropy and fits ----
-  async pollEntropy(force = false) {
-    if (!this.loaded || (!force && this.run.state !== 'running')) return;
-    const st = this.entropy.step;
-    const since = st.length ? st[st.length - 1] : undefined;
-    try {
-      const more = await api.getEntropy(this.run.id, { since, limit: MAX_ENTROPY_POINTS });
-      if (this.ac.signal.aborted || !more.step.length) return;
-      const e = this.entropy;
-      for (let i = 0; i < more.step.length; i++) {
-        if (since !== undefined && more.step[i] <= since) continue;
-        e.step.push(more.step[i]); e.sigma.push(more.sigma[i]); e.loss.push(more.loss[i]);
-      }
-      this.entropy = trimEntropy(e);
-      this.drawEntropy();
-    } catch { /* next tick */ }
+  // One training step's (sigma, loss) pairs.
+  onEntropy(d) {
+    const step = Number(d.step);
+    const e = this.entropy;
+    if (!Array.isArray(d.sigma) || !Array.isArray(d.loss) || (e.step.length && step <= e.step[e.step.length - 1])) return;
+    for (let i = 0; i < d.sigma.length; i++) {
+      const sg = Number(d.sigma[i]), l = Number(d.loss[i]);
+      if (!(sg > 0) || !Number.isFinite(l)) continue;
+      e.step.push(step); e.sigma.push(sg); e.loss.push(l);
+    }
+    this.entropy = trimEntropy(e);
+    this.redrawEntropy();
   }
 
   onFit(d) {
-    const f = api.normFit(d.fit ?? d);
-    if (!f) return;
-    if (f.ok) {
-      this.fit = f;
-      this.fits = this.fits.filter((x) => x.step !== f.step);
-      this.fits.push(f);
-    }
+    const f = api.normFit(d);
+    if (!f || !f.ok) return; // a failed refit keeps the previous parameters
+    this.fit = f;
+    this.fits = this.fits.filter((x) => x.step !== f.step);
+    this.fits.push({ ...f, knots: null }); // the history holds parameters only, like GET /schedule
     this.drawEntropy();
-    this.pollEntropy();
   }
 
   drawEntropy() {
-    this.entropyChart.setData(this.entropy, this.fit);
+    if (this.ac.signal.aborted) return;
+    this.entropyChart.setData(this.entropy, this.fit, this.trange);
     const sig = this.entropy.sigma;
-    let range = null;
-    if (sig.length) range = [Math.min(...sig), Math.max(...sig)];
-    else if (this.tmin && this.tmax) range = [this.tmin, this.tmax];
-    this.fitsChart.setFits(this.fits, range);
+    let range = this.trange || null;
+    if (!range && sig.length) range = [Math.min(...sig), Math.max(...sig)];
+    this.fitsChart.setFits(this.fits, range, this.trange);
     const f = this.fit;
-    setText($('#fit-params', this.root), f
-      ? `F(σ) = h·(atan((σ−μ)/s)/π + ½) + o   μ=${fmtNum(f.mu)}  s=${fmtNum(f.s)}  h=${fmtNum(f.h)}  o=${fmtNum(f.o)}` +
-        `${f.step !== null ? `  (step ${fmtInt(f.step)}` : ''}${f.rmse !== null ? `, rmse ${fmtNum(f.rmse, 3)}` : ''}${f.step !== null ? ')' : ''}` +
-        `   ·   ${fmtInt(sig.length)} samples`
-      : `no fit yet · ${fmtInt(sig.length)} samples`);
+    const when = f && f.step !== null ? ` (step ${fmtInt(f.step)}${f.rmse !== null ? `, rmse ${fmtNum(f.rmse, 3)}` : ''})` : '';
+    let text = `no fit yet · ${fmtInt(sig.length)} samples`;
+    if (f && f.cauchy) {
+      text = `F(σ) = h·(atan((σ−μ)/s)/π + ½) + o   μ=${fmtNum(f.mu)}  s=${fmtNum(f.s)}  h=${fmtNum(f.h)}  o=${fmtNum(f.o)}${when} · ${fmtInt(sig.length)} samples`;
+    } else if (f) {
+      text = `piecewise-linear F(σ), ${f.knots ? f.knots.length : '?'} knots${when} · ${fmtInt(sig.length)} samples`;
+    }
+    setText($('#fit-params', this.root), text);
     setText($('#fits-count', this.root), this.fits.length ? `${this.fits.length} fits` : '');
     const tbody = $('#fits-table tbody', this.root);
     tbody.textContent = '';
@@ -260,29 +259,32 @@ export class RunDetail {
   }
 
   // ---- state and header ----
+  // "state" carries the whole Run (first on connect, then on every change).
   onState(d) {
-    const state = d.state ?? d.to ?? d.new_state;
-    if (!state) return;
-    this.run = { ...this.run, state, error: d.error ?? this.run.error };
+    if (!d || !d.state) return;
+    const run = api.normRun(d);
+    if (run.id !== this.run.id) return;
+    this.update(run);
     this.ctx.onRunChanged(this.run);
-    this.update(this.run);
-    if (TERMINAL.has(state)) api.listCheckpoints(this.run.id).then((c) => this.renderCheckpoints(c), () => {});
+    if (TERMINAL.has(run.state)) api.listCheckpoints(this.run.id).then((c) => this.renderCheckpoints(c), () => {});
   }
 
   update(run) {
-    const prevState = this.run.state;
-    this.run = { ...this.run, ...Object.fromEntries(Object.entries(run).filter(([, v]) => v !== null && v !== undefined && v !== '')) };
+    const prev = `${this.run.state}/${this.run.pending}`;
+    // a list poll may lag behind the event stream: never step backwards
+    const keep = run.step < this.run.step ? { step: this.run.step, loss: this.run.loss, tokens: this.run.tokens } : {};
+    this.run = { ...this.run, ...Object.fromEntries(Object.entries(run).filter(([, v]) => v !== null && v !== undefined)), ...keep };
     if (run.error !== undefined) this.run.error = run.error;
     const r = this.root;
     setText($('#run-title', r), this.run.name || `run ${this.run.id}`);
     const st = $('#run-state', r);
-    setText(st, this.run.state);
+    setText(st, this.run.pending ? `${this.run.state}, ${this.run.pending === 'stop' ? 'stopping' : 'pausing'}…` : this.run.state);
     st.dataset.state = this.run.state;
     const err = $('#run-error', r);
     err.hidden = !this.run.error;
     setText(err, this.run.error);
     this.renderStats();
-    if (prevState !== this.run.state || !$('#run-actions', r).childElementCount) this.renderActions();
+    if (prev !== `${this.run.state}/${this.run.pending}` || !$('#run-actions', r).childElementCount) this.renderActions();
   }
 
   renderStats() {
@@ -308,7 +310,7 @@ export class RunDetail {
   renderActions() {
     const box = $('#run-actions', this.root);
     box.textContent = '';
-    for (const verb of actionsFor(this.run.state)) {
+    for (const verb of actionsFor(this.run.state, this.run.pending)) {
       box.append(h('button', { type: 'button', class: verb === 'delete' ? 'danger' : '', 'data-action': verb,
         onclick: () => this.ctx.onAction(this.run, verb) }, ACTION_LABEL[verb]));
     }
@@ -319,20 +321,38 @@ export class RunDetail {
     ul.textContent = '';
     for (const c of list) {
       const bytes = Number(c.bytes);
-      ul.append(h('li', {}, `step ${fmtInt(Number(c.step))}`, Number.isFinite(bytes) ? ` · ${(bytes / 1048576).toFixed(1)} MiB` : '',
-        c.sha256 ? ` · sha256 ${String(c.sha256).slice(0, 12)}…` : ''));
+      const label = `step ${fmtInt(Number(c.step))}`;
+      ul.append(h('li', {}, c.url && c.on_disk !== false ? h('a', { href: c.url, download: '' }, label) : label,
+        Number.isFinite(bytes) ? ` · ${(bytes / 1048576).toFixed(1)} MiB` : '',
+        c.sha256 ? ` · sha256 ${String(c.sha256).slice(0, 12)}…` : '', c.on_disk === false ? ' · removed' : ''));
     }
     if (!list.length) ul.append(h('li', { class: 'muted' }, 'no checkpoints yet'));
   }
 
   // ---- samples ----
-  onSample(d) {
-    const list = Array.isArray(d.samples) ? d.samples : [d];
-    for (const s of list.map(api.normSample)) {
-      if (s.id && this.samples.some((x) => x.id === s.id)) continue;
-      if (s.text) this.samples.unshift(s);
+  // A sampling job finished (ours or anyone's): its stories are listed at once, and replaced by
+  // the stored rows once the store has written them (it flushes at least every second).
+  addLocalSamples(result) {
+    const list = Array.isArray(result?.samples) ? result.samples : [];
+    const known = new Set(this.samples.map((x) => x.text));
+    for (const smp of list) {
+      if (typeof smp.text !== 'string' || known.has(smp.text)) continue;
+      this.samples.unshift({ id: '', step: result.step ?? null, text: smp.text, prompt: result.params?.prompt ?? '',
+        params: result.params || {}, created: now(), local: true });
     }
     this.renderSamples();
+  }
+
+  refreshSamples(delay = 1500) {
+    clearTimeout(this.samplesTimer);
+    this.samplesTimer = setTimeout(() => {
+      api.listSamples(this.run.id).then((list) => {
+        if (this.ac.signal.aborted) return;
+        const stored = new Set(list.map((x) => x.text));
+        this.samples = [...this.samples.filter((x) => x.local && !stored.has(x.text)), ...list];
+        this.renderSamples();
+      }, () => {});
+    }, delay);
   }
 
   renderSamples() {
@@ -364,6 +384,7 @@ export class RunDetail {
 
     this.genAbort?.abort();
     const ac = (this.genAbort = new AbortController());
+    this.result = null;
     btn.disabled = true;
     errEl.hidden = true;
     ol.textContent = '';
@@ -395,15 +416,16 @@ export class RunDetail {
           addStory(d.text, d.index);
         } else if (type === 'error') {
           throw new api.ApiError(d.error?.status ?? 500, d.error?.code ?? 'error', d.error?.message ?? String(d.message ?? 'sampling failed'), '');
-        } else if (type === 'result' || type === 'done' || type === 'samples' || type === 'sample') {
+        } else if (type === 'result' || type === 'done') {
+          this.result = d;
           addAll(d);
         }
       }, ac.signal);
       const total = params.steps || 1;
       this.setProgress(total, total, shown ? `${shown} ${shown === 1 ? 'story' : 'stories'}` : 'done');
       preview.hidden = true;
-      this.samples = await api.listSamples(this.run.id).catch(() => this.samples);
-      this.renderSamples();
+      if (this.result) this.addLocalSamples(this.result);
+      this.refreshSamples();
     } catch (e) {
       if (e.name === 'AbortError') return;
       errEl.hidden = false;

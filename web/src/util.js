@@ -66,14 +66,17 @@ export function frameThrottle(fn, ms = 250) {
   };
 }
 
-// The buttons a run in this state offers.
-export function actionsFor(state) {
+// The buttons a run in this state offers (what cdcdd accepts; none while a pause or stop is
+// being carried out).
+export function actionsFor(state, pending = '') {
+  if (pending) return [];
   switch (state) {
     case 'running': return ['pause', 'stop'];
     case 'queued': return ['pause', 'stop'];
-    case 'paused': return ['resume', 'stop'];
-    case 'stopping': case 'pausing': return [];
-    default: return ['delete']; // finished, stopped, failed
+    case 'paused': return ['resume', 'stop', 'delete'];
+    case 'stopped': case 'failed': return ['resume', 'delete'];
+    case 'finished': return ['delete'];
+    default: return [];
   }
 }
 

@@ -50,7 +50,10 @@ async function waitFor(fn, { timeout = 10000, interval = 200, what = 'condition'
     try {
       last = await fn();
       if (last) return last;
-    } catch (e) { last = e.message; }
+    } catch (e) {
+      if (e.fatal) throw e;
+      last = e.message;
+    }
     if (Date.now() > end) throw new Error(`timed out after ${timeout / 1000} s waiting for ${what}${last !== undefined && last !== false ? ` (last: ${JSON.stringify(last)})` : ''}`);
     await sleep(interval);
   }
@@ -70,6 +73,13 @@ let port = 0;
 let base = '';
 const daemonLog = fs.openSync(path.join(ART, 'dashboard-cdcdd.log'), 'a');
 
+function lastLogLine() {
+  try {
+    const lines = fs.readFileSync(path.join(ART, 'dashboard-cdcdd.log'), 'utf8').trim().split('\n');
+    return lines[lines.length - 1];
+  } catch { return 'no log'; }
+}
+
 async function startDaemon() {
   assert(DAEMON_CMD.length, 'CDCD_DAEMON_CMD is not set');
   const [cmd, ...args] = DAEMON_CMD;
@@ -78,7 +88,7 @@ async function startDaemon() {
   let exited = null;
   proc.on('exit', (code, sig) => { exited = `exited (${code ?? sig})`; });
   await waitFor(async () => {
-    if (exited) throw new Error(`cdcdd ${exited}; see ${path.join(ART, 'dashboard-cdcdd.log')}`);
+    if (exited) throw Object.assign(new Error(`cdcdd ${exited}: ${lastLogLine()}`), { fatal: true });
     const r = await fetch(`${base}/ready`).catch(() => null);
     return r && r.status === 200;
   }, { timeout: 20000, what: 'cdcdd /ready' });
@@ -318,7 +328,8 @@ async function main() {
     }));
     assert(sw <= cw + 1, `page is ${sw}px wide in a ${cw}px viewport`);
     assert(chart <= cw + 1, `loss chart ends at ${chart}px`);
-    await page.locator('#run-detail').scrollIntoViewIfNeeded();
+    await page.evaluate(() => window.scrollTo(0, 0));
+    await sleep(200);
     await shot('phone');
     await page.setViewportSize({ width: 1280, height: 900 });
   });
