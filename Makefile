@@ -117,10 +117,10 @@ bench: deps
 	@bench/run.sh
 
 install: all
-	@scripts/install.sh "$(DESTDIR)" "$(PREFIX)"
+	@CDCD_BIN=$(BIN) scripts/install.sh "$(DESTDIR)" "$(PREFIX)"
 
 uninstall:
-	@scripts/install.sh --uninstall "$(DESTDIR)" "$(PREFIX)"
+	@CDCD_BIN=$(BIN) scripts/install.sh --uninstall "$(DESTDIR)" "$(PREFIX)"
 
 clean:
 	rm -rf $(BUILD) build-asan $(BIN) web/dist
