@@ -21,9 +21,9 @@ const F = (sig, f) => f.h * (Math.atan((sig - f.mu) / f.s) / Math.PI + 0.5) + f.
 function makeRun(cfg) {
   const id = String(nextId++);
   const r = {
-    id, name: cfg.name || `${cfg.preset || 'tiny'}-seed${cfg.seed ?? 1}`, state: 'running', config: { preset: 'tiny', ...cfg },
-    step: 0, max_steps: cfg.train?.max_steps ?? 20000, tokens: 0, tokens_per_s: 0, last_loss: null,
-    created_at: new Date().toISOString(), metrics: [], entropy: [], fits: [], samples: [], rng: rand(Number(id) * 7919),
+    id, name: cfg.name || `run-${id}`, state: 'running', pending: null, config: { preset: 'tiny', ...cfg },
+    step: 0, max_steps: cfg.train?.max_steps ?? 20000, tokens: 0, tokens_per_s: null, loss: null,
+    created_at: Date.now() / 1000, metrics: [], entropy: [], fits: [], samples: [], rng: rand(Number(id) * 7919),
   };
   runs.set(id, r);
   return r;
@@ -42,13 +42,18 @@ function trainStep(r) {
   const row = { step: t, time: Date.now() / 1000, loss, lr, grad_norm: 0.5 + rnd() * 0.6 + 2 * Math.exp(-t / 100), tokens_per_s: 5000 + rnd() * 400, tokens: t * 4000 };
   if (t % 100 === 0) row.valid_loss = loss + 0.1;
   r.metrics.push(row);
-  r.last_loss = loss; r.tokens = row.tokens; r.tokens_per_s = row.tokens_per_s;
+  r.loss = loss; r.tokens = row.tokens; r.tokens_per_s = row.tokens_per_s;
   const truth = { mu: 2 + 3 * Math.exp(-t / 500), s: 1.5, h: 9, o: 0.3 };
+  const ent = { run: Number(r.id), step: t, sigma: [], loss: [] };
   for (let i = 0; i < 16; i++) {
-    const sigma = Math.exp(Math.log(0.05) + rnd() * (Math.log(300) - Math.log(0.05)));
-    r.entropy.push({ step: t, sigma, loss: Math.max(0, F(sigma, truth) + (rnd() - 0.5) * 1.2) });
+    const sigma = Math.exp(Math.log(0.1) + rnd() * (Math.log(200) - Math.log(0.1)));
+    const l = Math.max(0, F(sigma, truth) + (rnd() - 0.5) * 1.2);
+    r.entropy.push({ step: t, sigma, loss: l });
+    ent.sigma.push(sigma); ent.loss.push(l);
   }
   publish(r.id, 'metrics', row);
+  publish(r.id, 'entropy', ent);
+  if (row.valid_loss !== undefined) publish(r.id, 'valid', { run: Number(r.id), step: t, valid_loss: row.valid_loss });
   if (t % 25 === 0) {
     const fit = { step: t, mu: truth.mu * (1 + (rnd() - 0.5) * 0.1), s: truth.s, h: truth.h, o: truth.o, rmse: 0.3, n: 500, ok: true };
     r.fits.push(fit);
@@ -57,7 +62,7 @@ function trainStep(r) {
   if (t >= r.max_steps) setState(r, 'finished');
 }
 
-function setState(r, state) { r.state = state; publish(r.id, 'state', { id: r.id, state }); }
+function setState(r, state) { r.state = state; publish(r.id, 'state', view(r)); }
 
 // --state-dir: runs survive a SIGTERM restart (as the daemon's store does).
 const stateFile = stateDir ? path.join(stateDir, 'mock-runs.json') : '';
@@ -76,7 +81,7 @@ setInterval(() => { for (const r of runs.values()) if (r.state === 'running') fo
 
 function view(r) {
   const { metrics, entropy, fits, samples, rng, ...rest } = r;
-  return { ...rest, fit: fits[fits.length - 1] || null };
+  return { ...rest, id: Number(r.id), fit: fits[fits.length - 1] || null };
 }
 
 function downsample(rows, n) {
@@ -128,7 +133,7 @@ http.createServer(async (req, res) => {
       if (bs !== undefined && !(Number.isInteger(bs) && bs >= 1 && bs <= 4096)) return err(res, 400, 'invalid_config', 'must be an integer in [1, 4096]', 'train.batch_size');
       if (cfg.preset && !['tiny', 'small', 'base', 'seed100m'].includes(cfg.preset)) return err(res, 400, 'invalid_config', 'unknown preset', 'preset');
       const r = makeRun(cfg);
-      return send(res, 201, { id: r.id, state: r.state });
+      return send(res, 201, view(r));
     }
     const r = runs.get(p[1]);
     if (!r) return err(res, 404, 'not_found', 'no such run');
@@ -136,30 +141,32 @@ http.createServer(async (req, res) => {
     if (!sub && req.method === 'GET') return send(res, 200, view(r));
     if (!sub && req.method === 'DELETE') {
       if (r.state === 'running') return err(res, 409, 'conflict', 'run is running');
-      runs.delete(r.id); return send(res, 200, { id: r.id, deleted: true });
+      runs.delete(r.id); res.writeHead(204); return res.end();
     }
     if (['pause', 'resume', 'stop'].includes(sub) && req.method === 'POST') {
       setState(r, { pause: 'paused', resume: 'running', stop: 'stopped' }[sub]);
-      return send(res, 200, { id: r.id, state: r.state });
+      return send(res, 200, view(r));
     }
     if (sub === 'metrics') {
       const a = q('after_step'), b = q('before_step');
       let rows = r.metrics.filter((m) => (a === null || m.step > Number(a)) && (b === null || m.step < Number(b)));
       rows = downsample(rows, Number(q('points')) || 0);
-      return send(res, 200, { run: r.id, points: rows });
+      const cols = { run: Number(r.id), total: r.metrics.length, points: rows.length };
+      for (const k of ['step', 'time', 'loss', 'loss_min', 'loss_max', 'lr', 'grad_norm', 'tokens_per_s', 'valid_loss']) cols[k] = rows.map((x) => x[k] ?? null);
+      return send(res, 200, cols);
     }
     if (sub === 'entropy') {
       const since = q('since_step');
       let rows = r.entropy.filter((e) => since === null || e.step > Number(since));
       const lim = Number(q('limit')) || 0;
       if (lim && rows.length > lim) rows = rows.slice(rows.length - lim);
-      return send(res, 200, { run: r.id, samples: rows });
+      return send(res, 200, { run: Number(r.id), count: rows.length, step: rows.map((x) => x.step), sigma: rows.map((x) => x.sigma), loss: rows.map((x) => x.loss) });
     }
-    if (sub === 'schedule') return send(res, 200, { kind: 'cauchy', current: r.fits[r.fits.length - 1] || null, history: r.fits });
+    if (sub === 'schedule') return send(res, 200, { run: Number(r.id), kind: 'cauchy', tmin: 0.1, tmax: 200, current: r.fits[r.fits.length - 1] || null, history: r.fits });
     if (sub === 'checkpoints') return send(res, 200, { checkpoints: [] });
     if (sub === 'events') {
       res.writeHead(200, { 'Content-Type': 'text/event-stream', 'Cache-Control': 'no-cache' });
-      res.write(': hello\n\n');
+      res.write(`event: state\ndata: ${JSON.stringify(view(r))}\n\n`);
       if (!clients.has(r.id)) clients.set(r.id, new Set());
       clients.get(r.id).add(res);
       const hb = setInterval(() => res.write(': heartbeat\n\n'), 15000);
@@ -173,15 +180,17 @@ http.createServer(async (req, res) => {
       const words = 'once upon a time there was a little girl named lily she liked to play in the park with her dog'.split(' ');
       const rnd = rand(b.seed ?? 1);
       const texts = Array.from({ length: n }, () => `${b.prompt ? `${b.prompt} ` : ''}${Array.from({ length: 30 }, () => words[Math.floor(rnd() * words.length)]).join(' ')}.`);
-      const stored = texts.map((text) => ({ id: String(r.samples.length + 1), step: r.step, text, params: b, created_at: new Date().toISOString() }));
-      if (!b.stream) { r.samples.push(...stored); return send(res, 200, { samples: stored }); }
+      const stored = texts.map((text, i) => ({ id: r.samples.length + i + 1, step: r.step, text, params: b, created_at: Date.now() / 1000 }));
+      const result = { run: Number(r.id), step: r.step, weights: 'live', params: b, samples: texts.map((text) => ({ text })) };
+      const finish = () => { r.samples.unshift(...stored.reverse()); publish(r.id, 'sample', result); };
+      if (!b.stream) { finish(); return send(res, 200, result); }
       res.writeHead(200, { 'Content-Type': 'text/event-stream' });
       for (let s = 1; s <= steps; s++) {
         await new Promise((ok) => setTimeout(ok, 20));
         res.write(`event: progress\ndata: ${JSON.stringify({ step: s, n_steps: steps, preview: texts[0].slice(0, Math.floor((texts[0].length * s) / steps)) })}\n\n`);
       }
-      r.samples.push(...stored);
-      res.write(`event: done\ndata: ${JSON.stringify({ samples: stored })}\n\n`);
+      finish();
+      res.write(`event: done\ndata: ${JSON.stringify(result)}\n\n`);
       return res.end();
     }
     return err(res, 404, 'not_found', 'no such route');
