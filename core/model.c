@@ -1064,8 +1064,9 @@ fail:
     return -1;
 }
 
-static int check_batch(const cdcd_model *m, const cdcd_batch *b) {
-    CDCD_CHECK(b && b->ids && b->pad_mask && b->loss_mask && b->noise, "incomplete batch");
+static int check_batch(const cdcd_model *m, const cdcd_batch *b, int need_loss_mask) {
+    CDCD_CHECK(b && b->ids && b->pad_mask && b->noise && (b->loss_mask || !need_loss_mask),
+               "incomplete batch");
     if (check_common(m, b->B, b->T, b->sigma, b->pad_mask) != 0) return -1;
     return check_ids(m, b->ids, (size_t)b->B * b->T, NULL);
 fail:
@@ -1164,7 +1165,7 @@ static void head_ce(cdcd_model *m, int n_rows, int want_grad) {
 
 int cdcd_model_forward_backward(cdcd_model *m, const cdcd_batch *b, float *loss,
                                 float *per_seq_loss) {
-    if (check_batch(m, b) != 0) return -1;
+    if (check_batch(m, b, 1) != 0) return -1;
     const cdcd_model_config *cf = &m->cfg;
     acts *a = &m->a;
     size_t N = (size_t)b->B * b->T;
@@ -1196,7 +1197,7 @@ int cdcd_model_forward_backward(cdcd_model *m, const cdcd_batch *b, float *loss,
 
 int cdcd_model_forward_loss(cdcd_model *m, const cdcd_batch *b, float *loss,
                             float *per_seq_loss) {
-    if (check_batch(m, b) != 0) return -1;
+    if (check_batch(m, b, 1) != 0) return -1;
     forward_batch(m, b);
     int n_valid = 0;
     int n_rows = gather_loss_rows(m, b, &n_valid);
@@ -1215,6 +1216,22 @@ typedef struct {
     int want_p;
 } infer_ctx;
 
+#define ROW_ACC 16 /* independent accumulators: vectorisable, fixed-order row reductions */
+
+static float row_max(const float *x, int n) {
+    float acc[ROW_ACC];
+    float m = -INFINITY;
+    int i = 0;
+    if (n >= ROW_ACC) {
+        for (int k = 0; k < ROW_ACC; k++) acc[k] = x[k];
+        for (i = ROW_ACC; i + ROW_ACC <= n; i += ROW_ACC)
+            for (int k = 0; k < ROW_ACC; k++) acc[k] = x[i + k] > acc[k] ? x[i + k] : acc[k];
+        for (int k = 0; k < ROW_ACC; k++) m = acc[k] > m ? acc[k] : m;
+    }
+    for (; i < n; i++) m = x[i] > m ? x[i] : m;
+    return m;
+}
+
 /* One row of (guided) logits, in place; leaves probabilities in it when want_p. */
 static void infer_row(const infer_ctx *c, float *l, size_t n) {
     const cdcd_model *m = c->m;
@@ -1223,13 +1240,10 @@ static void infer_row(const infer_ctx *c, float *l, size_t n) {
     if (m->cfg.head == CDCD_HEAD_LOGITS)
         for (int j = 0; j < V; j++) l[j] += m->p.head_b[j];
     if (out->logits) memcpy(out->logits + n * V, l, sizeof(float) * V);
-    float mx = -INFINITY;
+    float mx = row_max(l, V);
     int arg = 0;
-    for (int j = 0; j < V; j++)
-        if (l[j] > mx) {
-            mx = l[j];
-            arg = j;
-        }
+    if (out->argmax || out->sampled)
+        while (arg < V - 1 && !(l[arg] == mx)) arg++; /* first maximum, as torch.argmax */
     if (out->argmax) out->argmax[n] = arg;
     if (out->sampled) {
         if (!(out->temperature > 0.0f)) {
@@ -1250,17 +1264,30 @@ static void infer_row(const infer_ctx *c, float *l, size_t n) {
         }
     }
     if (!c->want_p) return;
+    /* p = softmax(l / score_temp) in place; entropy = log S - sum(e y) / S */
     float it = c->inv_score_temp;
+    float accS[ROW_ACC] = {0}, accY[ROW_ACC] = {0};
+    int j = 0;
+    for (; j + ROW_ACC <= V; j += ROW_ACC) {
+        float y[ROW_ACC], e[ROW_ACC];
+        for (int k = 0; k < ROW_ACC; k++) y[k] = (l[j + k] - mx) * it;
+        for (int k = 0; k < ROW_ACC; k++) e[k] = cdcd_ops_expf(y[k]);
+        for (int k = 0; k < ROW_ACC; k++) {
+            l[j + k] = e[k];
+            accS[k] += e[k];
+            accY[k] += e[k] * y[k];
+        }
+    }
     float S = 0.0f, Sy = 0.0f;
-    for (int j = 0; j < V; j++) {
-        float y = (l[j] - mx) * it;
-        float e = cdcd_ops_expf(y);
+    for (int k = 0; k < ROW_ACC; k++) S += accS[k], Sy += accY[k];
+    for (; j < V; j++) {
+        float y = (l[j] - mx) * it, e = cdcd_ops_expf(y);
         l[j] = e;
         S += e;
         Sy += e * y;
     }
     float inv = 1.0f / S;
-    for (int j = 0; j < V; j++) l[j] *= inv;
+    for (j = 0; j < V; j++) l[j] *= inv;
     if (out->entropy) out->entropy[n] = logf(S) - Sy * inv;
 }
 
@@ -1297,7 +1324,7 @@ static const float *head_input(cdcd_model *m) {
 }
 
 int cdcd_model_forward_x0(cdcd_model *m, const cdcd_batch *b, float *x0) {
-    if (check_batch(m, b) != 0 || !x0) return -1;
+    if (check_batch(m, b, 0) != 0 || !x0) return -1;
     forward_batch(m, b);
     cdcd_infer_output out = {0};
     out.x0 = x0;

@@ -159,7 +159,7 @@ int cdcd_model_forward_loss(cdcd_model *m, const cdcd_batch *b, float *loss,
 /* No-grad forward of a training batch (inputs built from ids + noise exactly as in
  * training, b->self_cond as given, usually NULL) returning the expected embedding
  * x0 (B,T,E) = sum_j softmax(logits)_j * e_j, e_j = sqrt(E) * Emb_j / |Emb_j|, for the
- * self-conditioning pass. Gradients untouched. 0 or -1. */
+ * self-conditioning pass (loss_mask may be NULL here). Gradients untouched. 0 or -1. */
 int cdcd_model_forward_x0(cdcd_model *m, const cdcd_batch *b, float *x0);
 
 typedef struct {
