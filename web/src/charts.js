@@ -300,6 +300,14 @@ function drawCurve(u, fit, color, width, tmin, tmax) {
   return n;
 }
 
+// The sigma axis spans the schedule's noise range [tmin, tmax] when known, else the data's
+// (uPlot's default log range would round out to whole decades).
+function sigmaRange(chart, min, max) {
+  if (chart.tmin > 0 && chart.tmax > chart.tmin) return [chart.tmin, chart.tmax];
+  if (!(min > 0) || !(max > 0)) return [0.1, 200];
+  return min === max ? [min / 2, max * 2] : [min, max];
+}
+
 // Entropy (per-sequence loss) against sigma, log-x: the samples as dots, recent ones darker,
 // and the current Cauchy fit F(sigma) over them.
 export class EntropyChart extends Base {
@@ -312,12 +320,12 @@ export class EntropyChart extends Base {
     this.mount({
       mode: 1,
       scales: {
-        x: { time: false, distr: 3, log: 10 },
+        x: { time: false, distr: 3, log: 10, range: (u, min, max) => sigmaRange(this, min, max) },
         y: { range: (u, min, max) => this.yRange(min, max) },
       },
       axes: [xAxis({ label: 'σ', labelSize: 16, labelFont: axisFont, values: tickValues }), yAxis({ label: 'loss (nats)', labelSize: 16, labelFont: axisFont })],
       legend: { show: false },
-      cursor: { drag: { x: true, y: false, setScale: true }, points: { show: false } },
+      cursor: { drag: { x: false, y: false, setScale: false }, points: { show: false } },
       series: [{}, { label: 'loss', stroke: 'transparent', paths: () => null, points: { show: false } }],
       hooks: { draw: [(u) => this.drawOver(u)] },
     }, [[], []]);
@@ -389,7 +397,7 @@ export class FitHistoryChart extends Base {
     this.range = [0.05, 500];
     this.mount({
       mode: 1,
-      scales: { x: { time: false, distr: 3, log: 10 }, y: { range: () => this.yRange() } },
+      scales: { x: { time: false, distr: 3, log: 10, range: (u, min, max) => sigmaRange(this, min, max) }, y: { range: () => this.yRange() } },
       axes: [xAxis({ values: tickValues }), yAxis()],
       legend: { show: false },
       cursor: { show: false },
