@@ -126,10 +126,10 @@ function makeRow(run) {
   const tr = h('tr', { dataset: { id: run.id }, tabindex: '0' },
     h('td', {}, h('span', { class: 'name' }), h('span', { class: 'id' })),
     h('td', {}, h('span', { class: 'state' })),
-    h('td', { class: 'num', dataset: { col: 'step' } }),
-    h('td', { class: 'num', dataset: { col: 'tps' } }),
-    h('td', { class: 'num', dataset: { col: 'loss' } }),
-    h('td', { class: 'num', dataset: { col: 'age' } }),
+    h('td', { class: 'num', dataset: { col: 'step', label: 'step' } }),
+    h('td', { class: 'num', dataset: { col: 'tps', label: 'tok/s' } }),
+    h('td', { class: 'num', dataset: { col: 'loss', label: 'loss' } }),
+    h('td', { class: 'num', dataset: { col: 'age', label: 'age' } }),
     h('td', { class: 'actions' }));
   const open = () => { location.hash = `#/runs/${encodeURIComponent(run.id)}`; };
   tr.addEventListener('click', (e) => { if (!e.target.closest('button')) open(); });
