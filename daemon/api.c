@@ -124,6 +124,8 @@ static void api_metrics(cdcdd_req *req) {
                      (unsigned long long)h->rejected_body);
     cdcdd_buf_printf(&b, "cdcdd_http_limit_rejections_total{limit=\"sample_jobs\"} %llu\n",
                      (unsigned long long)h->rejected_limit);
+    cdcdd_buf_printf(&b, "cdcdd_http_limit_rejections_total{limit=\"connections\"} %llu\n",
+                     (unsigned long long)h->rejected_connections);
 
     cdcdd_store_stats ss;
     cdcdd_store_get_stats(srv->store, &ss);

@@ -486,6 +486,24 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     cdcdd_server_check_shutdown(srv);
 }
 
+/* The total connection limit is enforced here rather than with MHD's own
+ * MHD_OPTION_CONNECTION_LIMIT: at that limit MHD 0.9.75 in external epoll mode takes its
+ * listening socket out of the epoll set and never puts it back, so the daemon stops
+ * accepting for good. Refusing here closes the new socket at once (clients see a reset
+ * instead of a hang in the backlog) and MHD's own limit is never reached. */
+static cdcdd_mhd_result on_accept(void *cls, const struct sockaddr *addr, socklen_t addrlen) {
+    (void)addr;
+    (void)addrlen;
+    cdcdd_server *srv = cls;
+    if (srv->http.connections >= srv->opts.limits.max_connections) {
+        srv->http.rejected_connections++;
+        cdcd_debug("http: refusing a connection: %lld open (max_connections %d)", (long long)srv->http.connections,
+                   srv->opts.limits.max_connections);
+        return MHD_NO;
+    }
+    return MHD_YES;
+}
+
 static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
                           enum MHD_ConnectionNotificationCode toe) {
     (void)conn;
@@ -517,9 +535,9 @@ int cdcdd_http_start(cdcdd_server *srv, char *err, size_t errlen) {
     freeaddrinfo(ai);
 
     srv->mhd = MHD_start_daemon(
-        flags, (uint16_t)o->listen_port, NULL, NULL, on_request, srv,
+        flags, (uint16_t)o->listen_port, on_accept, srv, on_request, srv,
         MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned)o->limits.max_connections,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)o->limits.max_connections + CDCDD_MHD_LIMIT_SLACK,
         MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)o->limits.max_connections_per_ip,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)o->limits.request_timeout_s,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CDCDD_MHD_MEMORY_LIMIT,

@@ -34,6 +34,8 @@ typedef int cdcdd_mhd_result;
 #define CDCDD_SSE_HEARTBEAT_MS 15000     /* SSE comment lines, at most this far apart */
 #define CDCDD_MHD_MEMORY_LIMIT (256u << 10) /* per-connection MHD buffer (default 32 KiB is
                                               too small for big headers + replies) */
+#define CDCDD_MHD_LIMIT_SLACK 64         /* MHD's own connection cap above max_connections
+                                              (ours, in http.c on_accept, comes first) */
 #define CDCDD_TRAINER_STACK (16u << 20)  /* stack of trainer and sampler threads */
 #define CDCDD_DB_NAME "cdcdd.db"
 #define CDCDD_RUNS_SUBDIR "runs"         /* STATE_DIR/runs/<id>/ holds a run's checkpoints */
@@ -50,6 +52,7 @@ typedef struct {
     uint64_t auth_failures;
     uint64_t rejected_body;     /* 413 */
     uint64_t rejected_limit;    /* 429 and other limit refusals */
+    uint64_t rejected_connections; /* refused at accept: max_connections reached */
     int64_t connections;        /* open now */
     double latency_sum_s;       /* handler-to-completion time of completed requests */
 } cdcdd_http_stats;

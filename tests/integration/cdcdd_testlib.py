@@ -61,7 +61,9 @@ def check(name, fn):
             return report(name, False, r)
         return report(name, bool(r), "returned false")
     except Exception as e:  # noqa: BLE001 - every error is a test failure
-        return report(name, False, f"{type(e).__name__}: {e}")
+        import traceback
+        where = traceback.extract_tb(e.__traceback__)[-1]
+        return report(name, False, f"{type(e).__name__}: {e} (line {where.lineno})")
 
 
 def finish():
