@@ -1051,7 +1051,8 @@ int cdcdd_runs_init(cdcdd_server *srv, char *err, size_t errlen) {
                                 "tokens, max_steps, error FROM runs ORDER BY id",
                                 -1, &st, NULL);
     int requeued = 0;
-    while (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+    while (rc == SQLITE_OK || rc == SQLITE_ROW) {
+        if ((rc = sqlite3_step(st)) != SQLITE_ROW) break;
         cdcdd_run *r = run_new();
         if (!r) break;
         r->id = sqlite3_column_int64(st, 0);
