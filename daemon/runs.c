@@ -666,7 +666,12 @@ static void trainer_main(void *arg) {
     char err[CDCDD_RUN_ERROR_MAX] = "";
     int reason = EXIT_FAILED;
     int64_t from = 0;
-    if (trainer_open(ctl, &sink, &from, err, sizeof err) != 0) {
+    /* opening reads the token files and maybe a checkpoint: no progress to show, and not a
+     * stall the watchdog should act on */
+    cdcdd_notify_heartbeat_idle(ctl->hb, 1);
+    int open_rc = trainer_open(ctl, &sink, &from, err, sizeof err);
+    cdcdd_notify_heartbeat_idle(ctl->hb, 0);
+    if (open_rc != 0) {
         cdcd_error("run %lld: %s", (long long)ctl->run_id, err);
         goto out;
     }

@@ -324,7 +324,10 @@ static void sampler_main(void *arg) {
     cdcd_inference_bundle bundle;
     memset(&bundle, 0, sizeof bundle);
     char err[256] = "";
-    if (cdcd_load_for_inference(path, job->threads, job->p.n, job->use_ema, &bundle, err, sizeof err) != 0) {
+    cdcdd_notify_heartbeat_idle(job->hb, 1);
+    int load_rc = cdcd_load_for_inference(path, job->threads, job->p.n, job->use_ema, &bundle, err, sizeof err);
+    cdcdd_notify_heartbeat_idle(job->hb, 0);
+    if (load_rc != 0) {
         snprintf(job->error, sizeof job->error, "cannot load checkpoint %.300s: %.150s", path, err);
         job->error_status = 500;
         goto out;
