@@ -1,7 +1,9 @@
 /* The CDCD diffusion transformer (docs/model.md): parameters, activations, forward,
  * backward, inference and AdamW. Layers are the plain functions of ops.c; this file owns
  * the memory layout and the order of operations. */
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC optimize("tree-loop-vectorize", "vect-cost-model=dynamic")
+#endif
 
 #include "model.h"
 

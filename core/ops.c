@@ -1,6 +1,8 @@
 /* Layer forward/backward pairs of the CDCD transformer (see ops.h, docs/model.md). */
 /* The Makefile builds with -O2, whose "very cheap" vectoriser skips most loops here. */
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC optimize("tree-loop-vectorize", "vect-cost-model=dynamic")
+#endif
 
 #include "ops.h"
 
