@@ -42,9 +42,7 @@ RUN_CONFIG='{"name":"dashboard-live","preset":"tiny","seed":7,
   "optim":{"warmup_steps":20},
   "schedule":{"refit_every":10,"window":500}}'
 
-if [[ ${CDCD_DASHBOARD_MOCK:-0} == 1 ]]; then
-  DAEMON_CMD=$(printf '["node","%s","--state-dir","%s","--web-dir","%s"]' "$ROOT/web/dev/mock-cdcdd.mjs" "$T" "$T/web")
-else
+{
   for b in cdcdd cdcd; do [[ -x $BIN/$b ]] || fail dashboard_prereqs "$BIN/$b not built"; done
   VOCAB=$SHARED/bert-base-uncased-vocab.txt
   TEXT=$SHARED/tinystories/valid.txt
@@ -57,7 +55,7 @@ else
   done
   DAEMON_CMD=$(printf '["%s","--state-dir","%s","--data-dir","%s","--web-dir","%s","--max-runs","2","--threads-per-run","1"]' \
     "$BIN/cdcdd" "$T/state" "$T/data" "$T/web")
-fi
+}
 
 cd "$ROOT/web" || exit 1
 CDCD_DAEMON_CMD=$DAEMON_CMD CDCD_RUN_CONFIG=$RUN_CONFIG CDCD_ART=$ART CHROMIUM=$CHROMIUM \
