@@ -10,7 +10,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "clock.h"
@@ -174,8 +176,18 @@ typedef struct {
     cdcdd_store *store;
 } defer_job;
 
+void cdcdd_pool_thread_deprioritise(void) {
+    static _Thread_local int done;
+    if (done) return;
+    done = 1;
+    /* Linux nice values are per thread: only this pool thread gets lower priority */
+    if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), CDCDD_POOL_NICE) != 0)
+        cdcd_debug("http: cannot lower the priority of a pool thread: %s", strerror(errno));
+}
+
 static void defer_work(uv_work_t *w) {
     defer_job *j = w->data;
+    cdcdd_pool_thread_deprioritise();
     sqlite3 *db = cdcdd_store_reader(j->store);
     if (!db) {
         j->status = 503;

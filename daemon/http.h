@@ -103,6 +103,11 @@ const char *cdcdd_req_header(cdcdd_req *req, const char *name);
  * default), 1 present, -1 after answering 400 naming the parameter. */
 int cdcdd_req_query_int(cdcdd_req *req, const char *name, int64_t min, int64_t max, int64_t *out);
 
+/* Lowers the calling libuv pool thread to nice CDCDD_POOL_NICE (once per thread), so that
+ * HTTP queries yield the CPU to trainer threads when cores are scarce. */
+#define CDCDD_POOL_NICE 10
+void cdcdd_pool_thread_deprioritise(void);
+
 /* The standard headers added to every API response. */
 void cdcdd_http_add_common_headers(struct MHD_Response *resp, const char *content_type);
 

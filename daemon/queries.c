@@ -422,6 +422,7 @@ typedef struct {
 
 static void download_work(uv_work_t *w) {
     download_job *j = w->data;
+    cdcdd_pool_thread_deprioritise();
     j->fd = -1;
     sqlite3 *db = cdcdd_store_reader(j->store);
     if (!db) {

@@ -88,6 +88,7 @@ typedef struct {
 
 static void static_work(uv_work_t *w) {
     static_job *j = w->data;
+    cdcdd_pool_thread_deprioritise();
     j->fd = -1;
     j->status = 404;
     char root[PATH_MAX], full[PATH_MAX + 600], real[PATH_MAX];
