@@ -2,7 +2,7 @@
 """cdcdd's bearer-token auth and every request limit, each set low by a flag and hit:
 body size (announced and chunked), JSON depth, connections per IP and in total, the idle
 request timeout (with SSE heartbeats outliving it and a vanished SSE client noticed), points
-per query, samples n x steps per request, concurrent sampling jobs. Also: each limit's
+per query, samples n x steps per request, concurrent sampling jobs, memory per run. Also: each limit's
 default is what cdcdd --help reports. Standard library only; binaries from $CDCD_BIN."""
 import http.client
 import json
@@ -19,7 +19,8 @@ from cdcdd_testlib import DAEMON, Daemon, SSEReader, check, finish, report, tiny
 TOKEN = "s3cret-token-for-tests"
 LIMITS = ["--max-body-bytes", "2K", "--max-json-depth", "4", "--max-connections", "5",
           "--max-connections-per-ip", "3", "--request-timeout", "2", "--max-points", "25",
-          "--max-sample-work", "100", "--max-sample-jobs", "1", "--token", TOKEN]
+          "--max-sample-work", "100", "--max-sample-jobs", "1", "--max-run-memory", "100M",
+          "--token", TOKEN]
 
 
 def raw_connect(port, source="127.0.0.1"):
@@ -259,6 +260,12 @@ def run_all(d):
         r = d.post(f"/runs/{rid}/samples", {"n": 1, "steps": 2})
         assert r.status == 200, r  # the slot is free again
     check("limit_concurrent_sample_jobs", sample_jobs)
+
+    def run_memory():
+        r = d.post("/runs", {"preset": "tiny"})  # ~570 MiB with the default batch
+        assert r.status == 400 and r.error_code() == "invalid_config", r
+        assert r.error_field() == "train.batch_size" and "MiB" in r.json()["error"]["message"], r
+    check("limit_run_memory", run_memory)
 
     def counters():
         t = d.metrics_text()
