@@ -25,11 +25,11 @@
 /* exp(x) for float, vectorisable (Cephes-style range reduction + degree-6 polynomial,
  * ~1 ulp over the clamped range [-87, 88]); NaN propagates. */
 static inline float cdcd_ops_expf(float x) {
-    x = x < -87.0f ? -87.0f : x;
-    x = x > 88.0f ? 88.0f : x;
+    float xc = x > -87.0f ? x : -87.0f; /* NaN lands here too; passed through at the end */
+    xc = xc < 88.0f ? xc : 88.0f;
     /* round to nearest through the 1.5 * 2^23 shifter (floorf blocks vectorisation) */
-    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-    float r = x - n * 0.693359375f;
+    float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    float r = xc - n * 0.693359375f;
     r = r - n * -2.12194440e-4f;
     float p = 1.9875691500e-4f;
     p = p * r + 1.3981999507e-3f;
@@ -38,10 +38,10 @@ static inline float cdcd_ops_expf(float x) {
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     float y = p * r * r + r + 1.0f;
-    int32_t bits = ((int32_t)n + 127) << 23;
+    uint32_t bits = (uint32_t)((int32_t)n + 127) << 23; /* n in [-126, 127] */
     float scale;
     memcpy(&scale, &bits, sizeof scale);
-    return y * scale;
+    return x == x ? y * scale : x;
 }
 
 /* ---- LayerNorm (no affine, biased variance, eps CDCD_LN_EPS) over rows of width D */
