@@ -67,6 +67,9 @@ $(LIB): $(CORE_OBJ)
 	@rm -f $@
 	$(AR) rcs $@ $^
 
+# SQL migrations and openapi.yaml are compiled into cdcdd with .incbin, which -MMD cannot see.
+$(BUILD)/daemon/embed.o: $(wildcard sql/*.sql) openapi.yaml
+
 $(BIN)/cdcd: $(CLI_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $(CLI_OBJ) $(LIB) $(LDLIBS)
