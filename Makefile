@@ -109,7 +109,7 @@ run: deps
 	@$(MAKE) --no-print-directory all
 	@$(MAKE) --no-print-directory data
 	@mkdir -p var
-	$(BIN)/cdcdd --listen 127.0.0.1:8080 --state-dir var --data-dir data --web-dir $(BIN)/../web/dist
+	$(BIN)/cdcdd --listen 127.0.0.1:8080 --state-dir var --data-dir data --web-dir web/dist
 
 test: deps
 	@$(MAKE) --no-print-directory all unit-tests
