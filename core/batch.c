@@ -1,3 +1,4 @@
+#include "check.h"
 #include "batch.h"
 
 #include <stdarg.h>
@@ -20,13 +21,6 @@ struct cdcd_batcher {
     uint64_t epoch, pos;
 };
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...) {
-    if (!err || !errlen) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 void cdcd_batch_opts_default(cdcd_batch_opts *o) {
     memset(o, 0, sizeof *o);
@@ -51,22 +45,22 @@ cdcd_batcher *cdcd_batch_create(const cdcd_tokfile *f, const cdcd_batch_opts *o,
                                 size_t errlen) {
     cdcd_batcher *b = NULL;
     if (o->batch_size < 1) {
-        set_err(err, errlen, "batch size %d: must be at least 1", o->batch_size);
+        cdcd_errf(err, errlen, "batch size %d: must be at least 1", o->batch_size);
         return NULL;
     }
     if (o->seq_len < CDCD_BATCH_MIN_SEQ_LEN || o->seq_len > CDCD_BATCH_MAX_SEQ_LEN) {
-        set_err(err, errlen, "sequence length %d: must be in [%d, %d]", o->seq_len,
+        cdcd_errf(err, errlen, "sequence length %d: must be in [%d, %d]", o->seq_len,
                 CDCD_BATCH_MIN_SEQ_LEN, CDCD_BATCH_MAX_SEQ_LEN);
         return NULL;
     }
     if (o->mode != CDCD_BATCH_WINDOW && o->mode != CDCD_BATCH_TRUNCATE) {
-        set_err(err, errlen, "data mode %d: must be window (%d) or truncate (%d)", o->mode,
+        cdcd_errf(err, errlen, "data mode %d: must be window (%d) or truncate (%d)", o->mode,
                 CDCD_BATCH_WINDOW, CDCD_BATCH_TRUNCATE);
         return NULL;
     }
     uint64_t ns = f->h.n_stories;
     if (ns == 0) {
-        set_err(err, errlen, "token file %s holds no stories", f->path);
+        cdcd_errf(err, errlen, "token file %s holds no stories", f->path);
         return NULL;
     }
     b = calloc(1, sizeof *b);
@@ -88,7 +82,7 @@ cdcd_batcher *cdcd_batch_create(const cdcd_tokfile *f, const cdcd_batch_opts *o,
         b->n_ex = ns;
     }
     if (b->n_ex > UINT32_MAX) {
-        set_err(err, errlen, "token file %s: %llu examples, more than the %u a permutation "
+        cdcd_errf(err, errlen, "token file %s: %llu examples, more than the %u a permutation "
                 "holds (use a longer sequence length)", f->path,
                 (unsigned long long)b->n_ex, UINT32_MAX);
         goto fail;
@@ -100,7 +94,7 @@ cdcd_batcher *cdcd_batch_create(const cdcd_tokfile *f, const cdcd_batch_opts *o,
     make_perm(b);
     return b;
 oom:
-    set_err(err, errlen, "batch iterator: out of memory");
+    cdcd_errf(err, errlen, "batch iterator: out of memory");
 fail:
     cdcd_batch_free(b);
     return NULL;
@@ -186,12 +180,12 @@ void cdcd_batch_get_state(const cdcd_batcher *b, cdcd_batch_state *s) {
 
 int cdcd_batch_set_state(cdcd_batcher *b, const cdcd_batch_state *s, char *err, size_t errlen) {
     if (s->version != CDCD_BATCH_STATE_VERSION) {
-        set_err(err, errlen, "batch state version %u, expected %d", s->version,
+        cdcd_errf(err, errlen, "batch state version %u, expected %d", s->version,
                 CDCD_BATCH_STATE_VERSION);
         return -1;
     }
     if (s->data_checksum != b->f->h.data_checksum || s->n_examples != b->n_ex) {
-        set_err(err, errlen, "batch state is for another token file (%llu examples, data "
+        cdcd_errf(err, errlen, "batch state is for another token file (%llu examples, data "
                 "checksum %016llx; %s has %llu, %016llx)", (unsigned long long)s->n_examples,
                 (unsigned long long)s->data_checksum, b->f->path,
                 (unsigned long long)b->n_ex, (unsigned long long)b->f->h.data_checksum);
@@ -199,14 +193,14 @@ int cdcd_batch_set_state(cdcd_batcher *b, const cdcd_batch_state *s, char *err, 
     }
     if (s->seq_len != b->o.seq_len || s->mode != b->o.mode || s->shuffle != b->o.shuffle ||
         s->seed != b->o.seed) {
-        set_err(err, errlen, "batch state is for seq_len %d, mode %d, shuffle %d, seed %llu; "
+        cdcd_errf(err, errlen, "batch state is for seq_len %d, mode %d, shuffle %d, seed %llu; "
                 "this iterator has %d, %d, %d, %llu", s->seq_len, s->mode, s->shuffle,
                 (unsigned long long)s->seed, b->o.seq_len, b->o.mode, b->o.shuffle,
                 (unsigned long long)b->o.seed);
         return -1;
     }
     if (s->pos > b->n_ex) {
-        set_err(err, errlen, "batch state position %llu is past the %llu examples",
+        cdcd_errf(err, errlen, "batch state position %llu is past the %llu examples",
                 (unsigned long long)s->pos, (unsigned long long)b->n_ex);
         return -1;
     }

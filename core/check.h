@@ -46,4 +46,8 @@
 
 #define CDCD_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
+/* Formats a message into a caller's error buffer (err may be NULL or errlen 0: nothing
+ * is written). The common way core/ functions report "NULL/-1 with a message in err". */
+void cdcd_errf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
 #endif

@@ -1,5 +1,7 @@
 #include "log.h"
 
+#include "check.h"
+
 #include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -91,4 +93,12 @@ void cdcd_log_at(cdcd_log_level level, const char *file, int line, const char *f
     fflush(out);
     pthread_mutex_unlock(&log_lock);
     errno = saved_errno;
+}
+
+void cdcd_errf(char *err, size_t errlen, const char *fmt, ...) {
+    if (!err || !errlen) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
 }

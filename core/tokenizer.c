@@ -1,3 +1,4 @@
+#include "check.h"
 #include "tokenizer.h"
 
 #include <errno.h>
@@ -72,13 +73,6 @@ struct cdcd_tokenizer {
 
 /* ------------------------------------------------------------------ helpers */
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...) {
-    if (!err || !errlen) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 static inline uint64_t hash_seed(int cont) { return cont ? FNV_OFFSET ^ CONT_SALT : FNV_OFFSET; }
 static inline uint64_t hash_step(uint64_t h, uint8_t b) { return (h ^ b) * FNV_PRIME; }
@@ -212,34 +206,34 @@ static char *read_file(const char *path, size_t max_bytes, size_t *len, char *er
     char *buf = NULL;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-        set_err(err, errlen, "vocab %s: cannot open: %s", path, strerror(errno));
+        cdcd_errf(err, errlen, "vocab %s: cannot open: %s", path, strerror(errno));
         return NULL;
     }
     struct stat st;
     if (fstat(fd, &st) < 0) {
-        set_err(err, errlen, "vocab %s: %s", path, strerror(errno));
+        cdcd_errf(err, errlen, "vocab %s: %s", path, strerror(errno));
         goto fail;
     }
     if (!S_ISREG(st.st_mode)) {
-        set_err(err, errlen, "vocab %s: not a regular file", path);
+        cdcd_errf(err, errlen, "vocab %s: not a regular file", path);
         goto fail;
     }
     if ((uint64_t)st.st_size > max_bytes) {
-        set_err(err, errlen, "vocab %s: %lld bytes, more than the %zu accepted", path,
+        cdcd_errf(err, errlen, "vocab %s: %lld bytes, more than the %zu accepted", path,
                 (long long)st.st_size, max_bytes);
         goto fail;
     }
     size_t size = (size_t)st.st_size, got = 0;
     buf = malloc(size + 1);
     if (!buf) {
-        set_err(err, errlen, "vocab %s: out of memory", path);
+        cdcd_errf(err, errlen, "vocab %s: out of memory", path);
         goto fail;
     }
     while (got < size) {
         ssize_t r = read(fd, buf + got, size - got);
         if (r < 0 && errno == EINTR) continue;
         if (r <= 0) {
-            set_err(err, errlen, "vocab %s: read failed: %s", path,
+            cdcd_errf(err, errlen, "vocab %s: read failed: %s", path,
                     r < 0 ? strerror(errno) : "file shrank while reading");
             goto fail;
         }
@@ -266,20 +260,20 @@ cdcd_tokenizer *cdcd_tok_load_sized(const char *vocab_path, int expect_size, cha
     char *text = read_file(vocab_path, CDCD_TOK_MAX_VOCAB_FILE_BYTES, &size, err, errlen);
     if (!text) return NULL;
     if (size == 0) {
-        set_err(err, errlen, "vocab %s: the file is empty", vocab_path);
+        cdcd_errf(err, errlen, "vocab %s: the file is empty", vocab_path);
         goto fail;
     }
     size_t lines = 0;
     for (size_t i = 0; i < size; i++) lines += text[i] == '\n';
     if (text[size - 1] != '\n') lines++; /* a last line without newline still counts */
     if (expect_size > 0 && lines != (size_t)expect_size) {
-        set_err(err, errlen, "vocab %s: %zu lines, expected %d (one token per line%s)",
+        cdcd_errf(err, errlen, "vocab %s: %zu lines, expected %d (one token per line%s)",
                 vocab_path, lines, expect_size,
                 expect_size == CDCD_TOK_BERT_VOCAB_SIZE ? ", bert-base-uncased" : "");
         goto fail;
     }
     if (lines > CDCD_TOK_MAX_VOCAB) {
-        set_err(err, errlen, "vocab %s: %zu lines, more than %d", vocab_path, lines,
+        cdcd_errf(err, errlen, "vocab %s: %zu lines, more than %d", vocab_path, lines,
                 CDCD_TOK_MAX_VOCAB);
         goto fail;
     }
@@ -300,21 +294,21 @@ cdcd_tokenizer *cdcd_tok_load_sized(const char *vocab_path, int expect_size, cha
         size_t len = nl ? (size_t)(nl - line) : size - off;
         if (nl) *nl = '\0';
         if (len == 0) {
-            set_err(err, errlen, "vocab %s: line %zu is empty", vocab_path, id + 1);
+            cdcd_errf(err, errlen, "vocab %s: line %zu is empty", vocab_path, id + 1);
             goto fail;
         }
         if (line[len - 1] == '\r') {
-            set_err(err, errlen, "vocab %s: line %zu ends with CR (Windows line endings?)",
+            cdcd_errf(err, errlen, "vocab %s: line %zu ends with CR (Windows line endings?)",
                     vocab_path, id + 1);
             goto fail;
         }
         if (len > CDCD_TOK_MAX_PIECE_BYTES) {
-            set_err(err, errlen, "vocab %s: line %zu is %zu bytes, more than %d", vocab_path,
+            cdcd_errf(err, errlen, "vocab %s: line %zu is %zu bytes, more than %d", vocab_path,
                     id + 1, len, CDCD_TOK_MAX_PIECE_BYTES);
             goto fail;
         }
         if (memchr(line, '\0', len) || !valid_utf8((const uint8_t *)line, len)) {
-            set_err(err, errlen, "vocab %s: line %zu is not valid UTF-8 text", vocab_path,
+            cdcd_errf(err, errlen, "vocab %s: line %zu is not valid UTF-8 text", vocab_path,
                     id + 1);
             goto fail;
         }
@@ -330,7 +324,7 @@ cdcd_tokenizer *cdcd_tok_load_sized(const char *vocab_path, int expect_size, cha
         if (v->len > t->max_key[v->cont]) t->max_key[v->cont] = v->len;
         int32_t dup = table_insert(t, (int32_t)id);
         if (dup >= 0) {
-            set_err(err, errlen, "vocab %s: line %zu duplicates line %d (\"%s\")", vocab_path,
+            cdcd_errf(err, errlen, "vocab %s: line %zu duplicates line %d (\"%s\")", vocab_path,
                     id + 1, dup + 1, line);
             goto fail;
         }
@@ -346,7 +340,7 @@ cdcd_tokenizer *cdcd_tok_load_sized(const char *vocab_path, int expect_size, cha
     for (size_t i = 0; i < sizeof specials / sizeof specials[0]; i++) {
         *specials[i].id = cdcd_tok_lookup(t, specials[i].name);
         if (*specials[i].id < 0) {
-            set_err(err, errlen, "vocab %s: no %s token", vocab_path, specials[i].name);
+            cdcd_errf(err, errlen, "vocab %s: no %s token", vocab_path, specials[i].name);
             goto fail;
         }
     }
@@ -369,7 +363,7 @@ cdcd_tokenizer *cdcd_tok_load_sized(const char *vocab_path, int expect_size, cha
     return t;
 
 oom:
-    set_err(err, errlen, "vocab %s: out of memory", vocab_path);
+    cdcd_errf(err, errlen, "vocab %s: out of memory", vocab_path);
 fail:
     free(text);
     cdcd_tok_free(t);

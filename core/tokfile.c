@@ -1,3 +1,4 @@
+#include "check.h"
 #include "tokfile.h"
 
 #include <errno.h>
@@ -29,13 +30,6 @@ _Static_assert(WRITER_BUF_IDS % 4 == 0, "id buffer flushes whole 8-byte words");
 #error "token files are little-endian and mapped as is: a big-endian host needs byte swaps"
 #endif
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...) {
-    if (!err || !errlen) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 static uint64_t fnv_bytes(uint64_t h, const void *p, size_t n) {
     const uint8_t *s = p;
@@ -64,26 +58,26 @@ cdcd_tokfile *cdcd_tokfile_open(const char *path, const cdcd_tokenizer *tok, cha
     cdcd_tokfile *f = NULL;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-        set_err(err, errlen, "token file %s: cannot open: %s", path, strerror(errno));
+        cdcd_errf(err, errlen, "token file %s: cannot open: %s", path, strerror(errno));
         return NULL;
     }
     struct stat st;
     if (fstat(fd, &st) < 0) {
-        set_err(err, errlen, "token file %s: %s", path, strerror(errno));
+        cdcd_errf(err, errlen, "token file %s: %s", path, strerror(errno));
         goto fail;
     }
     if (!S_ISREG(st.st_mode)) {
-        set_err(err, errlen, "token file %s: not a regular file", path);
+        cdcd_errf(err, errlen, "token file %s: not a regular file", path);
         goto fail;
     }
     if (st.st_size < CDCD_TOKFILE_HEADER_BYTES) {
-        set_err(err, errlen, "token file %s: %lld bytes, too short for a header (truncated?)",
+        cdcd_errf(err, errlen, "token file %s: %lld bytes, too short for a header (truncated?)",
                 path, (long long)st.st_size);
         goto fail;
     }
     f = calloc(1, sizeof *f);
     if (!f) {
-        set_err(err, errlen, "token file %s: out of memory", path);
+        cdcd_errf(err, errlen, "token file %s: out of memory", path);
         goto fail;
     }
     snprintf(f->path, sizeof f->path, "%s", path);
@@ -91,7 +85,7 @@ cdcd_tokfile *cdcd_tokfile_open(const char *path, const cdcd_tokenizer *tok, cha
     f->map = mmap(NULL, f->map_bytes, PROT_READ, MAP_SHARED, fd, 0);
     if (f->map == MAP_FAILED) {
         f->map = NULL;
-        set_err(err, errlen, "token file %s: mmap: %s", path, strerror(errno));
+        cdcd_errf(err, errlen, "token file %s: mmap: %s", path, strerror(errno));
         goto fail;
     }
     close(fd);
@@ -99,21 +93,21 @@ cdcd_tokfile *cdcd_tokfile_open(const char *path, const cdcd_tokenizer *tok, cha
     memcpy(&f->h, f->map, sizeof f->h);
     const cdcd_tokfile_header *h = &f->h;
     if (memcmp(h->magic, CDCD_TOKFILE_MAGIC, sizeof h->magic) != 0) {
-        set_err(err, errlen, "token file %s: not a cdcd token file (bad magic)", path);
+        cdcd_errf(err, errlen, "token file %s: not a cdcd token file (bad magic)", path);
         goto fail;
     }
     if (h->version != CDCD_TOKFILE_VERSION) {
-        set_err(err, errlen, "token file %s: format version %u, this build reads version %d "
+        cdcd_errf(err, errlen, "token file %s: format version %u, this build reads version %d "
                 "(re-run cdcd prep)", path, h->version, CDCD_TOKFILE_VERSION);
         goto fail;
     }
     if (h->header_bytes != CDCD_TOKFILE_HEADER_BYTES ||
         fnv_bytes(FNV_OFFSET, h, HEADER_SUM_BYTES) != h->header_checksum) {
-        set_err(err, errlen, "token file %s: the header is corrupt (checksum mismatch)", path);
+        cdcd_errf(err, errlen, "token file %s: the header is corrupt (checksum mismatch)", path);
         goto fail;
     }
     if (h->file_bytes != (uint64_t)st.st_size) {
-        set_err(err, errlen, "token file %s: %lld bytes but the header says %llu (%s)", path,
+        cdcd_errf(err, errlen, "token file %s: %lld bytes but the header says %llu (%s)", path,
                 (long long)st.st_size, (unsigned long long)h->file_bytes,
                 (uint64_t)st.st_size < h->file_bytes ? "truncated" : "trailing data");
         goto fail;
@@ -123,7 +117,7 @@ cdcd_tokfile *cdcd_tokfile_open(const char *path, const cdcd_tokenizer *tok, cha
         h->n_stories > h->file_bytes / 8 ||
         h->offsets_off != align8(h->ids_off + 2 * h->n_tokens) ||
         h->file_bytes != h->offsets_off + 8 * (h->n_stories + 1)) {
-        set_err(err, errlen, "token file %s: inconsistent section sizes in the header", path);
+        cdcd_errf(err, errlen, "token file %s: inconsistent section sizes in the header", path);
         goto fail;
     }
     if (h->vocab_size == 0 || h->vocab_size > CDCD_TOKFILE_MAX_VOCAB || h->pad_id < 0 ||
@@ -131,12 +125,12 @@ cdcd_tokfile *cdcd_tokfile_open(const char *path, const cdcd_tokenizer *tok, cha
         (uint32_t)h->pad_id >= h->vocab_size || (uint32_t)h->unk_id >= h->vocab_size ||
         (uint32_t)h->cls_id >= h->vocab_size || (uint32_t)h->sep_id >= h->vocab_size ||
         (uint32_t)h->mask_id >= h->vocab_size) {
-        set_err(err, errlen, "token file %s: bad vocabulary size or special ids", path);
+        cdcd_errf(err, errlen, "token file %s: bad vocabulary size or special ids", path);
         goto fail;
     }
     if (tok && (h->vocab_checksum != cdcd_tok_checksum(tok) ||
                 h->vocab_size != (uint32_t)cdcd_tok_vocab_size(tok))) {
-        set_err(err, errlen, "token file %s: made with another vocabulary (%u tokens, checksum "
+        cdcd_errf(err, errlen, "token file %s: made with another vocabulary (%u tokens, checksum "
                 "%016llx; this vocabulary: %d tokens, checksum %016llx): re-run cdcd prep",
                 path, h->vocab_size, (unsigned long long)h->vocab_checksum,
                 cdcd_tok_vocab_size(tok), (unsigned long long)cdcd_tok_checksum(tok));
@@ -145,12 +139,12 @@ cdcd_tokfile *cdcd_tokfile_open(const char *path, const cdcd_tokenizer *tok, cha
     f->ids = (const uint16_t *)((const char *)f->map + h->ids_off);
     f->offsets = (const uint64_t *)((const char *)f->map + h->offsets_off);
     if (f->offsets[0] != 0 || f->offsets[h->n_stories] != h->n_tokens) {
-        set_err(err, errlen, "token file %s: story offsets do not span the ids", path);
+        cdcd_errf(err, errlen, "token file %s: story offsets do not span the ids", path);
         goto fail;
     }
     for (uint64_t i = 0; i < h->n_stories; i++)
         if (f->offsets[i + 1] <= f->offsets[i]) {
-            set_err(err, errlen, "token file %s: story %llu has no tokens or a bad offset",
+            cdcd_errf(err, errlen, "token file %s: story %llu has no tokens or a bad offset",
                     path, (unsigned long long)i);
             goto fail;
         }
@@ -172,13 +166,13 @@ int cdcd_tokfile_verify(const cdcd_tokfile *f, char *err, size_t errlen) {
     uint64_t sum = fnv_words(FNV_OFFSET, (const char *)f->map + h->ids_off,
                              (size_t)(h->file_bytes - h->ids_off));
     if (sum != h->data_checksum) {
-        set_err(err, errlen, "token file %s: data checksum mismatch (the file is damaged)",
+        cdcd_errf(err, errlen, "token file %s: data checksum mismatch (the file is damaged)",
                 f->path);
         return -1;
     }
     for (uint64_t i = 0; i < h->n_tokens; i++)
         if (f->ids[i] >= h->vocab_size) {
-            set_err(err, errlen, "token file %s: id %u at position %llu is out of the "
+            cdcd_errf(err, errlen, "token file %s: id %u at position %llu is out of the "
                     "vocabulary (%u)", f->path, f->ids[i], (unsigned long long)i,
                     h->vocab_size);
             return -1;
@@ -252,12 +246,12 @@ cdcd_tokfile_writer *cdcd_tokfile_writer_open(const char *path, const cdcd_token
     cdcd_tokfile_writer *w = NULL;
     int vs = cdcd_tok_vocab_size(tok);
     if (vs > CDCD_TOKFILE_MAX_VOCAB) {
-        set_err(err, errlen, "token file %s: a vocabulary of %d tokens does not fit uint16 ids",
+        cdcd_errf(err, errlen, "token file %s: a vocabulary of %d tokens does not fit uint16 ids",
                 path, vs);
         return NULL;
     }
     if (strlen(path) >= sizeof w->path) {
-        set_err(err, errlen, "token file path too long: %s", path);
+        cdcd_errf(err, errlen, "token file path too long: %s", path);
         return NULL;
     }
     w = calloc(1, sizeof *w);
@@ -270,7 +264,7 @@ cdcd_tokfile_writer *cdcd_tokfile_writer_open(const char *path, const cdcd_token
     snprintf(w->tmp_path, sizeof w->tmp_path, "%s" TEMP_SUFFIX, path);
     w->fd = mkostemp(w->tmp_path, O_CLOEXEC);
     if (w->fd < 0) {
-        set_err(err, errlen, "token file %s: cannot create %s: %s", path, w->tmp_path,
+        cdcd_errf(err, errlen, "token file %s: cannot create %s: %s", path, w->tmp_path,
                 strerror(errno));
         w->tmp_path[0] = '\0';
         goto fail;
@@ -279,7 +273,7 @@ cdcd_tokfile_writer *cdcd_tokfile_writer_open(const char *path, const cdcd_token
     snprintf(off_path, sizeof off_path, "%s" OFFSETS_TEMP_SUFFIX, path);
     w->off_fd = mkostemp(off_path, O_CLOEXEC);
     if (w->off_fd < 0) {
-        set_err(err, errlen, "token file %s: cannot create %s: %s", path, off_path,
+        cdcd_errf(err, errlen, "token file %s: cannot create %s: %s", path, off_path,
                 strerror(errno));
         goto fail;
     }
@@ -302,12 +296,12 @@ cdcd_tokfile_writer *cdcd_tokfile_writer_open(const char *path, const cdcd_token
     /* A zero header as a placeholder: a file cut short before finish has no magic. */
     static const char zeros[CDCD_TOKFILE_HEADER_BYTES];
     if (write_all(w->fd, zeros, sizeof zeros) || push_offset(w, 0)) {
-        set_err(err, errlen, "token file %s: write: %s", path, strerror(errno));
+        cdcd_errf(err, errlen, "token file %s: write: %s", path, strerror(errno));
         goto fail;
     }
     return w;
 oom:
-    set_err(err, errlen, "token file %s: out of memory", path);
+    cdcd_errf(err, errlen, "token file %s: out of memory", path);
 fail:
     cdcd_tokfile_writer_abort(w);
     return NULL;
@@ -432,7 +426,7 @@ int cdcd_tokfile_writer_finish(cdcd_tokfile_writer *w, char *err, size_t errlen)
     cdcd_tokfile_writer_abort(w);
     return 0;
 fail:
-    set_err(err, errlen, "%s", w->err[0] ? w->err : "token file: write failed");
+    cdcd_errf(err, errlen, "%s", w->err[0] ? w->err : "token file: write failed");
     free(copy);
     cdcd_tokfile_writer_abort(w);
     return -1;
