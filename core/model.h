@@ -41,7 +41,7 @@ typedef enum {
 #define CDCD_MODEL_MAX_VOCAB (1 << 22)
 #define CDCD_MODEL_MAX_SEQ 8192
 
-/* Field for field like cdcd_run_model in runconfig.h (head <-> head_embedding). */
+/* Also the "model" section of a run config (core/runconfig.h). */
 typedef struct {
     int vocab_size;    /* V */
     int d_emb;         /* E */

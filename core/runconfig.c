@@ -66,6 +66,11 @@ static const char *const decay_names[] = {"cosine", "exp", "none", NULL};
 static const char *const mode_names[] = {"window", "truncate", NULL};
 static const char *const sched_names[] = {"cauchy", "pwl", NULL};
 
+/* F_ENUM fields are stored through an int pointer. */
+_Static_assert(sizeof(cdcd_head_mode) == sizeof(int) && sizeof(cdcd_lr_decay) == sizeof(int) &&
+                   sizeof(cdcd_data_mode) == sizeof(int),
+               "enum fields must be int-sized");
+
 #define OFF(member) offsetof(cdcd_run_config, member)
 static const field_spec fields[] = {
     {NULL, "name", F_STRING, OFF(name), 0, 0, CDCD_RUN_NAME_MAX, NULL},
@@ -77,7 +82,7 @@ static const field_spec fields[] = {
     {"model", "n_layers", F_INT, OFF(model.n_layers), 1, RUN_MAX_LAYERS, 0, NULL},
     {"model", "cond_dim", F_INT, OFF(model.cond_dim), 2, RUN_MAX_DIM, 0, NULL},
     {"model", "max_seq_len", F_INT, OFF(model.max_seq_len), 4, RUN_MAX_SEQ, 0, NULL},
-    {"model", "head", F_ENUM, OFF(model.head_embedding), 0, 0, 0, head_names},
+    {"model", "head", F_ENUM, OFF(model.head), 0, 0, 0, head_names},
     {"model", "cond_channels", F_BOOL, OFF(model.cond_channels), 0, 1, 0, NULL},
     {"model", "self_cond", F_BOOL, OFF(model.self_cond), 0, 1, 0, NULL},
     {"model", "emb_init_std", F_FLOAT, OFF(model.emb_init_std), 1e-8, 10, 0, NULL},
@@ -167,37 +172,6 @@ static void apply_defaults(cdcd_run_config *c) {
     c->cond.p_self_cond = 0.0f;
 }
 
-void cdcd_run_model_from(cdcd_run_model *dst, const cdcd_model_config *m) {
-    dst->vocab_size = m->vocab_size;
-    dst->d_emb = m->d_emb;
-    dst->d_model = m->d_model;
-    dst->n_heads = m->n_heads;
-    dst->n_layers = m->n_layers;
-    dst->cond_dim = m->cond_dim;
-    dst->max_seq_len = m->max_seq_len;
-    dst->head_embedding = m->head == CDCD_HEAD_EMBEDDING;
-    dst->cond_channels = m->cond_channels;
-    dst->self_cond = m->self_cond;
-    dst->emb_init_std = m->emb_init_std;
-    dst->init_std = m->init_std;
-}
-
-void cdcd_run_model_to(const cdcd_run_model *src, cdcd_model_config *m) {
-    cdcd_model_preset("tiny", m); /* fills any field the run section does not mirror */
-    m->vocab_size = src->vocab_size;
-    m->d_emb = src->d_emb;
-    m->d_model = src->d_model;
-    m->n_heads = src->n_heads;
-    m->n_layers = src->n_layers;
-    m->cond_dim = src->cond_dim;
-    m->max_seq_len = src->max_seq_len;
-    m->head = src->head_embedding ? CDCD_HEAD_EMBEDDING : CDCD_HEAD_LOGITS;
-    m->cond_channels = src->cond_channels;
-    m->self_cond = src->self_cond;
-    m->emb_init_std = src->emb_init_std;
-    m->init_std = src->init_std;
-}
-
 static const field_spec *find_field(const char *section, const char *key) {
     for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
         const field_spec *f = &fields[i];
@@ -285,18 +259,16 @@ static int resolve_data_path(char *path, size_t cap, const char *key, const cdcd
 
 static int validate(cdcd_run_config *c, int self_cond_given, const cdcd_config_env *env,
                     cdcd_config_error *err) {
-    const cdcd_run_model *m = &c->model;
+    const cdcd_model_config *m = &c->model;
     if (m->d_model % m->n_heads != 0)
         return set_error(err, "model", "n_heads", "d_model (%d) must be divisible by n_heads (%d)", m->d_model, m->n_heads);
     if ((m->d_model / m->n_heads) % 2 != 0)
         return set_error(err, "model", "n_heads", "the head size d_model/n_heads (%d) must be even for RoPE", m->d_model / m->n_heads);
     if (m->cond_dim % 2 != 0)
         return set_error(err, "model", "cond_dim", "must be even (sin/cos Fourier pairs)");
-    cdcd_model_config mc;
-    cdcd_run_model_to(m, &mc);
     const char *bad = NULL;
     char msg[256];
-    if (cdcd_model_config_validate(&mc, &bad, msg, sizeof msg) != 0)
+    if (cdcd_model_config_validate(m, &bad, msg, sizeof msg) != 0)
         return set_error(err, "model", bad ? bad : "", "%s", msg);
     if (c->data.seq_len > m->max_seq_len)
         return set_error(err, "data", "seq_len", "(%d) exceeds model.max_seq_len (%d)", c->data.seq_len, m->max_seq_len);
@@ -362,7 +334,7 @@ cdcd_run_config *cdcd_run_config_parse(const char *json, size_t len, const cdcd_
         set_error(err, NULL, "preset", "unknown preset '%s' (tiny, small, base, seed100m)", c->preset);
         goto fail;
     }
-    cdcd_run_model_from(&c->model, &mc);
+    c->model = mc;
 
     const cJSON *item;
     cJSON_ArrayForEach(item, root) {
@@ -452,10 +424,8 @@ int64_t cdcd_run_config_max_steps(const cdcd_run_config *c) { return c->train.ma
 const char *cdcd_run_config_name(const cdcd_run_config *c) { return c->name; }
 
 uint64_t cdcd_run_config_memory_estimate(const cdcd_run_config *c) {
-    cdcd_model_config mc;
-    cdcd_run_model_to(&c->model, &mc);
     cdcd_model_memory mem;
-    if (cdcd_model_memory_estimate(&mc, c->train.batch_size, c->data.seq_len, &mem) != 0) return UINT64_MAX;
+    if (cdcd_model_memory_estimate(&c->model, c->train.batch_size, c->data.seq_len, &mem) != 0) return UINT64_MAX;
     uint64_t total = mem.total;
     if (c->optim.ema > 0) total += mem.params; /* the EMA copy */
     /* Trainer buffers: noise and self-conditioning (B,T,E) floats, ids and masks. */

@@ -8,25 +8,19 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "model.h"
+
 #define CDCD_RUN_NAME_MAX 64
 #define CDCD_RUN_PATH_MAX 1024
 
 typedef enum { CDCD_DECAY_COSINE = 0, CDCD_DECAY_EXP = 1, CDCD_DECAY_NONE = 2 } cdcd_lr_decay;
 typedef enum { CDCD_DATA_WINDOW = 0, CDCD_DATA_TRUNCATE = 1 } cdcd_data_mode;
 
-/* The model section mirrors cdcd_model_config (core/model.h) field for field. */
-typedef struct {
-    int vocab_size, d_emb, d_model, n_heads, n_layers, cond_dim, max_seq_len;
-    int head_embedding; /* 0 = "logits" (default), 1 = "embedding" */
-    int cond_channels, self_cond;
-    float emb_init_std, init_std;
-} cdcd_run_model;
-
 typedef struct cdcd_run_config {
     char name[CDCD_RUN_NAME_MAX];
     char preset[16];
     uint64_t seed;
-    cdcd_run_model model;
+    cdcd_model_config model; /* the "model" section, as core/model.h takes it */
     struct {
         char train[CDCD_RUN_PATH_MAX], valid[CDCD_RUN_PATH_MAX]; /* resolved paths */
         int seq_len;
@@ -81,11 +75,6 @@ cdcd_run_config *cdcd_run_config_parse(const char *json, size_t len, const cdcd_
 char *cdcd_run_config_to_json(const cdcd_run_config *cfg);
 cdcd_run_config *cdcd_run_config_clone(const cdcd_run_config *cfg);
 void cdcd_run_config_free(cdcd_run_config *cfg);
-
-/* Conversions between the run's model section and core/model.h's config. */
-#include "model.h"
-void cdcd_run_model_from(cdcd_run_model *dst, const cdcd_model_config *m);
-void cdcd_run_model_to(const cdcd_run_model *src, cdcd_model_config *m);
 
 /* Accessors the daemon needs without seeing the struct. */
 int cdcd_run_config_threads(const cdcd_run_config *cfg);

@@ -143,8 +143,7 @@ static cdcd_trainer *trainer_build(const cdcd_run_config *cfg, const char *run_d
     size_t bt = (size_t)t->B * (size_t)t->T;
     int window = cfg->schedule.window;
 
-    cdcd_model_config mc;
-    cdcd_run_model_to(&cfg->model, &mc);
+    const cdcd_model_config mc = cfg->model;
     char merr[256];
     t->train_tf = cdcd_tokfile_open(cfg->data.train, NULL, merr, sizeof merr);
     if (!t->train_tf) {
@@ -568,8 +567,7 @@ int cdcd_load_for_inference(const char *path, int threads, int max_batch, int us
     if (!r) return -1;
     cdcd_run_config *cfg = ckpt_config(r, path, err, errlen);
     if (!cfg) goto fail;
-    cdcd_model_config mc;
-    cdcd_run_model_to(&cfg->model, &mc);
+    const cdcd_model_config mc = cfg->model;
     char merr[256];
     out->model = cdcd_model_create(&mc, max_batch, mc.max_seq_len, threads, 0, merr, sizeof merr);
     if (!out->model) {

@@ -68,7 +68,7 @@ TEST(test_runconfig_overrides) {
         EXPECTF(0, "%s: %s", err.field, err.message);
         return;
     }
-    EXPECT(c->model.d_model == 512 && c->model.n_layers == 2 && c->model.head_embedding == 1);
+    EXPECT(c->model.d_model == 512 && c->model.n_layers == 2 && c->model.head == CDCD_HEAD_EMBEDDING);
     EXPECT(c->seed == 7 && c->data.seq_len == 64 && c->train.batch_size == 4 && c->train.max_steps == 10);
     EXPECT(strstr(c->data.train, "other.tok") != NULL);
     EXPECT(c->cond.p_cond == 0.0f);
