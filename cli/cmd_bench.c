@@ -123,7 +123,6 @@ int cdcd_cmd_bench(int argc, char **argv) {
             cdcd_sample_result_free(&out);
         }
         if (s >= 0) times[s] = cdcd_now_s() - t0;
-        if (!train && s == -1 && steps > 1) steps = steps; /* sampling runs are long: one warm-up is enough */
     }
     qsort(times, (size_t)steps, sizeof *times, cmp_double);
     double med = times[steps / 2];
@@ -133,7 +132,12 @@ int cdcd_cmd_bench(int argc, char **argv) {
     double gemm_per_token = f.gemm * calls / tokens;
     cdcd_model_memory mem;
     cdcd_model_memory_report(m, &mem);
-    if (json || 1) {
+    if (!json) {
+        printf("%s %s, batch %d x %d, %d threads: %.1f tokens/s (median of %d), %.1f ms per %s, %.1f GFLOP/s, "
+               "peak RSS %.0f MB\n",
+               preset, mode, B, T, threads, tokens / med, steps, med * 1e3, train ? "step" : "sampling run",
+               (f.gemm + f.other) * calls / med * 1e-9, peak_rss_mb());
+    } else {
         printf("{\"mode\":\"%s\",\"preset\":\"%s\",\"batch\":%d,\"seq\":%d,\"threads\":%d,\"steps\":%d,"
                "\"sample_steps\":%d,\"tokens_per_s\":%.2f,\"step_ms\":{\"median\":%.2f,\"min\":%.2f,\"max\":%.2f},"
                "\"step_ms_median\":%.2f,\"peak_rss_mb\":%.1f,\"gflops\":%.2f,\"gemm_flops_per_token\":%.6g,"
