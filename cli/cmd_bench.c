@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/resource.h>
 
+#include "blas.h"
 #include "clock.h"
 #include "commands.h"
 #include "flops.h"
@@ -134,19 +135,20 @@ int cdcd_cmd_bench(int argc, char **argv) {
     cdcd_model_memory_report(m, &mem);
     if (!json) {
         printf("%s %s, batch %d x %d, %d threads: %.1f tokens/s (median of %d), %.1f ms per %s, %.1f GFLOP/s, "
-               "peak RSS %.0f MB\n",
+               "peak RSS %.0f MB, OpenBLAS %s kernels\n",
                preset, mode, B, T, threads, tokens / med, steps, med * 1e3, train ? "step" : "sampling run",
-               (f.gemm + f.other) * calls / med * 1e-9, peak_rss_mb());
+               (f.gemm + f.other) * calls / med * 1e-9, peak_rss_mb(), cdcd_blas_core_name());
     } else {
         printf("{\"mode\":\"%s\",\"preset\":\"%s\",\"batch\":%d,\"seq\":%d,\"threads\":%d,\"steps\":%d,"
                "\"sample_steps\":%d,\"tokens_per_s\":%.2f,\"step_ms\":{\"median\":%.2f,\"min\":%.2f,\"max\":%.2f},"
                "\"step_ms_median\":%.2f,\"peak_rss_mb\":%.1f,\"gflops\":%.2f,\"gemm_flops_per_token\":%.6g,"
                "\"flops_per_step\":%.6g,\"params\":%zu,\"memory_mb\":{\"params\":%.1f,\"grads\":%.1f,\"adam\":%.1f,"
-               "\"activations\":%.1f}}\n",
+               "\"activations\":%.1f},\"blas_core\":\"%s\"}\n",
                mode, preset, B, T, threads, steps, train ? 0 : sample_steps, tokens / med, med * 1e3, times[0] * 1e3,
                times[steps - 1] * 1e3, med * 1e3, peak_rss_mb(), (f.gemm + f.other) * calls / med * 1e-9,
                gemm_per_token, (f.gemm + f.other) * calls, cdcd_model_param_count(m), mem.params / 1048576.0,
-               mem.grads / 1048576.0, mem.adam / 1048576.0, mem.activations / 1048576.0);
+               mem.grads / 1048576.0, mem.adam / 1048576.0, mem.activations / 1048576.0,
+               cdcd_blas_core_name());
     }
     rc = 0;
 done:

@@ -22,6 +22,13 @@
 
 #define CE_CHUNK_ROWS 256       /* rows of logits held at once: memory O(CE_CHUNK_ROWS * V) */
 #define ROW_GRAIN 32            /* rows per pool task for O(D) row work */
+/* The inference head splits the vocabulary into at most this many fixed blocks, one pool
+ * task each (one BLAS thread): a block's logits tile and weights stay in L2 from the
+ * logits product to the x0 product, and no thread waits on another within a chunk.
+ * 32 divides evenly among 1, 2, 4, 8, 16 and 32 threads. */
+#define HEAD_VOCAB_BLOCKS 32
+#define HEAD_TILE_ROWS 128      /* rows of one block's logits tile */
+#define HEAD_CHUNK_ROWS 1024    /* rows per head pass (per-block partial sums are kept) */
 #define VOCAB_GRAIN 256         /* embedding-table rows per pool task */
 #define ADAM_SEGMENT 65536      /* floats per AdamW / grad-norm task */
 #define FOURIER_MAX_FREQ 100.0  /* frequencies 1 .. 100, log-spaced */
@@ -253,7 +260,11 @@ typedef struct {
     float *dchan;               /* (N,in_dim) */
     float *detab;               /* (V,E) gradient of the unit table */
     float *ce_x, *ce_dx;        /* (CE_CHUNK_ROWS, max(D,E)) */
-    float *ce_logits;           /* (CE_CHUNK_ROWS, V) */
+    float *ce_logits;           /* (CE_CHUNK_ROWS, V); also the inference head's tiles,
+                                   (blocks, HEAD_TILE_ROWS, block width) */
+    float *hb_stats;            /* (blocks, head chunk, 3) block max, sum e, sum e*y */
+    int32_t *hb_arg;            /* (blocks, head chunk) first argmax in the block */
+    float *hb_x0;               /* (blocks, head chunk, E) sum_j e_j etab_j in the block */
     int32_t *rows, *targets;    /* (N) */
     float *row_w, *row_loss;    /* (N) */
     float *hguide;              /* (N, max(D,E)) conditional head input (guidance) */
@@ -283,6 +294,9 @@ struct cdcd_model {
     layer_acts *layer_store;
     float *rope_cos, *rope_sin;  /* (max_seq, hd/2) */
     float *fourier_w;            /* (C/2) */
+    int head_blocks, head_width; /* inference head: vocabulary blocks and their width */
+    int etab_valid;              /* etab/enorm match the current parameters */
+    int split;                   /* 1 inside inference: one BLAS thread, tiles on the pool */
     cdcd_pool *pool;
     size_t other_bytes;
     /* current call */
@@ -293,6 +307,17 @@ struct cdcd_model {
 /* ================================================================ activation layout */
 
 static float *take(cdcd_arena *ar, size_t n) { return cdcd_arena_floats(ar, n ? n : 1); }
+
+/* The inference head's vocabulary split: *blocks blocks of *width columns (a multiple of
+ * 16), the last one shorter, none empty. */
+static void head_vocab_split(const cdcd_model_config *c, int *blocks, int *width) {
+    int V = c->vocab_size, nb = HEAD_VOCAB_BLOCKS;
+    if (nb > (V + 15) / 16) nb = (V + 15) / 16;
+    int w = (V + nb - 1) / nb;
+    w = (w + 15) / 16 * 16;
+    *width = w;
+    *blocks = (V + w - 1) / w;
+}
 
 /* Carves every buffer out of ar (a measuring arena when ar->base is NULL). */
 static void layout_acts(const cdcd_model_config *c, int Bm, int Tm, cdcd_arena *ar, acts *a,
@@ -360,7 +385,14 @@ static void layout_acts(const cdcd_model_config *c, int Bm, int Tm, cdcd_arena *
     a->detab = take(ar, V * E);
     a->ce_x = take(ar, chunk * KD);
     a->ce_dx = take(ar, chunk * KD);
-    a->ce_logits = take(ar, chunk * V);
+    int hblocks, hwidth;
+    head_vocab_split(c, &hblocks, &hwidth);
+    size_t hchunk = N < HEAD_CHUNK_ROWS ? N : HEAD_CHUNK_ROWS;
+    size_t tiles = (size_t)hblocks * HEAD_TILE_ROWS * hwidth; /* tile stride: full tiles */
+    a->ce_logits = take(ar, chunk * V > tiles ? chunk * V : tiles);
+    a->hb_stats = take(ar, (size_t)hblocks * hchunk * 3);
+    a->hb_arg = cdcd_arena_alloc(ar, (size_t)hblocks * hchunk * sizeof(int32_t));
+    a->hb_x0 = take(ar, (size_t)hblocks * hchunk * E);
     a->rows = cdcd_arena_alloc(ar, N * sizeof(int32_t));
     a->targets = cdcd_arena_alloc(ar, N * sizeof(int32_t));
     a->row_w = take(ar, N);
@@ -547,6 +579,7 @@ cdcd_model *cdcd_model_create(const cdcd_model_config *c, int max_batch, int max
     layout_acts(c, max_batch, max_seq, &measure, &m->a, m->layer_store);
     if (cdcd_arena_init(&m->arena, measure.high_water) != 0) goto oom;
     layout_acts(c, max_batch, max_seq, &m->arena, &m->a, m->layer_store);
+    head_vocab_split(c, &m->head_blocks, &m->head_width);
 
     int half = m->hd / 2, K = c->cond_dim / 2;
     m->rope_cos = alloc_floats((size_t)max_seq * half);
@@ -600,7 +633,10 @@ int cdcd_model_max_batch(const cdcd_model *m) { return m->max_batch; }
 int cdcd_model_max_seq(const cdcd_model *m) { return m->max_seq; }
 int cdcd_model_threads(const cdcd_model *m) { return m->n_threads; }
 size_t cdcd_model_param_count(const cdcd_model *m) { return m->n_params; }
-float *cdcd_model_params(cdcd_model *m) { return m->params; }
+float *cdcd_model_params(cdcd_model *m) {
+    m->etab_valid = 0; /* the caller may write: derived tables are rebuilt on next use */
+    return m->params;
+}
 float *cdcd_model_grads(cdcd_model *m) { return m->grads; }
 float *cdcd_model_adam_m(cdcd_model *m) { return m->adam_m; }
 float *cdcd_model_adam_v(cdcd_model *m) { return m->adam_v; }
@@ -647,6 +683,32 @@ static void etab_range(void *vctx, size_t lo, size_t hi) {
 static void compute_etab(cdcd_model *m) {
     model_ctx c = {m};
     cdcd_pool_for(m->pool, (size_t)m->cfg.vocab_size, VOCAB_GRAIN, etab_range, &c);
+    m->etab_valid = 1;
+}
+
+/* ================================================================ split mode */
+
+/* Inference runs in "split" mode: OpenBLAS at one thread and every product cut into fixed
+ * tiles on the model's pool (linears by rows/columns, attention by head, the head by
+ * vocabulary block). At inference sizes (128 rows per story) OpenBLAS splitting each call
+ * over its own threads costs more than it gains, and its spinning workers compete with
+ * the pool for the cores (docs/performance.md has the profiles). */
+static void split_begin(cdcd_model *m) {
+    if (m->n_threads > 1) cdcd_blas_set_threads(1);
+    m->split = 1;
+}
+
+static void split_end(cdcd_model *m) {
+    m->split = 0;
+    if (m->n_threads > 1) cdcd_blas_set_threads(m->n_threads);
+}
+
+static void linear_fwd(cdcd_model *m, float *out, const float *in, const float *w,
+                       const float *b, size_t N, int n_in, int n_out) {
+    if (m->split)
+        cdcd_ops_linear_forward_tiled(m->pool, out, in, w, b, N, n_in, n_out);
+    else
+        cdcd_ops_linear_forward(m->pool, out, in, w, b, N, n_in, n_out);
 }
 
 static void demb_range(void *vctx, size_t lo, size_t hi) {
@@ -856,9 +918,9 @@ static void time_forward(cdcd_model *m) {
             a->fourier[(size_t)b * C + 2 * k + 1] = cosf(arg);
         }
     }
-    cdcd_ops_linear_forward(m->pool, a->t_pre1, a->fourier, m->p.time_w1, m->p.time_b1, B, C, C);
+    linear_fwd(m, a->t_pre1, a->fourier, m->p.time_w1, m->p.time_b1, B, C, C);
     cdcd_ops_gelu_forward(a->t_g1, a->t_pre1, (size_t)B * C);
-    cdcd_ops_linear_forward(m->pool, a->temb, a->t_g1, m->p.time_w2, m->p.time_b2, B, C, C);
+    linear_fwd(m, a->temb, a->t_g1, m->p.time_w2, m->p.time_b2, B, C, C);
     cdcd_ops_silu_forward(a->c, a->temb, (size_t)B * C);
 }
 
@@ -870,23 +932,28 @@ static void trunk_forward(cdcd_model *m) {
     int B = m->B, T = m->T, D = cf->d_model, C = cf->cond_dim, H = cf->n_heads, E = cf->d_emb;
     size_t N = (size_t)B * T;
     time_forward(m);
-    cdcd_ops_linear_forward(m->pool, a->layers[0].h_in, a->chan, m->p.in_w, m->p.in_b, N,
+    linear_fwd(m, a->layers[0].h_in, a->chan, m->p.in_w, m->p.in_b, N,
                             m->in_dim, D);
     for (int l = 0; l < cf->n_layers; l++) {
         layer_acts *L = &a->layers[l];
         const block_ptrs *w = &m->p.blocks[l];
         float *next = l + 1 < cf->n_layers ? a->layers[l + 1].h_in : a->h_final;
-        cdcd_ops_linear_forward(m->pool, L->mod, a->c, w->ada_w, w->ada_b, B, C, 6 * D);
+        linear_fwd(m, L->mod, a->c, w->ada_w, w->ada_b, B, C, 6 * D);
         seq_ctx s = {0};
         s.out = a->a_s, s.mean = L->ln1_mean, s.rstd = L->ln1_rstd, s.x = L->h_in;
         s.mod_shift = L->mod, s.mod_scale = L->mod + D, s.mod_stride = 6 * D;
         run_seq(m, adaln_fwd_task, &s);
-        cdcd_ops_linear_forward(m->pool, L->qkv, a->a_s, w->qkv_w, NULL, N, D, 3 * D);
+        linear_fwd(m, L->qkv, a->a_s, w->qkv_w, NULL, N, D, 3 * D);
         qk_ctx q = {m, L};
         cdcd_pool_for(m->pool, N, ROW_GRAIN, qk_fwd_range, &q);
-        cdcd_ops_attention_forward(m->pool, L->o, L->P, a->qk_s, L->qkv + 2 * D, 3 * D,
-                                   m->pad_mask, w->attn_scale[0], B, T, H, m->hd);
-        cdcd_ops_linear_forward(m->pool, L->attn_out, L->o, w->proj_w, w->proj_b, N, D, D);
+        if (m->split)
+            cdcd_ops_attention_forward_heads(m->pool, L->o, L->P, a->qk_s, L->qkv + 2 * D,
+                                             3 * D, m->pad_mask, w->attn_scale[0], B, T, H,
+                                             m->hd);
+        else
+            cdcd_ops_attention_forward(m->pool, L->o, L->P, a->qk_s, L->qkv + 2 * D, 3 * D,
+                                       m->pad_mask, w->attn_scale[0], B, T, H, m->hd);
+        linear_fwd(m, L->attn_out, L->o, w->proj_w, w->proj_b, N, D, D);
         seq_ctx gr = {0};
         gr.out = next, gr.copy_from = L->h_in, gr.branch = L->attn_out, gr.gate = L->mod + 2 * D;
         gr.mod_stride = 6 * D;
@@ -895,22 +962,22 @@ static void trunk_forward(cdcd_model *m) {
         s2.out = a->a_s, s2.mean = L->ln2_mean, s2.rstd = L->ln2_rstd, s2.x = next;
         s2.mod_shift = L->mod + 3 * D, s2.mod_scale = L->mod + 4 * D, s2.mod_stride = 6 * D;
         run_seq(m, adaln_fwd_task, &s2);
-        cdcd_ops_linear_forward(m->pool, L->u, a->a_s, w->fc1_w, w->fc1_b, N, D, 4 * D);
+        linear_fwd(m, L->u, a->a_s, w->fc1_w, w->fc1_b, N, D, 4 * D);
         elem_ctx ge = {a->g_s, L->u, NULL, (size_t)4 * D};
         cdcd_pool_for(m->pool, N, ROW_GRAIN, gelu_fwd_range, &ge);
-        cdcd_ops_linear_forward(m->pool, L->mlp_out, a->g_s, w->fc2_w, w->fc2_b, N, 4 * D, D);
+        linear_fwd(m, L->mlp_out, a->g_s, w->fc2_w, w->fc2_b, N, 4 * D, D);
         seq_ctx gm = {0};
         gm.out = next, gm.branch = L->mlp_out, gm.gate = L->mod + 5 * D, gm.mod_stride = 6 * D;
         run_seq(m, gate_fwd_task, &gm); /* next = h_{l+1} */
     }
-    cdcd_ops_linear_forward(m->pool, a->fmod, a->c, m->p.final_ada_w, m->p.final_ada_b, B, C,
+    linear_fwd(m, a->fmod, a->c, m->p.final_ada_w, m->p.final_ada_b, B, C,
                             2 * D);
     seq_ctx sf = {0};
     sf.out = a->z, sf.mean = a->lnf_mean, sf.rstd = a->lnf_rstd, sf.x = a->h_final;
     sf.mod_shift = a->fmod, sf.mod_scale = a->fmod + D, sf.mod_stride = 2 * D;
     run_seq(m, adaln_fwd_task, &sf);
     if (cf->head == CDCD_HEAD_EMBEDDING) {
-        cdcd_ops_linear_forward(m->pool, a->F, a->z, m->p.head_w, m->p.head_b, N, D, E);
+        linear_fwd(m, a->F, a->z, m->p.head_w, m->p.head_b, N, D, E);
         for (size_t n = 0; n < N; n++) {
             float s = a->sigma[n / T];
             float c_skip = 1.0f / (1.0f + s * s), c_out = s / sqrtf(1.0f + s * s);
@@ -1299,8 +1366,10 @@ static void infer_range(void *vctx, size_t lo, size_t hi) {
         infer_row(c, c->m->a.ce_logits + i * (size_t)c->m->cfg.vocab_size, (size_t)c->start + i);
 }
 
-/* Head over all N rows of the head input hi (N,K): logits chunk by chunk, then outputs. */
-static void head_infer(cdcd_model *m, const float *hi, const cdcd_infer_output *out,
+/* Head over all N rows of the head input hi (N,K), whole rows of logits at a time: the
+ * path for outputs that need a row's logits in vocabulary order (out->logits, sampled
+ * draws with a temperature). */
+static void head_infer_rows(cdcd_model *m, const float *hi, const cdcd_infer_output *out,
                        float score_temp) {
     const cdcd_model_config *cf = &m->cfg;
     int emb = cf->head == CDCD_HEAD_EMBEDDING;
@@ -1321,16 +1390,170 @@ static void head_infer(cdcd_model *m, const float *hi, const cdcd_infer_output *
     }
 }
 
+typedef struct {
+    cdcd_model *m;
+    const float *hi;          /* (rows, K) head input of this chunk */
+    int rows, K, want_p, want_arg;
+    float inv_t;
+} head_block_ctx;
+
+/* One vocabulary block over the chunk's rows: logits tile by tile (bias added), the
+ * block's max and first argmax, e = exp((l - max) / temp), sum e, sum e*y, and the
+ * unnormalised expected unit embedding sum_j e_j etab_j of the block. */
+static void head_block_task(void *vctx, int blk) {
+    const head_block_ctx *c = vctx;
+    cdcd_model *m = c->m;
+    int V = m->cfg.vocab_size, E = m->cfg.d_emb, K = c->K;
+    int v0 = blk * m->head_width;
+    int w = V - v0 < m->head_width ? V - v0 : m->head_width;
+    int logits_head = m->cfg.head == CDCD_HEAD_LOGITS;
+    const float *W = logits_head ? m->p.head_w : m->a.etab;
+    size_t chunk = (size_t)c->rows;
+    float *tile = m->a.ce_logits + (size_t)blk * HEAD_TILE_ROWS * m->head_width; /* (R,w) */
+    float *stats = m->a.hb_stats + (size_t)blk * chunk * 3;
+    int32_t *arg = m->a.hb_arg + (size_t)blk * chunk;
+    float *x0p = m->a.hb_x0 + (size_t)blk * chunk * E;
+    for (int r0 = 0; r0 < c->rows; r0 += HEAD_TILE_ROWS) {
+        int R = c->rows - r0 < HEAD_TILE_ROWS ? c->rows - r0 : HEAD_TILE_ROWS;
+        /* The bias is the tile's starting value (beta 1): no zeroing pass, no bias pass. */
+        for (int r = 0; r < R; r++) {
+            if (logits_head)
+                memcpy(tile + (size_t)r * w, m->p.head_b + v0, sizeof(float) * w);
+            else
+                memset(tile + (size_t)r * w, 0, sizeof(float) * w);
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, w, K, 1.0f,
+                    c->hi + (size_t)r0 * K, K, W + (size_t)v0 * K, K, 1.0f, tile, w);
+        for (int r = 0; r < R; r++) {
+            float *l = tile + (size_t)r * w;
+            float mx = row_max(l, w);
+            float *st = stats + (size_t)(r0 + r) * 3;
+            st[0] = mx;
+            if (c->want_arg) {
+                int a = 0;
+                while (a < w - 1 && !(l[a] == mx)) a++;
+                arg[r0 + r] = v0 + a;
+            }
+            if (!c->want_p) continue;
+            float it = c->inv_t, accS[ROW_ACC] = {0}, accY[ROW_ACC] = {0};
+            int j = 0;
+            for (; j + ROW_ACC <= w; j += ROW_ACC) {
+                float y[ROW_ACC], e[ROW_ACC];
+                for (int k = 0; k < ROW_ACC; k++) y[k] = (l[j + k] - mx) * it;
+                for (int k = 0; k < ROW_ACC; k++) e[k] = cdcd_ops_expf(y[k]);
+                for (int k = 0; k < ROW_ACC; k++) {
+                    l[j + k] = e[k];
+                    accS[k] += e[k];
+                    accY[k] += e[k] * y[k];
+                }
+            }
+            float S = 0.0f, Sy = 0.0f;
+            for (int k = 0; k < ROW_ACC; k++) S += accS[k], Sy += accY[k];
+            for (; j < w; j++) {
+                float y = (l[j] - mx) * it, e = cdcd_ops_expf(y);
+                l[j] = e;
+                S += e;
+                Sy += e * y;
+            }
+            st[1] = S;
+            st[2] = Sy;
+        }
+        if (c->want_p)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, R, E, w, 1.0f, tile, w,
+                        m->a.etab + (size_t)v0 * E, E, 0.0f, x0p + (size_t)r0 * E, E);
+    }
+}
+
+typedef struct {
+    cdcd_model *m;
+    const cdcd_infer_output *out;
+    size_t start, chunk;
+    float inv_t;
+    int want_p, want_arg;
+} head_combine_ctx;
+
+/* Per row, in block order: global max and first argmax, then with scale_b =
+ * exp((max_b - max) / temp): S = sum scale_b S_b, sum e*y = sum scale_b (Sy_b + S_b d_b)
+ * (d_b = (max_b - max) / temp), x0 = sqrt(E) / S * sum scale_b x0_b. */
+static void head_combine_range(void *vctx, size_t lo, size_t hi) {
+    const head_combine_ctx *c = vctx;
+    cdcd_model *m = c->m;
+    const cdcd_infer_output *out = c->out;
+    int nb = m->head_blocks, E = m->cfg.d_emb;
+    float se = sqrtf((float)E);
+    for (size_t r = lo; r < hi; r++) {
+        size_t n = c->start + r;
+        float mx = m->a.hb_stats[r * 3];
+        int best = 0; /* first block holding the maximum: the first maximum of the row */
+        for (int b = 1; b < nb; b++) {
+            float bm = m->a.hb_stats[((size_t)b * c->chunk + r) * 3];
+            if (bm > mx) mx = bm, best = b;
+        }
+        if (c->want_arg) {
+            int arg = m->a.hb_arg[(size_t)best * c->chunk + r];
+            if (out->argmax) out->argmax[n] = arg;
+            if (out->sampled) out->sampled[n] = arg; /* temperature 0 only on this path */
+        }
+        if (!c->want_p) continue;
+        float S = 0.0f, Sy = 0.0f;
+        float *x0 = out->x0 ? out->x0 + n * E : NULL;
+        if (x0) memset(x0, 0, sizeof(float) * E);
+        for (int b = 0; b < nb; b++) {
+            const float *st = m->a.hb_stats + ((size_t)b * c->chunk + r) * 3;
+            float d = (st[0] - mx) * c->inv_t, sc = cdcd_ops_expf(d);
+            S += sc * st[1];
+            Sy += sc * (st[2] + st[1] * d);
+            if (x0) {
+                const float *p = m->a.hb_x0 + ((size_t)b * c->chunk + r) * E;
+                for (int i = 0; i < E; i++) x0[i] += sc * p[i];
+            }
+        }
+        float inv = 1.0f / S;
+        if (x0)
+            for (int i = 0; i < E; i++) x0[i] *= se * inv;
+        if (out->entropy) out->entropy[n] = logf(S) - Sy * inv;
+    }
+}
+
+/* Head over all N rows of hi (N,K) by vocabulary block (see HEAD_VOCAB_BLOCKS). Outputs:
+ * x0, entropy, argmax, sampled at temperature 0. Needs split mode (one BLAS thread). */
+static void head_infer_blocked(cdcd_model *m, const float *hi, const cdcd_infer_output *out,
+                               float score_temp) {
+    const cdcd_model_config *cf = &m->cfg;
+    int K = cf->head == CDCD_HEAD_EMBEDDING ? cf->d_emb : cf->d_model;
+    size_t N = (size_t)m->B * m->T;
+    float inv_t = 1.0f / (score_temp > 0.0f ? score_temp : 1.0f);
+    int want_p = out->x0 != NULL || out->entropy != NULL;
+    int want_arg = out->argmax != NULL || out->sampled != NULL;
+    for (size_t start = 0; start < N; start += HEAD_CHUNK_ROWS) {
+        int rows = (int)(N - start < HEAD_CHUNK_ROWS ? N - start : HEAD_CHUNK_ROWS);
+        head_block_ctx bc = {m, hi + start * K, rows, K, want_p, want_arg, inv_t};
+        cdcd_pool_run(m->pool, m->head_blocks, head_block_task, &bc);
+        head_combine_ctx cc = {m, out, start, (size_t)rows, inv_t, want_p, want_arg};
+        cdcd_pool_for(m->pool, (size_t)rows, ROW_GRAIN, head_combine_range, &cc);
+    }
+}
+
+static void head_infer(cdcd_model *m, const float *hi, const cdcd_infer_output *out,
+                       float score_temp) {
+    if (out->logits || (out->sampled && out->temperature > 0.0f))
+        head_infer_rows(m, hi, out, score_temp);
+    else
+        head_infer_blocked(m, hi, out, score_temp);
+}
+
 static const float *head_input(cdcd_model *m) {
     return m->cfg.head == CDCD_HEAD_EMBEDDING ? m->a.Dx : m->a.z;
 }
 
 int cdcd_model_forward_x0(cdcd_model *m, const cdcd_batch *b, float *x0) {
     if (check_batch(m, b, 0) != 0 || !x0) return -1;
+    split_begin(m);
     forward_batch(m, b);
     cdcd_infer_output out = {0};
     out.x0 = x0;
     head_infer(m, head_input(m), &out, 1.0f);
+    split_end(m);
     return 0;
 }
 
@@ -1362,7 +1585,8 @@ int cdcd_model_infer(cdcd_model *m, const cdcd_infer_input *in, cdcd_infer_outpu
     m->T = in->T;
     m->pad_mask = in->pad_mask;
     memcpy(m->a.sigma, in->sigma, sizeof(float) * in->B);
-    compute_etab(m);
+    if (!m->etab_valid) compute_etab(m);
+    split_begin(m);
     memcpy(m->a.x, in->x, sizeof(float) * N * E);
     const float *sc = cf->self_cond ? in->self_cond : NULL;
     chan_ctx cc = {m, in->cond_ids, in->cond_mask, sc};
@@ -1380,6 +1604,7 @@ int cdcd_model_infer(cdcd_model *m, const cdcd_infer_input *in, cdcd_infer_outpu
     if (out->sampled && out->temperature > 0.0f)
         for (size_t n = 0; n < N; n++) m->a.uniform[n] = cdcd_rng_uniform_f(out->rng);
     head_infer(m, head_input(m), out, in->score_temp);
+    split_end(m);
     return 0;
 fail:
     return -1;
@@ -1447,6 +1672,7 @@ float cdcd_adamw_step(cdcd_model *m, const cdcd_adamw_params *p, int64_t t) {
     adam_ctx c = {m, p, (float)coef, (float)(1.0 - pow((double)p->beta1, (double)t)),
                   (float)sqrt(1.0 - pow((double)p->beta2, (double)t))};
     cdcd_pool_run(m->pool, m->n_segs, adam_task, &c);
+    m->etab_valid = 0;
     return norm;
 }
 

@@ -118,7 +118,10 @@ int cdcd_model_threads(const cdcd_model *m);
 void cdcd_model_memory_report(const cdcd_model *m, cdcd_model_memory *out);
 
 /* Flat arrays of cdcd_model_param_count() floats each, in table order. Writable: a
- * checkpoint loader copies into params/m/v; the optimiser step counter is the caller's. */
+ * checkpoint loader copies into params/m/v; the optimiser step counter is the caller's.
+ * Tables derived from the parameters (the unit embeddings) are cached between inference
+ * calls and dropped by cdcd_model_params(): call it again after any inference before
+ * writing through an older pointer. */
 size_t cdcd_model_param_count(const cdcd_model *m);
 float *cdcd_model_params(cdcd_model *m);
 float *cdcd_model_grads(cdcd_model *m);

@@ -425,6 +425,35 @@ void cdcd_ops_attention_forward(cdcd_pool *pool, float *o, float *P, const float
 }
 
 typedef struct {
+    float *o, *P;
+    const float *qk, *v;
+    const uint8_t *pad_mask;
+    float scale;
+    int ldv, T, H, hd;
+} attn_head_ctx;
+
+static void attn_head_task(void *vctx, int bh) {
+    const attn_head_ctx *c = vctx;
+    int T = c->T, D = c->H * c->hd, b = bh / c->H, h = bh % c->H;
+    float *P = c->P + (size_t)bh * T * T; /* (T,T) this head's probabilities */
+    const float *q = c->qk + (size_t)b * T * 2 * D + (size_t)h * c->hd;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, c->hd, c->scale, q, 2 * D,
+                q + D, 2 * D, 0.0f, P, T);
+    attn_softmax_ctx sc = {c->P, c->pad_mask, T, c->H};
+    attn_softmax_task(&sc, bh);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, c->hd, T, 1.0f, P, T,
+                c->v + (size_t)b * T * c->ldv + (size_t)h * c->hd, c->ldv, 0.0f,
+                c->o + (size_t)b * T * D + (size_t)h * c->hd, D);
+}
+
+void cdcd_ops_attention_forward_heads(cdcd_pool *pool, float *o, float *P, const float *qk,
+                                      const float *v, int ldv, const uint8_t *pad_mask,
+                                      float scale, int B, int T, int H, int hd) {
+    attn_head_ctx c = {o, P, qk, v, pad_mask, scale, ldv, T, H, hd};
+    cdcd_pool_run(pool, B * H, attn_head_task, &c);
+}
+
+typedef struct {
     float *dP;
     const float *P;
     int T;
@@ -524,6 +553,44 @@ void cdcd_ops_linear_forward(cdcd_pool *pool, float *out, const float *in, const
     }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, n_out, n_in, 1.0f, in, n_in, w,
                 n_in, b ? 1.0f : 0.0f, out, n_out);
+}
+
+typedef struct {
+    float *out;
+    const float *in, *w, *b;
+    size_t N;
+    int n_in, n_out, col_tiles, tile_cols;
+} tile_ctx;
+
+static void linear_tile_task(void *vctx, int t) {
+    const tile_ctx *c = vctx;
+    size_t r0 = (size_t)(t / c->col_tiles) * CDCD_OPS_TILE_ROWS;
+    int c0 = (t % c->col_tiles) * c->tile_cols;
+    int rows = (int)(c->N - r0 < CDCD_OPS_TILE_ROWS ? c->N - r0 : CDCD_OPS_TILE_ROWS);
+    int cols = c->n_out - c0 < c->tile_cols ? c->n_out - c0 : c->tile_cols;
+    float *out = c->out + r0 * c->n_out + c0; /* (rows, cols) of stride n_out */
+    if (c->b)
+        for (int r = 0; r < rows; r++) memcpy(out + (size_t)r * c->n_out, c->b + c0, sizeof(float) * cols);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, cols, c->n_in, 1.0f,
+                c->in + r0 * c->n_in, c->n_in, c->w + (size_t)c0 * c->n_in, c->n_in,
+                c->b ? 1.0f : 0.0f, out, c->n_out);
+}
+
+void cdcd_ops_linear_forward_tiled(cdcd_pool *pool, float *out, const float *in,
+                                   const float *w, const float *b, size_t N, int n_in,
+                                   int n_out) {
+    if (N == 0) return;
+    int row_tiles = (int)((N + CDCD_OPS_TILE_ROWS - 1) / CDCD_OPS_TILE_ROWS);
+    int want = cdcd_pool_threads(pool);
+    int col_tiles = row_tiles >= want ? 1 : (want + row_tiles - 1) / row_tiles;
+    int max_col_tiles = n_out / CDCD_OPS_MIN_TILE_COLS;
+    if (col_tiles > max_col_tiles) col_tiles = max_col_tiles > 1 ? max_col_tiles : 1;
+    /* tile width a multiple of 16 floats (64 bytes) so tiles start on cache lines */
+    int tile_cols = (n_out + col_tiles - 1) / col_tiles;
+    tile_cols = (tile_cols + 15) / 16 * 16;
+    col_tiles = (n_out + tile_cols - 1) / tile_cols;
+    tile_ctx c = {out, in, w, b, N, n_in, n_out, col_tiles, tile_cols};
+    cdcd_pool_run(pool, row_tiles * col_tiles, linear_tile_task, &c);
 }
 
 typedef struct {
