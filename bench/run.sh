@@ -5,8 +5,10 @@
 #      settings (1 or 2 threads, OMP_WAIT_POLICY=PASSIVE or not), runs alternated, medians
 #   3. sampling, one 128-token story at 200 Euler steps, batch 1 and 8, tiny and small
 #   4. the tokenizer's MB/s
-# Both sides use OpenBLAS with the same kernels (OPENBLAS_CORETYPE=Haswell, see core/blas.h).
-# Output: bench/results/latest.json and a table on stdout. BENCH_QUICK=1 runs fewer steps.
+# Both sides use OpenBLAS with the same kernels: the ones cdcd picks on this CPU (core/blas.h;
+# SkylakeX with AVX-512, else Haswell), or OPENBLAS_CORETYPE when set (e.g. Haswell to compare
+# with AVX2-only figures). Output: bench/results/latest.json (and latest-<kernel>.json) and a
+# table on stdout. BENCH_QUICK=1 runs fewer steps.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -14,7 +16,12 @@ BUILD=${BUILD:-build}
 CDCD=${CDCD_BIN:-bin}/cdcd
 PY=/usr/bin/python3
 SHARED=${CDCD_SHARED_DATA:-$ROOT/../shared/data}
-export OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-Haswell}
+if [[ -z ${OPENBLAS_CORETYPE:-} ]]; then
+  OPENBLAS_CORETYPE=$("$CDCD" bench --preset tiny --mode sample --batch 1 --seq 8 --threads 1 --steps 1 \
+    --sample-steps 1 --json | $PY -c 'import json,sys; print(json.load(sys.stdin)["blas_core"])') || {
+    echo "bench: cannot run $CDCD" >&2; exit 1; }
+fi
+export OPENBLAS_CORETYPE
 OUT=bench/results
 mkdir -p "$OUT"
 QUICK=${BENCH_QUICK:-0}
@@ -88,7 +95,7 @@ def med(rows, key):
     return statistics.median(v) if v else None
 sgemm = json.load(open(f"{J}/sgemm.json"))["gflops"]
 res = {"sgemm_gflops_2t": sgemm, "sgemm_gflops_1t": json.load(open(f"{J}/sgemm1.json"))["gflops"], "cases": []}
-print(f"\nsgemm probe: {sgemm:.0f} GFLOP/s (2 threads)\n")
+print(f"\nOpenBLAS kernels: {os.environ.get('OPENBLAS_CORETYPE')}; sgemm probe: {sgemm:.0f} GFLOP/s (2 threads)\n")
 print(f"{'case':<20}{'cdcd tok/s':>12}{'torch tok/s':>13}{'ratio':>8}{'ceiling':>10}{'share':>8}{'cdcd MB':>9}{'torch MB':>10}  torch best")
 for p in presets:
     for mode, b in (("train", 32), ("sample", 1), ("sample", 8)):
@@ -126,6 +133,9 @@ if tok:
 for r in res["cases"]:
     if r["case"].startswith("small-train") and r["scaling_2t_over_1t"]:
         print(f"scaling small train: 2 threads = {r['scaling_2t_over_1t']:.2f}x 1 thread")
+res["blas_core"] = os.environ.get("OPENBLAS_CORETYPE")
 json.dump(res, open(out, "w"), indent=1)
-print(f"\nwritten {out}")
+kout = out.replace("latest.json", f"latest-{res['blas_core']}.json")
+json.dump(res, open(kout, "w"), indent=1)
+print(f"\nwritten {out} and {kout}")
 PYEOF

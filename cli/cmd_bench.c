@@ -79,7 +79,9 @@ int cdcd_cmd_bench(int argc, char **argv) {
         return 2;
     }
     char err[256];
-    cdcd_model *m = cdcd_model_create(&c, B, T, threads, 1, err, sizeof err);
+    /* Sampling needs no gradients or optimiser state: an inference-only model, as cdcd sample
+     * and the daemon's checkpoint sampling load. */
+    cdcd_model *m = cdcd_model_create_ex(&c, B, T, threads, 1, train ? 0 : CDCD_MODEL_INFERENCE, err, sizeof err);
     if (!m) {
         fprintf(stderr, "cdcd bench: %s\n", err);
         return 1;

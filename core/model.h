@@ -85,6 +85,9 @@ typedef struct {
  * first). Returns 0, or -1 when the config or the sizes are invalid. */
 int cdcd_model_memory_estimate(const cdcd_model_config *c, int max_batch, int max_seq,
                                cdcd_model_memory *out);
+/* The same for a model created with these cdcd_model_create_ex flags. */
+int cdcd_model_memory_estimate_ex(const cdcd_model_config *c, int max_batch, int max_seq,
+                                  unsigned flags, cdcd_model_memory *out);
 
 /* ------------------------------------------------------------ parameters */
 
@@ -109,6 +112,16 @@ typedef struct cdcd_model cdcd_model;
  * model's thread budget. Returns NULL with a message in err on a bad config or no memory. */
 cdcd_model *cdcd_model_create(const cdcd_model_config *c, int max_batch, int max_seq,
                               int n_threads, uint64_t seed, char *err, size_t errlen);
+/* Flags of cdcd_model_create_ex. CDCD_MODEL_INFERENCE: parameters and forward buffers
+ * only (no gradients, no AdamW moments, no backward scratch: for small, about a third of
+ * the training footprint); forward_backward / train_step then fail with -1, adamw_step and
+ * grad_norm return NaN and leave the parameters alone, grads / adam_m / adam_v are NULL. */
+#define CDCD_MODEL_INFERENCE 1u
+cdcd_model *cdcd_model_create_ex(const cdcd_model_config *c, int max_batch, int max_seq,
+                                 int n_threads, uint64_t seed, unsigned flags, char *err,
+                                 size_t errlen);
+/* 1 unless created with CDCD_MODEL_INFERENCE. */
+int cdcd_model_trainable(const cdcd_model *m);
 void cdcd_model_free(cdcd_model *m);
 
 const cdcd_model_config *cdcd_model_get_config(const cdcd_model *m);

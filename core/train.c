@@ -569,7 +569,8 @@ int cdcd_load_for_inference(const char *path, int threads, int max_batch, int us
     if (!cfg) goto fail;
     const cdcd_model_config mc = cfg->model;
     char merr[256];
-    out->model = cdcd_model_create(&mc, max_batch, mc.max_seq_len, threads, 0, merr, sizeof merr);
+    out->model = cdcd_model_create_ex(&mc, max_batch, mc.max_seq_len, threads, 0, CDCD_MODEL_INFERENCE,
+                                      merr, sizeof merr);
     if (!out->model) {
         snprintf(err, errlen, "%s: %s", path, merr);
         goto fail;

@@ -90,7 +90,8 @@ typedef struct {
 } cdcd_inference_bundle;
 
 /* Loads a checkpoint for inference with a model sized for max_batch sequences of the
- * model's max_seq_len; use_ema picks the EMA weights when the checkpoint has them.
+ * model's max_seq_len (created with CDCD_MODEL_INFERENCE: no gradients or optimiser
+ * state); use_ema picks the EMA weights when the checkpoint has them.
  * 0, or -1 with a message in err (truncated, corrupt, wrong version...). */
 int cdcd_load_for_inference(const char *path, int threads, int max_batch, int use_ema,
                             cdcd_inference_bundle *out, char *err, size_t errlen);

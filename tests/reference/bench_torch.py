@@ -22,7 +22,8 @@ Prints one JSON object: tokens_per_s, step_ms {median, min, max}, peak_rss_mb
 BLAS: torch here runs its GEMMs on Debian's OpenBLAS, which falls back to the generic
 "Prescott" kernels when it cannot identify the CPU (a quarter of the sgemm rate). Like the
 C side (core/blas.h), this script then re-executes itself once with
-OPENBLAS_CORETYPE=Haswell when the CPU has AVX2+FMA, so both sides use the same kernels;
+OPENBLAS_CORETYPE=SkylakeX when the CPU has AVX-512 F/BW/DQ/VL/CD, else Haswell when it has
+AVX2+FMA, so both sides use the same kernels (make bench also sets it explicitly);
 a user's own OPENBLAS_CORETYPE is kept, and CDCD_BLAS_NO_REEXEC=1 disables this. The
 OpenBLAS thread count is set to --threads too (torch.set_num_threads does not reach it).
 """
@@ -70,8 +71,8 @@ def blas_core_name():
 
 
 def ensure_blas_kernel():
-    """Re-exec once with OPENBLAS_CORETYPE=Haswell when OpenBLAS picked a generic core on
-    an AVX2+FMA CPU (the same rule as core/blas.c)."""
+    """Re-exec once with the best OPENBLAS_CORETYPE for the CPU when OpenBLAS picked a
+    generic core (the same rule as core/blas.c)."""
     if os.environ.get("OPENBLAS_CORETYPE") or os.environ.get("CDCD_BLAS_NO_REEXEC") == "1":
         return
     libs = openblas_libs()
@@ -81,8 +82,13 @@ def ensure_blas_kernel():
         flags = next(l for l in open("/proc/cpuinfo") if l.startswith("flags")).split()
     except (OSError, StopIteration):
         return
-    if "avx2" in flags and "fma" in flags:
-        env = dict(os.environ, OPENBLAS_CORETYPE="Haswell", CDCD_BLAS_NO_REEXEC="1")
+    core = None
+    if all(f in flags for f in ("avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512cd")):
+        core = "SkylakeX"
+    elif "avx2" in flags and "fma" in flags:
+        core = "Haswell"
+    if core:
+        env = dict(os.environ, OPENBLAS_CORETYPE=core, CDCD_BLAS_NO_REEXEC="1")
         sys.stdout.flush()
         os.execve(sys.executable, [sys.executable] + sys.argv, env)
 

@@ -5,7 +5,9 @@
  *    logits, in both head modes, with several row tiles, row chunks and a short last block;
  *  - bit-identical results for 1, 2 and 3 threads;
  *  - the cached unit-embedding table is rebuilt after the parameters change;
- *  - the BLAS thread count is restored after inference. */
+ *  - the BLAS thread count is restored after inference;
+ *  - an inference-only model (CDCD_MODEL_INFERENCE) computes the same outputs with less
+ *    memory and refuses training calls. */
 #include <cblas.h>
 #include <math.h>
 #include <stdint.h>
@@ -214,10 +216,65 @@ TEST(test_embedding_cache_follows_parameters) {
     cdcd_model_free(f);
 }
 
+TEST(test_inference_only_model) {
+    cdcd_model *full = make(CDCD_HEAD_LOGITS, 2);
+    ASSERT(full);
+    cdcd_model_config c = infer_config(CDCD_HEAD_LOGITS);
+    char err[256];
+    cdcd_model *inf = cdcd_model_create_ex(&c, IB, IT, 2, 5, CDCD_MODEL_INFERENCE, err, sizeof err);
+    ASSERT(inf);
+    EXPECT(cdcd_model_trainable(full) == 1 && cdcd_model_trainable(inf) == 0);
+    memcpy(cdcd_model_params(inf), cdcd_model_params(full), sizeof(float) * cdcd_model_param_count(full));
+    int E = c.d_emb;
+    size_t N = (size_t)IB * IT;
+    io s;
+    io_init(&s, E);
+    cdcd_infer_input in = input_of(&s);
+    cdcd_infer_output out = {.x0 = s.x0, .entropy = s.ent};
+    ASSERT(cdcd_model_infer(full, &in, &out) == 0);
+    float *x0 = malloc(sizeof(float) * N * E), *ent = malloc(sizeof(float) * N);
+    cdcd_infer_output oi = {.x0 = x0, .entropy = ent};
+    ASSERT(cdcd_model_infer(inf, &in, &oi) == 0);
+    EXPECT(memcmp(x0, s.x0, sizeof(float) * N * E) == 0);
+    EXPECT(memcmp(ent, s.ent, sizeof(float) * N) == 0);
+    cdcd_model_memory mf, mi, est;
+    cdcd_model_memory_report(full, &mf);
+    cdcd_model_memory_report(inf, &mi);
+    EXPECT(mi.grads == 0 && mi.adam == 0);
+    EXPECT(mi.activations < mf.activations);
+    EXPECT(cdcd_model_memory_estimate_ex(&c, IB, IT, CDCD_MODEL_INFERENCE, &est) == 0);
+    EXPECT(est.activations == mi.activations && est.grads == 0);
+    printf("  activations: training model %.1f MB, inference-only %.1f MB\n", mf.activations / 1e6,
+           mi.activations / 1e6);
+    EXPECT(cdcd_model_grads(inf) == NULL && cdcd_model_adam_m(inf) == NULL);
+    /* training calls are refused and leave the parameters alone */
+    float *before = malloc(sizeof(float) * cdcd_model_param_count(inf));
+    memcpy(before, cdcd_model_params(inf), sizeof(float) * cdcd_model_param_count(inf));
+    int32_t ids[IT];
+    uint8_t pad[IT], loss[IT];
+    float sig = 1.0f, *noise = calloc((size_t)IT * E, sizeof(float));
+    for (int t = 0; t < IT; t++) ids[t] = t, pad[t] = 1, loss[t] = 1;
+    cdcd_batch b = {1, IT, ids, pad, NULL, loss, &sig, noise, NULL};
+    float l;
+    cdcd_adamw_params op = {1e-3f, 0.9f, 0.99f, 1e-8f, 0.01f, 1.0f};
+    cdcd_train_result r;
+    EXPECT(cdcd_model_forward_backward(inf, &b, &l, NULL) == -1);
+    EXPECT(cdcd_model_train_step(inf, &b, &op, 1, NULL, &r) == -1);
+    EXPECT(isnan(cdcd_adamw_step(inf, &op, 1)));
+    EXPECT(memcmp(before, cdcd_model_params(inf), sizeof(float) * cdcd_model_param_count(inf)) == 0);
+    /* forward-only calls still work */
+    EXPECT(cdcd_model_forward_loss(inf, &b, &l, NULL) == 0 && isfinite(l));
+    free(x0), free(ent), free(before), free(noise);
+    io_free(&s);
+    cdcd_model_free(full);
+    cdcd_model_free(inf);
+}
+
 int main(void) {
     RUN(test_blocked_head_logits);
     RUN(test_blocked_head_embedding);
     RUN(test_infer_same_for_any_thread_count);
     RUN(test_embedding_cache_follows_parameters);
+    RUN(test_inference_only_model);
     return test_summary();
 }
