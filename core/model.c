@@ -1325,6 +1325,33 @@ static float row_max(const float *x, int n) {
     return m;
 }
 
+/* In place over l (n): e = exp(y), y = (l - mx) * it; *S = sum e, *Sy = sum e * y
+ * (ROW_ACC fixed-order accumulators: vectorised and deterministic). */
+static void exp_sums(float *l, int n, float mx, float it, float *S_out, float *Sy_out) {
+    float accS[ROW_ACC] = {0}, accY[ROW_ACC] = {0};
+    int j = 0;
+    for (; j + ROW_ACC <= n; j += ROW_ACC) {
+        float y[ROW_ACC], e[ROW_ACC];
+        for (int k = 0; k < ROW_ACC; k++) y[k] = (l[j + k] - mx) * it;
+        for (int k = 0; k < ROW_ACC; k++) e[k] = cdcd_ops_expf(y[k]);
+        for (int k = 0; k < ROW_ACC; k++) {
+            l[j + k] = e[k];
+            accS[k] += e[k];
+            accY[k] += e[k] * y[k];
+        }
+    }
+    float S = 0.0f, Sy = 0.0f;
+    for (int k = 0; k < ROW_ACC; k++) S += accS[k], Sy += accY[k];
+    for (; j < n; j++) {
+        float y = (l[j] - mx) * it, e = cdcd_ops_expf(y);
+        l[j] = e;
+        S += e;
+        Sy += e * y;
+    }
+    *S_out = S;
+    *Sy_out = Sy;
+}
+
 /* One row of (guided) logits, in place; leaves probabilities in it when want_p. */
 static void infer_row(const infer_ctx *c, float *l, size_t n) {
     const cdcd_model *m = c->m;
@@ -1359,28 +1386,10 @@ static void infer_row(const infer_ctx *c, float *l, size_t n) {
     if (!c->want_p) return;
     /* p = softmax(l / score_temp) in place; entropy = log S - sum(e y) / S */
     float it = c->inv_score_temp;
-    float accS[ROW_ACC] = {0}, accY[ROW_ACC] = {0};
-    int j = 0;
-    for (; j + ROW_ACC <= V; j += ROW_ACC) {
-        float y[ROW_ACC], e[ROW_ACC];
-        for (int k = 0; k < ROW_ACC; k++) y[k] = (l[j + k] - mx) * it;
-        for (int k = 0; k < ROW_ACC; k++) e[k] = cdcd_ops_expf(y[k]);
-        for (int k = 0; k < ROW_ACC; k++) {
-            l[j + k] = e[k];
-            accS[k] += e[k];
-            accY[k] += e[k] * y[k];
-        }
-    }
-    float S = 0.0f, Sy = 0.0f;
-    for (int k = 0; k < ROW_ACC; k++) S += accS[k], Sy += accY[k];
-    for (; j < V; j++) {
-        float y = (l[j] - mx) * it, e = cdcd_ops_expf(y);
-        l[j] = e;
-        S += e;
-        Sy += e * y;
-    }
+    float S, Sy;
+    exp_sums(l, V, mx, it, &S, &Sy);
     float inv = 1.0f / S;
-    for (j = 0; j < V; j++) l[j] *= inv;
+    for (int j = 0; j < V; j++) l[j] *= inv;
     if (out->entropy) out->entropy[n] = logf(S) - Sy * inv;
 }
 
@@ -1459,28 +1468,7 @@ static void head_block_task(void *vctx, int blk) {
                 arg[r0 + r] = v0 + a;
             }
             if (!c->want_p) continue;
-            float it = c->inv_t, accS[ROW_ACC] = {0}, accY[ROW_ACC] = {0};
-            int j = 0;
-            for (; j + ROW_ACC <= w; j += ROW_ACC) {
-                float y[ROW_ACC], e[ROW_ACC];
-                for (int k = 0; k < ROW_ACC; k++) y[k] = (l[j + k] - mx) * it;
-                for (int k = 0; k < ROW_ACC; k++) e[k] = cdcd_ops_expf(y[k]);
-                for (int k = 0; k < ROW_ACC; k++) {
-                    l[j + k] = e[k];
-                    accS[k] += e[k];
-                    accY[k] += e[k] * y[k];
-                }
-            }
-            float S = 0.0f, Sy = 0.0f;
-            for (int k = 0; k < ROW_ACC; k++) S += accS[k], Sy += accY[k];
-            for (; j < w; j++) {
-                float y = (l[j] - mx) * it, e = cdcd_ops_expf(y);
-                l[j] = e;
-                S += e;
-                Sy += e * y;
-            }
-            st[1] = S;
-            st[2] = Sy;
+            exp_sums(l, w, mx, c->inv_t, &st[1], &st[2]);
         }
         if (c->want_p)
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, R, E, w, 1.0f, tile, w,
