@@ -53,6 +53,9 @@ typedef struct {
     cdcd_head_mode head;
     int cond_channels; /* 0/1: clean-embedding + mask input channels */
     int self_cond;     /* 0/1: self-conditioning input channel */
+    int output_prior;  /* 0/1 (logits head only): add the Gaussian log-likelihood of the noisy
+                          input under each token, x . e_j / sigma^2, to the logits (Plaid);
+                          the head's weights then start at zero and learn a correction */
     float emb_init_std; /* N(0, std^2) init of the embedding table (paper: 0.001) */
     float init_std;     /* N(0, std^2) init of the other weight matrices (0.02) */
 } cdcd_model_config;

@@ -37,6 +37,13 @@
 #define RUN_DEFAULT_P_PREFIX 0.5f
 #define RUN_DEFAULT_P_DROP 0.1f
 #define RUN_DEFAULT_P_SELF_COND 0.5f /* used only when model.self_cond is on */
+/* Periodic stories during a daemon run: 4 stories of 100 steps every 500 steps costs
+ * about 2% of tiny's training time (docs/quality.md has the measurement). */
+#define RUN_DEFAULT_SAMPLE_EVERY 500
+#define RUN_DEFAULT_SAMPLE_N 4
+#define RUN_DEFAULT_SAMPLE_STEPS 100
+#define RUN_MAX_SAMPLE_N 64
+#define RUN_MAX_SAMPLE_STEPS 10000
 
 /* Limits on what a config may ask for (named so tests and docs can refer to them). */
 #define RUN_MAX_BATCH 4096
@@ -65,10 +72,11 @@ static const char *const head_names[] = {"logits", "embedding", NULL};
 static const char *const decay_names[] = {"cosine", "exp", "none", NULL};
 static const char *const mode_names[] = {"window", "truncate", NULL};
 static const char *const sched_names[] = {"cauchy", "pwl", NULL};
+static const char *const vocab_names[] = {"full", "corpus", NULL};
 
 /* F_ENUM fields are stored through an int pointer. */
 _Static_assert(sizeof(cdcd_head_mode) == sizeof(int) && sizeof(cdcd_lr_decay) == sizeof(int) &&
-                   sizeof(cdcd_data_mode) == sizeof(int),
+                   sizeof(cdcd_data_mode) == sizeof(int) && sizeof(cdcd_vocab_kind) == sizeof(int),
                "enum fields must be int-sized");
 
 #define OFF(member) offsetof(cdcd_run_config, member)
@@ -85,12 +93,14 @@ static const field_spec fields[] = {
     {"model", "head", F_ENUM, OFF(model.head), 0, 0, 0, head_names},
     {"model", "cond_channels", F_BOOL, OFF(model.cond_channels), 0, 1, 0, NULL},
     {"model", "self_cond", F_BOOL, OFF(model.self_cond), 0, 1, 0, NULL},
+    {"model", "output_prior", F_BOOL, OFF(model.output_prior), 0, 1, 0, NULL},
     {"model", "emb_init_std", F_FLOAT, OFF(model.emb_init_std), 1e-8, 10, 0, NULL},
     {"model", "init_std", F_FLOAT, OFF(model.init_std), 1e-8, 10, 0, NULL},
     {"data", "train", F_STRING, OFF(data.train), 0, 0, CDCD_RUN_PATH_MAX, NULL},
     {"data", "valid", F_STRING, OFF(data.valid), 0, 0, CDCD_RUN_PATH_MAX, NULL},
     {"data", "seq_len", F_INT, OFF(data.seq_len), 4, RUN_MAX_SEQ, 0, NULL},
     {"data", "mode", F_ENUM, OFF(data.mode), 0, 0, 0, mode_names},
+    {"data", "vocab", F_ENUM, OFF(data.vocab), 0, 0, 0, vocab_names},
     {"train", "batch_size", F_INT, OFF(train.batch_size), 1, RUN_MAX_BATCH, 0, NULL},
     {"train", "max_steps", F_INT64, OFF(train.max_steps), 1, (double)RUN_MAX_STEPS, 0, NULL},
     {"train", "threads", F_INT, OFF(train.threads), 1, RUN_MAX_THREADS, 0, NULL},
@@ -98,6 +108,9 @@ static const field_spec fields[] = {
     {"train", "valid_every", F_INT, OFF(train.valid_every), 0, 1e9, 0, NULL},
     {"train", "valid_batches", F_INT, OFF(train.valid_batches), 1, 100000, 0, NULL},
     {"train", "keep_checkpoints", F_INT, OFF(train.keep_checkpoints), 0, 100000, 0, NULL},
+    {"train", "sample_every", F_INT, OFF(train.sample_every), 0, 1e9, 0, NULL},
+    {"train", "sample_n", F_INT, OFF(train.sample_n), 1, RUN_MAX_SAMPLE_N, 0, NULL},
+    {"train", "sample_steps", F_INT, OFF(train.sample_steps), 1, RUN_MAX_SAMPLE_STEPS, 0, NULL},
     {"optim", "lr", F_FLOAT, OFF(optim.lr), 1e-9, 1.0, 0, NULL},
     {"optim", "beta1", F_FLOAT, OFF(optim.beta1), 0, 0.999999, 0, NULL},
     {"optim", "beta2", F_FLOAT, OFF(optim.beta2), 0, 0.9999999, 0, NULL},
@@ -151,6 +164,9 @@ static void apply_defaults(cdcd_run_config *c) {
     c->train.valid_every = RUN_DEFAULT_VALID_EVERY;
     c->train.valid_batches = RUN_DEFAULT_VALID_BATCHES;
     c->train.keep_checkpoints = RUN_DEFAULT_KEEP_CHECKPOINTS;
+    c->train.sample_every = RUN_DEFAULT_SAMPLE_EVERY;
+    c->train.sample_n = RUN_DEFAULT_SAMPLE_N;
+    c->train.sample_steps = RUN_DEFAULT_SAMPLE_STEPS;
     c->optim.lr = RUN_DEFAULT_LR;
     c->optim.beta1 = RUN_DEFAULT_BETA1;
     c->optim.beta2 = RUN_DEFAULT_BETA2;
@@ -274,6 +290,8 @@ static int validate(cdcd_run_config *c, int self_cond_given, const cdcd_config_e
         return set_error(err, "data", "seq_len", "(%d) exceeds model.max_seq_len (%d)", c->data.seq_len, m->max_seq_len);
     if (c->schedule.tmax <= c->schedule.tmin)
         return set_error(err, "schedule", "tmax", "must be greater than schedule.tmin");
+    if (m->output_prior && m->head != CDCD_HEAD_LOGITS)
+        return set_error(err, "model", "output_prior", "needs model.head = \"logits\"");
     if (c->cond.p_cond > 0 && !m->cond_channels)
         return set_error(err, "cond", "p_cond", "needs model.cond_channels = true (or set p_cond to 0)");
     if (m->self_cond && !self_cond_given) c->cond.p_self_cond = RUN_DEFAULT_P_SELF_COND;

@@ -15,6 +15,9 @@
 
 typedef enum { CDCD_DECAY_COSINE = 0, CDCD_DECAY_EXP = 1, CDCD_DECAY_NONE = 2 } cdcd_lr_decay;
 typedef enum { CDCD_DATA_WINDOW = 0, CDCD_DATA_TRUNCATE = 1 } cdcd_data_mode;
+/* The model's output vocabulary: every tokenizer id, or only the ids that occur in the
+ * training file plus the specials (core/vocab_map.h); unseen ids become [UNK]. */
+typedef enum { CDCD_VOCAB_FULL = 0, CDCD_VOCAB_CORPUS = 1 } cdcd_vocab_kind;
 
 typedef struct cdcd_run_config {
     char name[CDCD_RUN_NAME_MAX];
@@ -25,6 +28,7 @@ typedef struct cdcd_run_config {
         char train[CDCD_RUN_PATH_MAX], valid[CDCD_RUN_PATH_MAX]; /* resolved paths */
         int seq_len;
         cdcd_data_mode mode;
+        cdcd_vocab_kind vocab;
     } data;
     struct {
         int batch_size;
@@ -34,6 +38,9 @@ typedef struct cdcd_run_config {
         int valid_every;      /* steps; 0 = never */
         int valid_batches;
         int keep_checkpoints; /* newest N kept on disk; 0 = all */
+        int sample_every;     /* daemon: stories sampled every N steps (0 = never) */
+        int sample_n;         /* stories per periodic batch (the last one prompted) */
+        int sample_steps;     /* ODE steps of a periodic batch */
     } train;
     struct {
         float lr, beta1, beta2, eps, weight_decay, clip;
