@@ -36,20 +36,25 @@ static double peak_rss_mb(void) {
 
 static void usage(FILE *out) {
     fprintf(out, "usage: cdcd bench --preset tiny|small|base|seed100m [--batch 32] [--seq 128] [--threads 2]\n"
-                 "                  [--steps 5] [--mode train|sample] [--sample-steps 200] [--json]\n");
+                 "                  [--steps 5] [--mode train|sample] [--sample-steps 200] [--json]\n"
+                 "                  [--vocab-size V] [--d-emb E] [--output-prior]\n"
+                 "  --vocab-size  the model's output vocabulary (a corpus vocabulary: data.vocab = corpus)\n");
 }
 
 int cdcd_cmd_bench(int argc, char **argv) {
     const char *preset = "tiny", *mode = "train";
     int B = 32, T = 128, threads = 2, steps = 5, sample_steps = 200, json = 0;
+    int vocab_size = 0, d_emb = 0, output_prior = 0;
     static const struct option opts[] = {{"preset", required_argument, 0, 'p'}, {"batch", required_argument, 0, 'b'},
                                          {"seq", required_argument, 0, 'L'},    {"threads", required_argument, 0, 'j'},
                                          {"steps", required_argument, 0, 's'},  {"mode", required_argument, 0, 'm'},
                                          {"sample-steps", required_argument, 0, 'k'}, {"json", no_argument, 0, 'J'},
+                                         {"vocab-size", required_argument, 0, 'V'}, {"d-emb", required_argument, 0, 'E'},
+                                         {"output-prior", no_argument, 0, 'P'},
                                          {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
     int ch;
     optind = 1;
-    while ((ch = getopt_long(argc, argv, "p:b:L:j:s:m:k:Jh", opts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "p:b:L:j:s:m:k:JV:E:Ph", opts, NULL)) != -1) {
         switch (ch) {
         case 'p': preset = optarg; break;
         case 'b': B = atoi(optarg); break;
@@ -59,6 +64,9 @@ int cdcd_cmd_bench(int argc, char **argv) {
         case 'm': mode = optarg; break;
         case 'k': sample_steps = atoi(optarg); break;
         case 'J': json = 1; break;
+        case 'V': vocab_size = atoi(optarg); break;
+        case 'E': d_emb = atoi(optarg); break;
+        case 'P': output_prior = 1; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -72,6 +80,13 @@ int cdcd_cmd_bench(int argc, char **argv) {
     cdcd_model_config c;
     if (cdcd_model_preset(preset, &c) != 0) {
         fprintf(stderr, "cdcd bench: unknown preset %s\n", preset);
+        return 2;
+    }
+    if (vocab_size) c.vocab_size = vocab_size;
+    if (d_emb) c.d_emb = d_emb;
+    c.output_prior = output_prior;
+    if (c.vocab_size < 1000) {
+        fprintf(stderr, "cdcd bench: --vocab-size must be at least 1000\n");
         return 2;
     }
     if (T > c.max_seq_len) {

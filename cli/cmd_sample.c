@@ -44,7 +44,9 @@ static void usage(FILE *out) {
             "  --score-temp S    temperature of the softmax used for x-hat-0 (default 1)\n"
             "  --length L        sequence length (default: the model's)\n"
             "  --heun            Heun's 2nd-order method (two model calls per step)\n"
-            "  --self-cond       self-conditioning (model must be trained with it)\n"
+            "  --self-cond       self-conditioning (default: on when the model was trained with it)\n"
+            "  --no-self-cond    no self-conditioning\n"
+            "  --clamp SIGMA     below this noise level snap x-hat-0 to the argmax token's embedding\n"
             "  --no-ema          use the raw weights even when the checkpoint has an EMA\n"
             "  --threads N       threads (default 2)\n"
             "  --vocab FILE      vocab.txt (default data/vocab.txt)\n"
@@ -68,6 +70,7 @@ int cdcd_cmd_sample(int argc, char **argv) {
         {"no-ema", no_argument, 0, 'E'},           {"threads", required_argument, 0, 'j'},
         {"vocab", required_argument, 0, 'v'},      {"json", no_argument, 0, 'J'},
         {"progress", required_argument, 0, 'P'},   {"help", no_argument, 0, 'h'},
+        {"no-self-cond", no_argument, 0, 'N'},     {"clamp", required_argument, 0, 'K'},
         {0, 0, 0, 0}};
     int ch;
     char *end;
@@ -80,7 +83,7 @@ int cdcd_cmd_sample(int argc, char **argv) {
             return 2;                                                                      \
         }                                                                                  \
     } while (0)
-    while ((ch = getopt_long(argc, argv, "c:n:s:S:p:i:g:t:T:L:HCEj:v:JP:h", opts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "c:n:s:S:p:i:g:t:T:L:HCEj:v:JP:hNK:", opts, NULL)) != -1) {
         switch (ch) {
         case 'c': ckpt = optarg; break;
         case 'n': NUM_ARG(p.n, (int)strtol(optarg, &end, 10)); break;
@@ -94,6 +97,8 @@ int cdcd_cmd_sample(int argc, char **argv) {
         case 'L': NUM_ARG(p.length, (int)strtol(optarg, &end, 10)); break;
         case 'H': p.heun = 1; break;
         case 'C': p.self_cond = 1; break;
+        case 'N': p.self_cond = 0; break;
+        case 'K': NUM_ARG(p.clamp_below, strtof(optarg, &end)); break;
         case 'E': use_ema = 0; break;
         case 'j': NUM_ARG(threads, (int)strtol(optarg, &end, 10)); break;
         case 'v': vocab = optarg; break;
@@ -126,6 +131,7 @@ int cdcd_cmd_sample(int argc, char **argv) {
         cdcd_tok_free(tok);
         return 1;
     }
+    p.vmap = ib.vmap;
     cdcd_sample_result res;
     double t0 = cdcd_now_s();
     int rc = cdcd_sample(ib.model, ib.sched, tok, &p, pc.every > 0 ? on_progress : NULL, &pc, &res, err, sizeof err);

@@ -120,6 +120,10 @@ int cdcd_model_config_validate(const cdcd_model_config *c, const char **bad_fiel
     if (c->cond_channels != 0 && c->cond_channels != 1)
         BAD("cond_channels", "cond_channels must be 0 or 1");
     if (c->self_cond != 0 && c->self_cond != 1) BAD("self_cond", "self_cond must be 0 or 1");
+    if (c->output_prior != 0 && c->output_prior != 1)
+        BAD("output_prior", "output_prior must be 0 or 1");
+    if (c->output_prior && c->head != CDCD_HEAD_LOGITS)
+        BAD("output_prior", "output_prior needs the logits head");
     if (!(c->emb_init_std > 0.0f) || !isfinite(c->emb_init_std))
         BAD("emb_init_std", "emb_init_std must be a positive number");
     if (!(c->init_std >= 0.0f) || !isfinite(c->init_std))
@@ -271,6 +275,11 @@ typedef struct {
     float *hguide;              /* (N, max(D,E)) conditional head input (guidance) */
     float *uniform;             /* (N) sampling draws */
     float *bh;                  /* (B*H) */
+    /* output prior (cfg.output_prior) */
+    float *prior_scale;         /* (N) sqrt(E) / sigma^2 of each row's sequence */
+    float *xprior;              /* (N,E) prior_scale * x: the inference head's extra input */
+    float *dxprior;             /* (N,E) gradient of x through the prior (training) */
+    float *ce_px, *ce_pdx;      /* (CE_CHUNK_ROWS, E) */
 } acts;
 
 typedef struct {
@@ -404,6 +413,13 @@ static void layout_acts(const cdcd_model_config *c, int Bm, int Tm, int train, c
     a->hguide = take(ar, N * KD);
     a->uniform = take(ar, N);
     a->bh = train ? take(ar, Bm * H) : NULL;
+    if (c->output_prior) {
+        a->prior_scale = take(ar, N);
+        a->xprior = take(ar, N * E);
+        a->dxprior = train ? take(ar, N * E) : NULL;
+        a->ce_px = take(ar, chunk * E);
+        a->ce_pdx = train ? take(ar, chunk * E) : NULL;
+    }
 }
 
 static int check_sizes(const cdcd_model_config *c, int max_batch, int max_seq, char *err,
@@ -511,8 +527,11 @@ static void init_params(cdcd_model *m, uint64_t seed) {
             cdcd_rng_fill_normal(&r, p, t->numel, c->emb_init_std);
         } else if (ends_with(t->name, "attn_scale")) {
             p[0] = scale0;
-        } else if (ends_with(t->name, "ada_w") || ends_with(t->name, "_b")) {
-            memset(p, 0, t->numel * sizeof(float)); /* adaLN-Zero; biases */
+        } else if (ends_with(t->name, "ada_w") || ends_with(t->name, "_b") ||
+                   (c->output_prior && strcmp(t->name, "head_w") == 0)) {
+            /* adaLN-Zero; biases; with the output prior the head starts at zero, so the
+             * first logits are the prior alone and the network learns a correction */
+            memset(p, 0, t->numel * sizeof(float));
         } else { /* every other *_w matrix */
             cdcd_rng_fill_normal(&r, p, t->numel, c->init_std);
         }
@@ -1114,6 +1133,8 @@ static void trunk_backward(cdcd_model *m, const int32_t *ids, const uint8_t *con
             float c_skip = 1.0f / (1.0f + s * s);
             for (int i = 0; i < E; i++) de[i] += c_skip * a->dDx[n * E + i];
         }
+        if (cf->output_prior) /* x = e_ids + sigma eps feeds the prior's logits too */
+            for (int i = 0; i < E; i++) de[i] += a->dxprior[n * E + i];
         float *dt = a->detab + (size_t)ids[n] * E;
         for (int i = 0; i < E; i++) dt[i] += se * de[i];
     }
@@ -1223,6 +1244,26 @@ static void reduce_losses(cdcd_model *m, const cdcd_batch *b, int n_rows, int n_
     *loss = n_valid ? (float)(total / n_valid) : 0.0f;
 }
 
+/* Output prior: per-row scale sqrt(E) / sigma^2, and (for the inference head) the scaled
+ * input xprior = scale * x, so that logits += xprior . etab_j = x . e_j / sigma^2. */
+static void prior_prepare(cdcd_model *m, int scaled_x) {
+    acts *a = &m->a;
+    int E = m->cfg.d_emb, T = m->T;
+    size_t N = (size_t)m->B * T;
+    float se = sqrtf((float)E);
+    for (size_t n = 0; n < N; n++) {
+        float s = a->sigma[n / T];
+        a->prior_scale[n] = se / (s * s);
+    }
+    if (!scaled_x) return;
+    for (size_t n = 0; n < N; n++) {
+        float sc = a->prior_scale[n];
+        const float *x = a->x + n * E;
+        float *o = a->xprior + n * E;
+        for (int i = 0; i < E; i++) o[i] = sc * x[i];
+    }
+}
+
 static void head_ce(cdcd_model *m, int n_rows, int want_grad) {
     const cdcd_model_config *cf = &m->cfg;
     acts *a = &m->a;
@@ -1244,6 +1285,19 @@ static void head_ce(cdcd_model *m, int n_rows, int want_grad) {
         ce.lddx = ce.ldx;
         ce.dw = emb ? a->detab : m->g.head_w;
         ce.db = emb ? NULL : m->g.head_b;
+    }
+    if (cf->output_prior) {
+        prior_prepare(m, 0);
+        ce.px = a->x;
+        ce.pscale = a->prior_scale;
+        ce.pw = a->etab;
+        ce.PK = cf->d_emb;
+        ce.scratch_px = a->ce_px;
+        if (want_grad) {
+            ce.pdx = a->dxprior;
+            ce.pdw = a->detab;
+            ce.scratch_pdx = a->ce_pdx;
+        }
     }
     ce.chunk = CE_CHUNK_ROWS;
     ce.scratch_x = a->ce_x;
@@ -1270,6 +1324,7 @@ int cdcd_model_forward_backward(cdcd_model *m, const cdcd_batch *b, float *loss,
     memset(a->detab, 0, sizeof(float) * (size_t)cf->vocab_size * E);
     if (cf->head == CDCD_HEAD_LOGITS) {
         memset(a->dz, 0, sizeof(float) * N * D);
+        if (cf->output_prior) memset(a->dxprior, 0, sizeof(float) * N * E);
         head_ce(m, n_rows, 1);
     } else {
         memset(a->dDx, 0, sizeof(float) * N * E);
@@ -1415,6 +1470,9 @@ static void head_infer_rows(cdcd_model *m, const float *hi, const cdcd_infer_out
         int R = (int)(N - start < CE_CHUNK_ROWS ? N - start : CE_CHUNK_ROWS);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, V, K, 1.0f, hi + start * K, K, W,
                     K, 0.0f, m->a.ce_logits, V);
+        if (cf->output_prior)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, V, E, 1.0f,
+                        m->a.xprior + start * E, E, m->a.etab, E, 1.0f, m->a.ce_logits, V);
         c.start = (int)start;
         cdcd_pool_for(m->pool, (size_t)R, 2, infer_range, &c);
         if (out->x0)
@@ -1426,6 +1484,7 @@ static void head_infer_rows(cdcd_model *m, const float *hi, const cdcd_infer_out
 typedef struct {
     cdcd_model *m;
     const float *hi;          /* (rows, K) head input of this chunk */
+    const float *px;          /* (rows, E) output-prior input of this chunk, or NULL */
     int rows, K, want_p, want_arg;
     float inv_t;
 } head_block_ctx;
@@ -1457,6 +1516,9 @@ static void head_block_task(void *vctx, int blk) {
         }
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, w, K, 1.0f,
                     c->hi + (size_t)r0 * K, K, W + (size_t)v0 * K, K, 1.0f, tile, w);
+        if (c->px)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, w, E, 1.0f,
+                        c->px + (size_t)r0 * E, E, m->a.etab + (size_t)v0 * E, E, 1.0f, tile, w);
         for (int r = 0; r < R; r++) {
             float *l = tile + (size_t)r * w;
             float mx = row_max(l, w);
@@ -1539,7 +1601,8 @@ static void head_infer_blocked(cdcd_model *m, const float *hi, const cdcd_infer_
     int want_arg = out->argmax != NULL || out->sampled != NULL;
     for (size_t start = 0; start < N; start += HEAD_CHUNK_ROWS) {
         int rows = (int)(N - start < HEAD_CHUNK_ROWS ? N - start : HEAD_CHUNK_ROWS);
-        head_block_ctx bc = {m, hi + start * K, rows, K, want_p, want_arg, inv_t};
+        head_block_ctx bc = {m, hi + start * K, cf->output_prior ? m->a.xprior + start * cf->d_emb : NULL,
+                             rows, K, want_p, want_arg, inv_t};
         cdcd_pool_run(m->pool, m->head_blocks, head_block_task, &bc);
         head_combine_ctx cc = {m, out, start, (size_t)rows, inv_t, want_p, want_arg};
         cdcd_pool_for(m->pool, (size_t)rows, ROW_GRAIN, head_combine_range, &cc);
@@ -1548,6 +1611,7 @@ static void head_infer_blocked(cdcd_model *m, const float *hi, const cdcd_infer_
 
 static void head_infer(cdcd_model *m, const float *hi, const cdcd_infer_output *out,
                        float score_temp) {
+    if (m->cfg.output_prior) prior_prepare(m, 1);
     if (out->logits || (out->sampled && out->temperature > 0.0f))
         head_infer_rows(m, hi, out, score_temp);
     else

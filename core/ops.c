@@ -698,9 +698,32 @@ void cdcd_ops_linear_ce(cdcd_pool *pool, const cdcd_ops_ce_args *a) {
         /* logits (R,V) = x_chunk (R,K) w^T */
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, a->V, a->K, 1.0f, a->scratch_x,
                     a->K, a->w, a->K, 0.0f, a->scratch_logits, a->V);
+        if (a->px) { /* logits += (pscale px_chunk) pw^T */
+            for (int i = 0; i < R; i++) {
+                int r = a->rows ? a->rows[start + i] : start + i;
+                const float *src = a->px + (size_t)r * a->PK;
+                float *dst = a->scratch_px + (size_t)i * a->PK, sc = a->pscale[r];
+                for (int k = 0; k < a->PK; k++) dst[k] = sc * src[k];
+            }
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, a->V, a->PK, 1.0f,
+                        a->scratch_px, a->PK, a->pw, a->PK, 1.0f, a->scratch_logits, a->V);
+        }
         ce_chunk_ctx c = {a, start, want_grad};
         cdcd_pool_for(pool, (size_t)R, CE_ROW_GRAIN, ce_rows_range, &c);
         if (!want_grad) continue;
+        if (a->px && a->pdx) { /* pdx = pscale dlogits pw; pdw += dlogits^T (pscale px) */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, R, a->PK, a->V, 1.0f,
+                        a->scratch_logits, a->V, a->pw, a->PK, 0.0f, a->scratch_pdx, a->PK);
+            for (int i = 0; i < R; i++) {
+                int r = a->rows ? a->rows[start + i] : start + i;
+                const float *src = a->scratch_pdx + (size_t)i * a->PK;
+                float *dst = a->pdx + (size_t)r * a->PK, sc = a->pscale[r];
+                for (int k = 0; k < a->PK; k++) dst[k] = sc * src[k];
+            }
+        }
+        if (a->px && a->pdw)
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, a->V, a->PK, R, 1.0f,
+                        a->scratch_logits, a->V, a->scratch_px, a->PK, 1.0f, a->pdw, a->PK);
         /* dx_chunk (R,K) = dlogits (R,V) w (V,K); dw (V,K) += dlogits^T x_chunk */
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, R, a->K, a->V, 1.0f,
                     a->scratch_logits, a->V, a->w, a->K, 0.0f, a->scratch_dx, a->K);

@@ -172,6 +172,15 @@ typedef struct {
     float *scratch_x;        /* (chunk, K) */
     float *scratch_logits;   /* (chunk, V) */
     float *scratch_dx;       /* (chunk, K) */
+    /* Optional second product added to the logits (the output prior): logits +=
+     * (pscale[r] * px[r]) pw^T, px (rows of PK, stride PK), pw (V,PK). With dx != NULL,
+     * pdx[r] (stride PK, listed rows only) = pscale[r] * dlogits pw and pdw (V,PK) +=
+     * dlogits^T (pscale px); pdx/pdw NULL = no gradient through the prior. */
+    const float *px, *pscale, *pw;
+    int PK;
+    float *pdx, *pdw;
+    float *scratch_px;       /* (chunk, PK) when px is given */
+    float *scratch_pdx;      /* (chunk, PK) when pdx is given */
 } cdcd_ops_ce_args;
 void cdcd_ops_linear_ce(cdcd_pool *pool, const cdcd_ops_ce_args *a);
 

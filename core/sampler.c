@@ -10,6 +10,7 @@
 #include "rng.h"
 #include "schedule.h"
 #include "tokenizer.h"
+#include "vocab_map.h"
 
 #define SAMPLE_MAX_STEPS 100000
 #define SAMPLE_MAX_N 4096
@@ -24,6 +25,7 @@ void cdcd_sample_params_default(cdcd_sample_params *p) {
     p->temperature = 0.0f;
     p->guidance = 1.0f;
     p->score_temp = 1.0f;
+    p->self_cond = -1;
 }
 
 void cdcd_sample_result_free(cdcd_sample_result *r) {
@@ -151,7 +153,8 @@ int cdcd_sample(struct cdcd_model *model, const struct cdcd_schedule *sched, con
     if (!(p->temperature >= 0) || !isfinite(p->temperature)) return fail(err, errlen, "temperature must be >= 0");
     if (!isfinite(p->guidance) || p->guidance < 0) return fail(err, errlen, "guidance must be >= 0");
     if (!(p->score_temp > 0) || !isfinite(p->score_temp)) return fail(err, errlen, "score_temp must be > 0");
-    if (p->self_cond && !mc->self_cond) return fail(err, errlen, "the model was not trained with self-conditioning");
+    if (!(p->clamp_below >= 0) || !isfinite(p->clamp_below)) return fail(err, errlen, "clamp_below must be >= 0");
+    if (p->self_cond > 0 && !mc->self_cond) return fail(err, errlen, "the model was not trained with self-conditioning");
     if ((p->prompt && *p->prompt) || (p->infill && *p->infill)) {
         if (!mc->cond_channels) return fail(err, errlen, "the model has no conditioning channels: it cannot take a prompt");
     }
@@ -170,16 +173,19 @@ int cdcd_sample(struct cdcd_model *model, const struct cdcd_schedule *sched, con
     int32_t *cids = malloc(sizeof(int32_t) * bt), *amax = malloc(sizeof(int32_t) * bt);
     uint8_t *cmask = malloc(bt), *pmask = malloc(bt);
     char *preview = malloc(8 * (size_t)T + 64);
+    float *etab = p->clamp_below > 0 ? malloc(sizeof(float) * (size_t)mc->vocab_size * E) : NULL;
     out->n = p->n;
     out->T = T;
     out->ids = malloc(sizeof(int32_t) * (size_t)p->n * T);
     out->texts = calloc((size_t)p->n, sizeof(char *));
     if (!ts || !c.ids || !c.cond || !c.real || !x || !x0 || !xt || !d || (mc->self_cond && !sc) || !ent || !sig ||
-        !cids || !amax || !cmask || !pmask || !preview || !out->ids || !out->texts) {
+        !cids || !amax || !cmask || !pmask || !preview || !out->ids || !out->texts || (p->clamp_below > 0 && !etab)) {
         fail(err, errlen, "out of memory");
         goto done;
     }
     if (build_template(p, tok, T, &c, err, errlen) != 0) goto done;
+    if (etab) cdcd_model_unit_embeddings(model, etab);
+    float sqrt_e = sqrtf((float)E);
     if (cdcd_schedule_timesteps(sched, p->steps, ts) != 0) {
         fail(err, errlen, "the schedule cannot produce %d timesteps", p->steps);
         goto done;
@@ -188,13 +194,14 @@ int cdcd_sample(struct cdcd_model *model, const struct cdcd_schedule *sched, con
     cdcd_rng rng_noise, rng_final;
     cdcd_rng_init(&rng_noise, p->seed, SAMPLE_STREAM_NOISE);
     cdcd_rng_init(&rng_final, p->seed, SAMPLE_STREAM_FINAL);
-    int use_sc = p->self_cond && mc->self_cond;
+    int use_sc = (p->self_cond != 0) && mc->self_cond;
     int cancelled = 0;
     for (int start = 0; start < p->n && !cancelled; start += maxB) {
         int nb = p->n - start < maxB ? p->n - start : maxB;
         size_t nte = (size_t)nb * T * E;
         for (int b = 0; b < nb; b++) {
             memcpy(cids + (size_t)b * T, c.ids, sizeof(int32_t) * (size_t)T);
+            cdcd_vmap_ids_to_model(p->vmap, cids + (size_t)b * T, (size_t)T);
             memcpy(cmask + (size_t)b * T, c.cond, (size_t)T);
             memcpy(pmask + (size_t)b * T, c.real, (size_t)T);
         }
@@ -209,12 +216,18 @@ int cdcd_sample(struct cdcd_model *model, const struct cdcd_schedule *sched, con
             for (int b = 0; b < nb; b++) sig[b] = (float)t;
             int want_preview = progress && p->preview_every > 0 && tok &&
                                ((i + 1) % (size_t)p->preview_every == 0 || i + 1 == nsteps);
-            cdcd_infer_output o = {.x0 = x0, .entropy = ent, .argmax = want_preview ? amax : NULL};
+            int clamp = etab && t < p->clamp_below;
+            cdcd_infer_output o = {.x0 = x0, .entropy = ent, .argmax = want_preview || clamp ? amax : NULL};
             in.x = x;
             if (cdcd_model_infer(model, &in, &o) != 0) {
                 fail(err, errlen, "model evaluation failed at step %zu", i);
                 goto done;
             }
+            if (clamp) /* x-hat-0 = e(argmax token) at every generated position */
+                for (size_t r = 0; r < (size_t)nb * T; r++) {
+                    const float *e = etab + (size_t)amax[r] * E;
+                    for (int k = 0; k < E; k++) x0[r * E + k] = sqrt_e * e[k];
+                }
             /* Euler: dx/dt = (x - x0)/t. */
             for (size_t k = 0; k < nte; k++) d[k] = (x[k] - x0[k]) / (float)t;
             if (p->heun) {
@@ -238,6 +251,7 @@ int cdcd_sample(struct cdcd_model *model, const struct cdcd_schedule *sched, con
             if (progress) {
                 const char *pv = NULL;
                 if (want_preview) {
+                    cdcd_vmap_ids_to_token(p->vmap, amax, (size_t)T);
                     for (int tt = 0; tt < T; tt++)
                         if (c.cond[tt]) amax[tt] = c.ids[tt];
                     char *txt = cdcd_tok_decode(tok, amax, (size_t)T, CDCD_TOK_DECODE_STOP_AT_SEP);
@@ -261,6 +275,7 @@ int cdcd_sample(struct cdcd_model *model, const struct cdcd_schedule *sched, con
             goto done;
         }
         int32_t pad_id = tok ? cdcd_tok_specials(tok)->pad : 0;
+        cdcd_vmap_ids_to_token(p->vmap, amax, (size_t)nb * T);
         for (int b = 0; b < nb; b++) {
             int32_t *dst = out->ids + (size_t)(start + b) * T;
             for (int t = 0; t < T; t++) {
@@ -298,5 +313,6 @@ done:
     free(cmask);
     free(pmask);
     free(preview);
+    free(etab);
     return rc;
 }

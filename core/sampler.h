@@ -11,6 +11,7 @@
 struct cdcd_model;
 struct cdcd_schedule;
 struct cdcd_tokenizer;
+struct cdcd_vocab_map;
 
 #define CDCD_SAMPLE_DEFAULT_STEPS 200
 #define CDCD_SAMPLE_DEFAULT_N 4
@@ -24,10 +25,16 @@ typedef struct {
     float guidance;     /* classifier-free guidance scale gamma; 1 = plain conditional */
     float score_temp;   /* scales the logits used for x-hat-0; 1 = as trained */
     int heun;           /* 1 = Heun's second-order method */
-    int self_cond;      /* use self-conditioning (only if the model was trained with it) */
+    int self_cond;      /* 1 = use self-conditioning (the model must be trained with it),
+                           0 = not, -1 = when the model has it (the default) */
+    float clamp_below;  /* "clamping trick" (Diffusion-LM): at steps with sigma below this,
+                           x-hat-0 is snapped to the embedding of the argmax token; 0 = off */
     const char *prompt; /* prefix text, or NULL/"" */
     const char *infill; /* text with [MASK] tokens to fill, or NULL */
     int preview_every;  /* decode the argmax text every K steps for progress (0 = never) */
+    /* The model's vocabulary map (checkpoint or trainer), or NULL when the model's ids are
+     * the tokenizer's. Prompts are mapped in; results come back as tokenizer ids. */
+    const struct cdcd_vocab_map *vmap;
 } cdcd_sample_params;
 
 void cdcd_sample_params_default(cdcd_sample_params *p);

@@ -20,6 +20,7 @@
 #include "runconfig.h"
 #include "schedule.h"
 #include "tokfile.h"
+#include "vocab_map.h"
 
 /* RNG stream ids: each consumer has its own stream of the run's seed. */
 enum { STREAM_INIT = 1, STREAM_SIGMA, STREAM_NOISE, STREAM_MASK, STREAM_SELF_COND, STREAM_DATA,
@@ -63,6 +64,7 @@ struct cdcd_trainer {
     int64_t ring_n, ring_head;
     float *fit_sigma, *fit_loss;   /* (window) scratch for a refit */
     float *ema;                    /* (n_params) or NULL */
+    cdcd_vocab_map *vmap;          /* data.vocab = corpus: token id <-> model id; else NULL */
     char err[512];
 };
 
@@ -123,18 +125,24 @@ void cdcd_trainer_free(cdcd_trainer *t) {
     cdcd_tokfile_close(t->train_tf);
     cdcd_tokfile_close(t->valid_tf);
     cdcd_model_free(t->model);
+    cdcd_vmap_free(t->vmap);
     free_buffers(t);
     free(t);
 }
 
+/* vmap: the resumed run's vocabulary map (taken over), or NULL to build one from the
+ * training file when data.vocab is "corpus". */
 static cdcd_trainer *trainer_build(const cdcd_run_config *cfg, const char *run_dir,
-                                   const cdcd_train_sink *sink, char *err, size_t errlen) {
+                                   const cdcd_train_sink *sink, cdcd_vocab_map *vmap, char *err,
+                                   size_t errlen) {
     cdcd_trainer *t = calloc(1, sizeof *t);
     if (!t) {
         snprintf(err, errlen, "out of memory");
+        cdcd_vmap_free(vmap);
         return NULL;
     }
     t->cfg = *cfg;
+    t->vmap = vmap;
     snprintf(t->run_dir, sizeof t->run_dir, "%s", run_dir ? run_dir : ".");
     if (sink) t->sink = *sink;
     t->B = cfg->train.batch_size;
@@ -143,7 +151,6 @@ static cdcd_trainer *trainer_build(const cdcd_run_config *cfg, const char *run_d
     size_t bt = (size_t)t->B * (size_t)t->T;
     int window = cfg->schedule.window;
 
-    const cdcd_model_config mc = cfg->model;
     char merr[256];
     t->train_tf = cdcd_tokfile_open(cfg->data.train, NULL, merr, sizeof merr);
     if (!t->train_tf) {
@@ -155,11 +162,24 @@ static cdcd_trainer *trainer_build(const cdcd_run_config *cfg, const char *run_d
         snprintf(err, errlen, "data.valid: %s", merr);
         goto fail;
     }
-    if ((int)t->train_tf->h.vocab_size > cfg->model.vocab_size) {
+    if (cfg->data.vocab == CDCD_VOCAB_CORPUS) {
+        if (!t->vmap) t->vmap = cdcd_vmap_from_tokfile(t->train_tf, merr, sizeof merr);
+        if (!t->vmap) {
+            snprintf(err, errlen, "data.vocab: %s", merr);
+            goto fail;
+        }
+        if (t->vmap->n_tokens != (int)t->train_tf->h.vocab_size) {
+            snprintf(err, errlen, "data.train: made with a %u-token vocabulary, the run's map has %d",
+                     t->train_tf->h.vocab_size, t->vmap->n_tokens);
+            goto fail;
+        }
+        t->cfg.model.vocab_size = t->vmap->n_model; /* the model's softmax covers the map */
+    } else if ((int)t->train_tf->h.vocab_size > cfg->model.vocab_size) {
         snprintf(err, errlen, "data.train: made with a %u-token vocabulary, the model has %d",
                  t->train_tf->h.vocab_size, cfg->model.vocab_size);
         goto fail;
     }
+    const cdcd_model_config mc = t->cfg.model;
     cdcd_batch_opts bo;
     cdcd_batch_opts_default(&bo);
     bo.batch_size = t->B;
@@ -220,8 +240,10 @@ fail:
 
 cdcd_trainer *cdcd_trainer_create(const cdcd_run_config *cfg, const char *run_dir,
                                   const cdcd_train_sink *sink, char *err, size_t errlen) {
-    return trainer_build(cfg, run_dir, sink, err, errlen);
+    return trainer_build(cfg, run_dir, sink, NULL, err, errlen);
 }
+
+const struct cdcd_vocab_map *cdcd_trainer_vocab_map(const cdcd_trainer *t) { return t->vmap; }
 
 static void ring_push(cdcd_trainer *t, float sigma, float loss) {
     int64_t cap = t->cfg.schedule.window;
@@ -289,6 +311,7 @@ int cdcd_trainer_validate(cdcd_trainer *t, double *out_loss) {
     for (int i = 0; i < t->cfg.train.valid_batches; i++) {
         int rows = cdcd_batch_next(it, t->ids, t->pad, NULL);
         if (rows <= 0) break;
+        cdcd_vmap_ids_to_model(t->vmap, t->ids, bt);
         memcpy(t->loss_mask, t->pad, bt);
         cdcd_schedule_sample_sigmas(&t->sched, &rs, t->B, t->sigma);
         cdcd_rng_fill_normal(&rn, t->noise, bt * (size_t)t->E, 1.0f);
@@ -318,6 +341,7 @@ int cdcd_trainer_step(cdcd_trainer *t) {
         set_err(t, "the training data gave no batch (empty token file?)");
         return -1;
     }
+    cdcd_vmap_ids_to_model(t->vmap, t->ids, bt);
 
     cdcd_mask_params mp = {.p_cond = c->cond.p_cond, .p_prefix = c->cond.p_prefix, .p_drop = c->cond.p_drop};
     cdcd_masks_make(&mp, &t->rng_mask, t->B, t->T, t->pad, t->cond, t->loss_mask);
@@ -433,6 +457,8 @@ int cdcd_trainer_checkpoint_path(const cdcd_trainer *t, int64_t step, char *out,
 int cdcd_trainer_checkpoint(cdcd_trainer *t) {
     char path[CDCD_RUN_PATH_MAX + 64];
     char *json = NULL;
+    void *vmap_blob = NULL;
+    size_t vmap_len = 0;
     cdcd_ckpt_writer *w = NULL;
     size_t n = cdcd_model_param_count(t->model);
     double sched_blob[CDCD_SCHEDULE_SERIAL_LEN];
@@ -448,7 +474,7 @@ int cdcd_trainer_checkpoint(cdcd_trainer *t) {
     cdcd_trainer_checkpoint_path(t, t->step, path, sizeof path);
     json = cdcd_run_config_to_json(&t->cfg);
     w = cdcd_ckpt_writer_new(path);
-    if (!json || !w) {
+    if (!json || !w || (t->vmap && cdcd_vmap_serialise(t->vmap, &vmap_blob, &vmap_len) != 0)) {
         set_err(t, "checkpoint: out of memory");
         goto fail;
     }
@@ -464,6 +490,7 @@ int cdcd_trainer_checkpoint(cdcd_trainer *t) {
     rc |= cdcd_ckpt_add(w, "data", &data_state, sizeof data_state);
     rc |= cdcd_ckpt_add(w, "ring_sigma", t->ring_sigma, (size_t)t->cfg.schedule.window * sizeof(float));
     rc |= cdcd_ckpt_add(w, "ring_loss", t->ring_loss, (size_t)t->cfg.schedule.window * sizeof(float));
+    if (vmap_blob) rc |= cdcd_ckpt_add(w, "vocab_map", vmap_blob, vmap_len);
     if (rc) {
         set_err(t, "checkpoint: too many sections");
         goto fail;
@@ -477,12 +504,14 @@ int cdcd_trainer_checkpoint(cdcd_trainer *t) {
         goto fail;
     }
     free(json);
+    free(vmap_blob);
     if (t->sink.on_checkpoint) t->sink.on_checkpoint(t->sink.ctx, t->step, path, bytes, sha);
     prune_checkpoints(t);
     return 0;
 fail:
     if (w) cdcd_ckpt_writer_abort(w);
     free(json);
+    free(vmap_blob);
     return -1;
 }
 
@@ -503,6 +532,34 @@ static cdcd_run_config *ckpt_config(const cdcd_ckpt_reader *r, const char *path,
     return cfg;
 }
 
+/* The checkpoint's vocabulary map: *out NULL when the run uses the full vocabulary.
+ * 0, or -1 with err set (a corpus-vocabulary config without a valid map). */
+static int ckpt_vmap(const cdcd_ckpt_reader *r, const cdcd_run_config *cfg, const char *path,
+                     cdcd_vocab_map **out, char *err, size_t errlen) {
+    *out = NULL;
+    if (cfg->data.vocab != CDCD_VOCAB_CORPUS) return 0;
+    const void *blob;
+    size_t len;
+    char e[256];
+    if (cdcd_ckpt_get(r, "vocab_map", &blob, &len) != 0) {
+        snprintf(err, errlen, "%s: data.vocab is \"corpus\" but there is no vocab_map section", path);
+        return -1;
+    }
+    *out = cdcd_vmap_deserialise(blob, len, e, sizeof e);
+    if (!*out) {
+        snprintf(err, errlen, "%s: %s", path, e);
+        return -1;
+    }
+    if ((*out)->n_model != cfg->model.vocab_size) {
+        snprintf(err, errlen, "%s: the vocabulary map has %d ids, the model %d", path, (*out)->n_model,
+                 cfg->model.vocab_size);
+        cdcd_vmap_free(*out);
+        *out = NULL;
+        return -1;
+    }
+    return 0;
+}
+
 cdcd_trainer *cdcd_trainer_resume(const char *checkpoint_path, const char *run_dir,
                                   const cdcd_train_sink *sink, char *err, size_t errlen) {
     cdcd_ckpt_reader *r = cdcd_ckpt_open(checkpoint_path, err, errlen);
@@ -511,7 +568,9 @@ cdcd_trainer *cdcd_trainer_resume(const char *checkpoint_path, const char *run_d
     if (!r) return NULL;
     cfg = ckpt_config(r, checkpoint_path, err, errlen);
     if (!cfg) goto fail;
-    t = trainer_build(cfg, run_dir, sink, err, errlen);
+    cdcd_vocab_map *vmap;
+    if (ckpt_vmap(r, cfg, checkpoint_path, &vmap, err, errlen) != 0) goto fail;
+    t = trainer_build(cfg, run_dir, sink, vmap, err, errlen);
     if (!t) goto fail;
     train_state_blob st;
     size_t n = cdcd_model_param_count(t->model);
@@ -567,6 +626,7 @@ int cdcd_load_for_inference(const char *path, int threads, int max_batch, int us
     if (!r) return -1;
     cdcd_run_config *cfg = ckpt_config(r, path, err, errlen);
     if (!cfg) goto fail;
+    if (ckpt_vmap(r, cfg, path, &out->vmap, err, errlen) != 0) goto fail;
     const cdcd_model_config mc = cfg->model;
     char merr[256];
     out->model = cdcd_model_create_ex(&mc, max_batch, mc.max_seq_len, threads, 0, CDCD_MODEL_INFERENCE,
@@ -608,6 +668,7 @@ fail:
 
 void cdcd_inference_bundle_free(cdcd_inference_bundle *b) {
     cdcd_model_free(b->model);
+    cdcd_vmap_free(b->vmap);
     free(b->sched);
     cdcd_run_config_free(b->cfg);
     memset(b, 0, sizeof *b);

@@ -71,6 +71,8 @@ int64_t cdcd_trainer_step_count(const cdcd_trainer *t);
 const cdcd_run_config *cdcd_trainer_config(const cdcd_trainer *t);
 struct cdcd_model *cdcd_trainer_model(cdcd_trainer *t);
 struct cdcd_schedule *cdcd_trainer_schedule(cdcd_trainer *t);
+/* The run's vocabulary map (data.vocab = "corpus"), or NULL for the full vocabulary. */
+const struct cdcd_vocab_map *cdcd_trainer_vocab_map(const cdcd_trainer *t);
 /* Mean validation cross-entropy over the run's valid file at sigmas drawn from the
  * current schedule (fixed seed, so repeated calls are comparable). */
 int cdcd_trainer_validate(cdcd_trainer *t, double *out_loss);
@@ -87,6 +89,7 @@ typedef struct {
     cdcd_run_config *cfg;
     int64_t step;
     int used_ema; /* 1 when the EMA weights were loaded */
+    struct cdcd_vocab_map *vmap; /* token id <-> model id, or NULL (full vocabulary) */
 } cdcd_inference_bundle;
 
 /* Loads a checkpoint for inference with a model sized for max_batch sequences of the

@@ -24,6 +24,8 @@
 #define FD_REL_TOL 2e-3  /* relative error of a directional derivative */
 #define FD_ABS_TOL 2e-4
 
+static int g_output_prior; /* the next models get model.output_prior */
+
 static cdcd_model_config small_config(cdcd_head_mode head) {
     cdcd_model_config c;
     cdcd_model_config_default(&c);
@@ -37,6 +39,7 @@ static cdcd_model_config small_config(cdcd_head_mode head) {
     c.head = head;
     c.cond_channels = 1;
     c.self_cond = 1;
+    c.output_prior = head == CDCD_HEAD_LOGITS ? g_output_prior : 0;
     return c;
 }
 
@@ -377,6 +380,60 @@ static void infer_check(cdcd_head_mode head) {
 }
 
 TEST(test_infer_logits_head) { infer_check(CDCD_HEAD_LOGITS); }
+TEST(test_grad_output_prior) {
+    g_output_prior = 1;
+    grad_check(CDCD_HEAD_LOGITS);
+    g_output_prior = 0;
+}
+TEST(test_infer_output_prior) {
+    g_output_prior = 1;
+    infer_check(CDCD_HEAD_LOGITS);
+    g_output_prior = 0;
+}
+
+/* A fresh model with the output prior: the head starts at zero, so its logits are exactly
+ * the prior x . e_j / sigma^2 (e_j = sqrt(E) unit embedding), and the first cross-entropy
+ * at a small sigma is near zero (the prior alone recognises the token). */
+TEST(test_output_prior_at_init) {
+    g_output_prior = 1;
+    cdcd_model *m = make_model(CDCD_HEAD_LOGITS, 1);
+    g_output_prior = 0;
+    ASSERT(m);
+    const cdcd_model_config *c = cdcd_model_get_config(m);
+    int V = c->vocab_size, E = c->d_emb, N = TB * TT;
+    test_batch tb;
+    make_batch(&tb, c, 8, TB, TT);
+    float *et = malloc(sizeof(float) * V * E), *x = malloc(sizeof(float) * N * E);
+    float *logits = malloc(sizeof(float) * N * V);
+    cdcd_model_unit_embeddings(m, et);
+    for (int n = 0; n < N; n++)
+        for (int i = 0; i < E; i++)
+            x[n * E + i] = sqrtf((float)E) * et[tb.ids[n] * E + i] + tb.sigma[n / TT] * tb.noise[n * E + i];
+    cdcd_infer_input in = {TB, TT, x, tb.sigma, tb.pad, NULL, NULL, NULL, 1.0f, 1.0f};
+    cdcd_infer_output out = {0};
+    out.logits = logits;
+    ASSERT(cdcd_model_infer(m, &in, &out) == 0);
+    double worst = 0;
+    for (int n = 0; n < N; n++) {
+        double s2 = (double)tb.sigma[n / TT] * tb.sigma[n / TT];
+        for (int j = 0; j < V; j++) {
+            double d = 0;
+            for (int i = 0; i < E; i++) d += (double)x[n * E + i] * sqrt(E) * et[j * E + i];
+            double ref = d / s2;
+            worst = fmax(worst, fabs(ref - logits[(size_t)n * V + j]) / fmax(1.0, fabs(ref)));
+        }
+    }
+    printf("  logits vs x.e/sigma^2: worst relative error %.2e\n", worst);
+    EXPECT(worst < 1e-5);
+    /* sigma 0.05: the noisy input is next to its token, so the loss is tiny */
+    for (int b = 0; b < TB; b++) tb.sigma[b] = 0.05f;
+    float loss;
+    ASSERT(cdcd_model_forward_loss(m, &tb.b, &loss, NULL) == 0);
+    printf("  loss at sigma 0.05: %.3g (log V = %.3g)\n", loss, log(V));
+    EXPECT(loss < 0.05);
+    free(et), free(x), free(logits);
+    cdcd_model_free(m);
+}
 TEST(test_infer_embedding_head) { infer_check(CDCD_HEAD_EMBEDDING); }
 
 TEST(test_config_and_table) {
@@ -532,6 +589,9 @@ int main(void) {
     TIMED_RUN(test_no_allocation_in_step);
     TIMED_RUN(test_infer_logits_head);
     TIMED_RUN(test_infer_embedding_head);
+    TIMED_RUN(test_grad_output_prior);
+    TIMED_RUN(test_infer_output_prior);
+    TIMED_RUN(test_output_prior_at_init);
     TIMED_RUN(test_loss_falls);
     return test_summary();
 }

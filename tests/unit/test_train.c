@@ -12,10 +12,15 @@
 #include "tokenizer.h"
 #include "tokfile.h"
 #include "train.h"
+#include "sampler.h"
+#include "vocab_map.h"
 #include "test.h"
 
 static const char *const words[] = {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "one", "two", "three",
-                                    "four",  "five",  "six",   "seven", "eight",  "nine", "ten", "."};
+                                    "four",  "five",  "six",   "seven", "eight",  "nine", "ten", ".",
+                                    /* never in the data: a corpus vocabulary leaves them out */
+                                    "red", "blue", "green", "cat", "dog", "sun", "moon", "tree"};
+#define N_USED 16 /* ids 0..15 occur (specials included) */
 #define NW ((int)(sizeof words / sizeof words[0]))
 #define STEPS 6
 
@@ -72,15 +77,17 @@ static int make_data(void) {
     return 0;
 }
 
-static cdcd_run_config *config(int self_cond, const char *head) {
+/* extra: more JSON members for the "model" section, then for "data" (may be ""). */
+static cdcd_run_config *config_ex(int self_cond, const char *head, const char *model_extra,
+                                  const char *data_extra) {
     char json[2048];
     snprintf(json, sizeof json,
              "{\"seed\":5,\"model\":{\"vocab_size\":%d,\"d_emb\":8,\"d_model\":32,\"n_heads\":2,\"n_layers\":1,"
-             "\"cond_dim\":8,\"max_seq_len\":16,\"self_cond\":%s,\"head\":\"%s\"},"
-             "\"data\":{\"seq_len\":8},\"train\":{\"batch_size\":6,\"max_steps\":%d,\"threads\":2,"
+             "\"cond_dim\":8,\"max_seq_len\":16,\"self_cond\":%s,\"head\":\"%s\"%s},"
+             "\"data\":{\"seq_len\":8%s},\"train\":{\"batch_size\":6,\"max_steps\":%d,\"threads\":2,"
              "\"checkpoint_every\":3,\"valid_every\":3,\"valid_batches\":2,\"keep_checkpoints\":0},"
              "\"optim\":{\"ema\":0.9,\"warmup_steps\":2},\"schedule\":{\"refit_every\":2,\"window\":16}}",
-             NW, self_cond ? "true" : "false", head, STEPS);
+             NW, self_cond ? "true" : "false", head, model_extra, data_extra, STEPS);
     cdcd_config_env env = {.data_dir = dir};
     cdcd_config_error e;
     cdcd_run_config *c = cdcd_run_config_parse(json, strlen(json), &env, &e);
@@ -88,13 +95,16 @@ static cdcd_run_config *config(int self_cond, const char *head) {
     return c;
 }
 
-static void run_and_resume(int self_cond, const char *head) {
+static cdcd_run_config *config(int self_cond, const char *head) { return config_ex(self_cond, head, "", ""); }
+
+static void run_and_resume_ex(int self_cond, const char *head, int corpus_prior) {
     char run_a[4400], run_b[4400], ck[4500], err[1024];
     snprintf(run_a, sizeof run_a, "%s/a-%d-%s", dir, self_cond, head);
     snprintf(run_b, sizeof run_b, "%s/b-%d-%s", dir, self_cond, head);
     mkdir(run_a, 0755);
     mkdir(run_b, 0755);
-    cdcd_run_config *c = config(self_cond, head);
+    cdcd_run_config *c = corpus_prior ? config_ex(self_cond, head, ",\"output_prior\":true", ",\"vocab\":\"corpus\"")
+                                      : config(self_cond, head);
     ASSERT(c != NULL);
     record a = {0}, b = {0};
     cdcd_train_sink sa = {.ctx = &a, .on_step = on_step, .on_fit = on_fit, .on_entropy = on_entropy,
@@ -139,11 +149,64 @@ static void run_and_resume(int self_cond, const char *head) {
         EXPECT(ib.used_ema == 1 && ib.step == STEPS);
         EXPECT(ib.sched->tmax > ib.sched->tmin);
     }
+    if (ib.model && corpus_prior) {
+        /* The softmax covers the ids of the training file only, and the map came back
+         * from the checkpoint; samples are tokenizer ids from that set. */
+        EXPECTF(cdcd_model_get_config(ib.model)->vocab_size == N_USED, "vocab %d",
+                cdcd_model_get_config(ib.model)->vocab_size);
+        EXPECT(ib.vmap != NULL && ib.vmap->n_model == N_USED && ib.vmap->n_tokens == NW);
+        EXPECT(cdcd_vmap_to_model(ib.vmap, NW - 1) == cdcd_vmap_to_model(ib.vmap, 1)); /* unseen -> [UNK] */
+        cdcd_sample_params sp;
+        cdcd_sample_params_default(&sp);
+        sp.n = 2, sp.steps = 5, sp.length = 8, sp.vmap = ib.vmap;
+        cdcd_sample_result res;
+        EXPECTF(cdcd_sample(ib.model, ib.sched, NULL, &sp, NULL, NULL, &res, err, sizeof err) == 0, "%.300s", err);
+        int in_set = 1;
+        for (int i = 0; i < res.n * res.T; i++) in_set &= res.ids[i] >= 0 && res.ids[i] < N_USED;
+        EXPECT(in_set);
+        cdcd_sample_result_free(&res);
+    } else if (ib.model) {
+        EXPECT(ib.vmap == NULL);
+    }
     cdcd_inference_bundle_free(&ib);
     cdcd_run_config_free(c);
 }
 
+static void run_and_resume(int self_cond, const char *head) { run_and_resume_ex(self_cond, head, 0); }
+
 TEST(test_train_resume_bit_exact_logits_head) { run_and_resume(0, "logits"); }
+TEST(test_train_resume_bit_exact_corpus_vocab_output_prior) { run_and_resume_ex(1, "logits", 1); }
+
+/* Self-conditioning really trains: with p_self_cond 1 the input weights of the
+ * self-conditioning channel get a gradient (the trainer's no-grad pass filled the slot),
+ * with p_self_cond 0 exactly none; and the trained model's output depends on that input. */
+static double self_cond_grad(float p_self_cond) {
+    cdcd_run_config *c = config(1, "logits");
+    if (!c) return -1;
+    c->cond.p_self_cond = p_self_cond;
+    char err[512];
+    cdcd_trainer *t = cdcd_trainer_create(c, dir, NULL, err, sizeof err);
+    cdcd_run_config_free(c);
+    if (!t) return -1;
+    for (int i = 0; i < 3; i++) cdcd_trainer_step(t);
+    cdcd_model *m = cdcd_trainer_model(t);
+    const cdcd_model_config *mc = cdcd_model_get_config(m);
+    int E = mc->d_emb, in_dim = cdcd_model_in_dim(mc), sc0 = 2 * E + 1;
+    const cdcd_param_info *w = cdcd_model_tensor(m, cdcd_model_find_tensor(m, "in_w"));
+    const float *g = cdcd_model_grads(m) + w->offset;
+    double n2 = 0;
+    for (int o = 0; o < mc->d_model; o++)
+        for (int i = sc0; i < in_dim; i++) n2 += (double)g[(size_t)o * in_dim + i] * g[(size_t)o * in_dim + i];
+    cdcd_trainer_free(t);
+    return sqrt(n2);
+}
+
+TEST(test_self_conditioning_trains) {
+    double on = self_cond_grad(1.0f), off = self_cond_grad(0.0f);
+    printf("  |grad in_w[self-cond columns]|: p_self_cond 1: %.3g, p_self_cond 0: %.3g\n", on, off);
+    EXPECT(on > 1e-6);
+    EXPECT(off == 0.0);
+}
 TEST(test_train_resume_bit_exact_self_cond_embedding_head) { run_and_resume(1, "embedding"); }
 
 TEST(test_train_lr_schedule) {
@@ -185,6 +248,8 @@ int main(void) {
     RUN(test_train_lr_schedule);
     RUN(test_train_resume_bit_exact_logits_head);
     RUN(test_train_resume_bit_exact_self_cond_embedding_head);
+    RUN(test_train_resume_bit_exact_corpus_vocab_output_prior);
+    RUN(test_self_conditioning_trains);
     RUN(test_train_bad_data_is_an_error);
     return test_summary();
 }
