@@ -21,6 +21,7 @@
 #include "commands.h"
 #include "tokenizer.h"
 #include "tokfile.h"
+#include "vocab_map.h"
 
 #define READ_BYTES (1u << 20)
 #define STORY_SEPARATOR "<|endoftext|>"
@@ -402,6 +403,16 @@ int cdcd_cmd_prep(int argc, char **argv) {
             (double)tokens / (double)stories, (unsigned long long)c.empty_skipped,
             (unsigned long long)c.bad_lines, (unsigned long long)c.ids.invalid_bytes,
             (unsigned long long)c.cut_words, cdcd_now_s() - c.t0);
+    /* How many ids a corpus vocabulary (data.vocab = "corpus") would give the model. */
+    cdcd_tokfile *tf = cdcd_tokfile_open(out, NULL, err, sizeof err);
+    cdcd_vocab_map *vm = tf ? cdcd_vmap_from_tokfile(tf, err, sizeof err) : NULL;
+    if (vm)
+        fprintf(stderr, "prep: the corpus uses %d of the %d ids (specials included): the output vocabulary "
+                        "of a model trained on it with data.vocab = \"corpus\"\n", vm->n_model, vm->n_tokens);
+    else
+        fprintf(stderr, "cdcd prep: cannot count the ids of %s: %s\n", out, err);
+    cdcd_vmap_free(vm);
+    cdcd_tokfile_close(tf);
     rc = 0;
 done:
     cdcd_tokfile_writer_abort(c.w);

@@ -92,6 +92,58 @@ for s in d["samples"]:
     assert s["ids"][:5] == [101, 2320, 2588, 1037, 2051], s["ids"][:5]
 '; then pass cli_sample_prompt_reproducible; else fail cli_sample_prompt_reproducible "$(cat "$T/s.err") $s1"; fi
 
+# Eval --samples: story statistics of JSON Lines against the training text, with the real
+# and word-shuffled reference rows; `cdcd sample --json` output is read as is; bad input
+# is refused with status 2.
+/usr/bin/python3 - "$SHARED/tinystories/valid.txt" "$T/stories.jsonl" <<'PY'
+import json, sys
+stories = [s.strip() for s in open(sys.argv[1], encoding="utf-8").read().split("<|endoftext|>") if s.strip()]
+with open(sys.argv[2], "w") as f:
+    for s in stories[50:58]:
+        f.write(json.dumps({"text": s}) + "\n")
+PY
+TS=(--train "$SHARED/tinystories/train.txt" --valid "$T/train.tok" --vocab "$VOCAB" --seed 5)
+if "$CDCD" eval --samples "$T/stories.jsonl" "${TS[@]}" --json >"$T/ts.json" 2>"$T/ts.err"; then
+  /usr/bin/python3 - "$T/ts.json" <<'PY' && pass cli_eval_samples_json || fail cli_eval_samples_json "$(cat "$T/ts.json" "$T/ts.err")"
+import json, math, sys
+d = json.load(open(sys.argv[1]))
+assert sorted(d) == ["real", "samples", "shuffled"], sorted(d)
+keys = ["n_stories", "words_per_story", "bigram_seen", "trigram_seen", "distinct1", "distinct2", "repeat4",
+        "dangling", "sentences_per_story", "words_per_sentence", "unigram_kl", "token_entropy"]
+for row in d.values():
+    assert sorted(row) == sorted(keys), sorted(row)
+    assert row["n_stories"] == 8, row
+    assert all(isinstance(row[k], (int, float)) and math.isfinite(row[k]) for k in keys), row
+    assert all(0 <= row[k] <= 1 for k in ["bigram_seen", "trigram_seen", "distinct1", "distinct2", "repeat4", "dangling"]), row
+    assert row["token_entropy"] > 3 and row["unigram_kl"] > 0 and 5 < row["words_per_sentence"] < 25, row
+s, r, x = d["samples"], d["real"], d["shuffled"]
+assert s["bigram_seen"] > 0.8 and r["bigram_seen"] > 0.8, (s, r)
+assert r["bigram_seen"] > x["bigram_seen"] + 0.2, (r, x)
+assert r["trigram_seen"] > x["trigram_seen"] + 0.2, (r, x)
+assert r["words_per_story"] == x["words_per_story"] and r["unigram_kl"] == x["unigram_kl"], (r, x)
+PY
+else
+  fail cli_eval_samples_json "$(cat "$T/ts.err")"
+fi
+"$CDCD" eval --samples "$T/stories.jsonl" "${TS[@]}" >"$T/ts.txt" 2>&1
+[[ $(grep -cE '^(samples|real|shuffled) ' "$T/ts.txt") -eq 3 ]] && grep -q trigram_seen "$T/ts.txt" &&
+  pass cli_eval_samples_table || fail cli_eval_samples_table "$(cat "$T/ts.txt")"
+printf '%s\n' "$s1" >"$T/sampled.json"
+if [[ -n $s1 ]] && "$CDCD" eval --samples "$T/sampled.json" "${TS[@]}" --json >"$T/ts2.json" 2>"$T/ts2.err" &&
+   /usr/bin/python3 -c 'import json, sys; d = json.load(open(sys.argv[1])); assert d["samples"]["n_stories"] == 2, d' "$T/ts2.json"; then
+  pass cli_eval_samples_sample_output
+else
+  fail cli_eval_samples_sample_output "$(cat "$T/ts2.err" "$T/ts2.json" 2>/dev/null)"
+fi
+printf '{"text":"the cat sat."}\n{"story":"no text here"}\n' >"$T/notext.jsonl"
+: >"$T/empty.jsonl"
+bad_ok=1
+for f in "$T/nope.jsonl" "$T/notext.jsonl" "$T/empty.jsonl"; do
+  "$CDCD" eval --samples "$f" "${TS[@]}" >/dev/null 2>"$T/e5"; rc=$?
+  [[ $rc -eq 2 ]] && grep -q "$(basename "$f")" "$T/e5" || { bad_ok=0; fail cli_eval_samples_bad_input "$f: rc $rc: $(cat "$T/e5")"; }
+done
+((bad_ok)) && pass cli_eval_samples_bad_input
+
 # Clear errors, no crash.
 "$CDCD" sample --checkpoint "$T/nope.ckpt" --vocab "$VOCAB" >/dev/null 2>"$T/e1"; rc=$?
 [[ $rc -ne 0 && $rc -lt 128 ]] && grep -q "nope.ckpt" "$T/e1" && pass cli_missing_checkpoint || fail cli_missing_checkpoint "rc $rc: $(cat "$T/e1")"

@@ -5,7 +5,8 @@
  *
  * Prints "PASS name" or "FAIL name" (with every failed expectation, file:line) per test;
  * tests/run.sh counts those lines. EXPECT records a failure and goes on; ASSERT also
- * returns from the test. test_data_path() finds the shared data folder
+ * returns from the test; SKIP(fmt, ...) returns and prints "SKIP name: reason" instead
+ * (missing data: counted neither passed nor failed). test_data_path() finds the shared data folder
  * ($CDCD_SHARED_DATA, else ../shared/data from the repository root). */
 #ifndef CDCD_TEST_H
 #define CDCD_TEST_H
@@ -17,8 +18,11 @@
 #include <unistd.h>
 
 static int test_current_failed_;
+static int test_current_skipped_;
 static int test_passed_;
 static int test_failed_;
+static int test_skipped_;
+static char test_skip_reason_[512];
 
 static inline void test_fail_(const char *file, int line, const char *what) {
     if (!test_current_failed_) fflush(stdout);
@@ -70,15 +74,28 @@ static inline void test_fail_(const char *file, int line, const char *what) {
         }                                                                             \
     } while (0)
 
+/* SKIP("no %s", path): ends the test as skipped, printed "SKIP name: reason" (not a PASS,
+ * so tests/run.sh counts neither). Only when nothing failed before it in the test. */
+#define SKIP(...)                                                                     \
+    do {                                                                              \
+        snprintf(test_skip_reason_, sizeof test_skip_reason_, __VA_ARGS__);           \
+        test_current_skipped_ = 1;                                                    \
+        return;                                                                       \
+    } while (0)
+
 #define TEST(name) static void name(void)
 
 #define RUN(name)                                                        \
     do {                                                                 \
         test_current_failed_ = 0;                                        \
+        test_current_skipped_ = 0;                                       \
         name();                                                          \
         if (test_current_failed_) {                                      \
             test_failed_++;                                              \
             printf("FAIL %s\n", #name);                                  \
+        } else if (test_current_skipped_) {                              \
+            test_skipped_++;                                             \
+            printf("SKIP %s: %s\n", #name, test_skip_reason_);           \
         } else {                                                         \
             test_passed_++;                                              \
             printf("PASS %s\n", #name);                                  \
@@ -87,7 +104,10 @@ static inline void test_fail_(const char *file, int line, const char *what) {
     } while (0)
 
 static inline int test_summary(void) {
-    printf("# %d passed, %d failed\n", test_passed_, test_failed_);
+    if (test_skipped_)
+        printf("# %d passed, %d failed, %d skipped\n", test_passed_, test_failed_, test_skipped_);
+    else
+        printf("# %d passed, %d failed\n", test_passed_, test_failed_);
     return test_failed_ ? 1 : 0;
 }
 

@@ -413,7 +413,7 @@ TEST(test_softmax_ce_chunked) {
     float *sdx = malloc((size_t)chunk * K * 4);
     float *dx = calloc((size_t)N * K, 4), *dw = calloc((size_t)V * K, 4), *db = calloc(V, 4);
     cdcd_ops_ce_args a = {c.x, K, rows, n_rows, targets, c.weights, c.wt, c.b, V, K, c.losses,
-                          dx, K, dw, db, chunk, sx, sl, sdx};
+                          dx, K, dw, db, chunk, sx, sl, sdx, NULL, NULL, NULL, 0, NULL, NULL, NULL, NULL};
     c.a = a;
     cdcd_ops_linear_ce(g_pool, &a);
     /* losses against a direct double computation */
