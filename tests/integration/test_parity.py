@@ -83,6 +83,7 @@ CASES = [
     ("embedding-t2", dict(head="embedding", self_cond=False), ["--threads", "2", "--batch", "5", "--seq", "16"]),
     ("logits-plain-t2", dict(head="logits", self_cond=False, cond_channels=False),
      ["--threads", "2", "--batch", "5", "--seq", "16"]),
+    ("logits-output-prior", dict(head="logits", output_prior=True), []),
 ]
 
 failures = 0

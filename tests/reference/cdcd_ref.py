@@ -36,7 +36,7 @@ PRESETS = {
 
 DEFAULTS = dict(vocab_size=30522, d_emb=64, d_model=256, n_heads=4, n_layers=4, cond_dim=64,
                 max_seq_len=128, head="logits", cond_channels=True, self_cond=False,
-                emb_init_std=0.001, init_std=0.02)
+                output_prior=False, emb_init_std=0.001, init_std=0.02)
 
 
 def normalize_config(cfg):
@@ -58,8 +58,10 @@ def normalize_config(cfg):
         raise ValueError(f"head must be 'logits' or 'embedding', not {out['head']!r}")
     for k in ("vocab_size", "d_emb", "d_model", "n_heads", "n_layers", "cond_dim", "max_seq_len"):
         out[k] = int(out[k])
-    for k in ("cond_channels", "self_cond"):
+    for k in ("cond_channels", "self_cond", "output_prior"):
         out[k] = bool(out[k])
+    if out["output_prior"] and out["head"] != "logits":
+        raise ValueError("output_prior needs the logits head")
     for k in ("emb_init_std", "init_std"):
         out[k] = float(out[k])
     if out["d_model"] % out["n_heads"] or (out["d_model"] // out["n_heads"]) % 2:
@@ -212,7 +214,7 @@ class CDCDModel(nn.Module):
                     p.copy_(torch.randn(p.shape, generator=g) * self.cfg["emb_init_std"])
                 elif name.endswith("attn_scale"):
                     p.fill_(math.log2(self.cfg["max_seq_len"] ** 2 - self.cfg["max_seq_len"]))
-                elif "ada_" in name or name.endswith("_b"):
+                elif "ada_" in name or name.endswith("_b") or (name == "head_w" and self.cfg["output_prior"]):
                     p.zero_()
                 else:
                     p.copy_(torch.randn(p.shape, generator=g) * self.cfg["init_std"])
@@ -282,6 +284,9 @@ class CDCDModel(nn.Module):
         z = modulate(layer_norm(h), shift, scale)
         out = F.linear(z, self.head_w, self.head_b)
         if cfg["head"] == "logits":
+            if cfg["output_prior"]:  # + x . e_j / sigma^2 (docs/model.md "Head")
+                e = math.sqrt(E) * self.unit_embeddings()
+                out = out + torch.matmul(x, e.t()) / (s * s)
             return out
         c_skip = 1 / (1 + s * s)
         c_out = s * c_in

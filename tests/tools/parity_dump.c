@@ -188,6 +188,7 @@ static int parse_config(const char *text, cdcd_model_config *c, cdcd_adamw_param
     rc |= json_int(root, "max_seq_len", &c->max_seq_len);
     rc |= json_int(root, "cond_channels", &c->cond_channels);
     rc |= json_int(root, "self_cond", &c->self_cond);
+    rc |= json_int(root, "output_prior", &c->output_prior);
     rc |= json_float(root, "emb_init_std", &c->emb_init_std);
     rc |= json_float(root, "init_std", &c->init_std);
     const cJSON *head = cJSON_GetObjectItemCaseSensitive(root, "head");
@@ -342,6 +343,7 @@ int main(int argc, char **argv) {
     cJSON_AddStringToObject(jc, "head", c.head == CDCD_HEAD_LOGITS ? "logits" : "embedding");
     cJSON_AddBoolToObject(jc, "cond_channels", c.cond_channels);
     cJSON_AddBoolToObject(jc, "self_cond", c.self_cond);
+    cJSON_AddBoolToObject(jc, "output_prior", c.output_prior);
     cJSON_AddNumberToObject(jc, "emb_init_std", c.emb_init_std);
     cJSON_AddNumberToObject(jc, "init_std", c.init_std);
     cJSON *ja = cJSON_AddObjectToObject(h, "adamw");
