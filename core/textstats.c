@@ -199,9 +199,12 @@ static uint64_t hash_folded(uint64_t h, int32_t c) {
     return h;
 }
 
+static int is_punct_cp(int32_t c);
+
 /* Splits s[0, len) into words (textstats.h) and counts its sentences into w (reset
- * first). 0, or -1 out of memory. */
-static int scan_words(const char *s, size_t len, ts_words *w) {
+ * first). With punct, every punctuation mark other than the apostrophe is a word of its
+ * own too (the "_punct" figures). 0, or -1 out of memory. */
+static int scan_words_ex(const char *s, size_t len, ts_words *w, int punct) {
     const uint8_t *p = (const uint8_t *)s;
     size_t i = 0, wbeg = 0, wend = 0, in_sentence = 0, pending_apos = 0;
     int in_word = 0;
@@ -252,6 +255,11 @@ static int scan_words(const char *s, size_t len, ts_words *w) {
                 w->sentences++;
                 in_sentence = 0;
             }
+            if (punct && (cl == CL_END || (cl == CL_OTHER && is_punct_cp(c)))) {
+                uint64_t ph = FNV_OFFSET;
+                for (size_t b = 0; b < k; b++) ph = fnv_byte(ph, p[i + b]);
+                if (words_push(w, fnv_byte(ph, 0xff), i, i + k)) return -1; /* no word hashes so */
+            }
         }
         i += k;
     }
@@ -262,6 +270,8 @@ static int scan_words(const char *s, size_t len, ts_words *w) {
     if (in_sentence) w->sentences++;
     return 0;
 }
+
+static int scan_words(const char *s, size_t len, ts_words *w) { return scan_words_ex(s, len, w, 0); }
 
 /* Hash of the n words starting at w. */
 static inline uint64_t ngram_hash(const uint64_t *w, int n) {
@@ -275,6 +285,7 @@ static inline uint64_t ngram_hash(const uint64_t *w, int n) {
 struct cdcd_text_ref {
     ts_set uni; /* with counts */
     ts_set bi, tri;
+    ts_set bi_p, tri_p; /* with punctuation marks as words */
     uint64_t n_words;
     size_t n_stories;
 };
@@ -286,7 +297,8 @@ static void set_err(char *err, size_t errlen, const char *fmt, const char *a, co
 static cdcd_text_ref *ref_new(void) {
     cdcd_text_ref *r = calloc(1, sizeof *r);
     if (!r) return NULL;
-    if (set_init(&r->uni, 0, 1) || set_init(&r->bi, 0, 0) || set_init(&r->tri, 0, 0)) {
+    if (set_init(&r->uni, 0, 1) || set_init(&r->bi, 0, 0) || set_init(&r->tri, 0, 0) ||
+        set_init(&r->bi_p, 0, 0) || set_init(&r->tri_p, 0, 0)) {
         cdcd_text_ref_free(r);
         return NULL;
     }
@@ -298,6 +310,8 @@ void cdcd_text_ref_free(cdcd_text_ref *r) {
     set_free(&r->uni);
     set_free(&r->bi);
     set_free(&r->tri);
+    set_free(&r->bi_p);
+    set_free(&r->tri_p);
     free(r);
 }
 
@@ -314,6 +328,11 @@ static int ref_add(cdcd_text_ref *r, const char *s, size_t len, ts_words *w) {
     }
     r->n_words += w->n;
     r->n_stories++;
+    if (scan_words_ex(s, len, w, 1)) return -1;
+    for (size_t i = 0; i < w->n; i++) {
+        if (i >= 1 && set_add(&r->bi_p, ngram_hash(w->h + i - 1, 2), 0) < 0) return -1;
+        if (i >= 2 && set_add(&r->tri_p, ngram_hash(w->h + i - 2, 3), 0) < 0) return -1;
+    }
     return 0;
 }
 
@@ -628,7 +647,8 @@ const cdcd_text_stats_field cdcd_text_stats_fields[] = {
     FIELD(words_per_story), FIELD(bigram_seen),         FIELD(trigram_seen),
     FIELD(distinct1),       FIELD(distinct2),           FIELD(repeat4),
     FIELD(dangling),        FIELD(sentences_per_story), FIELD(words_per_sentence),
-    FIELD(unigram_kl),      FIELD(token_entropy),
+    FIELD(unigram_kl),      FIELD(token_entropy),       FIELD(bigram_seen_punct),
+    FIELD(trigram_seen_punct),
 };
 #undef FIELD
 const size_t cdcd_text_stats_n_fields = sizeof cdcd_text_stats_fields / sizeof cdcd_text_stats_fields[0];
@@ -696,6 +716,7 @@ int cdcd_text_stats_compute_ids(const cdcd_text_ref *ref, const cdcd_tokenizer *
     cdcd_tok_ids_init(&enc);
     uint64_t n_words = 0, n_sent = 0, n_bi = 0, bi_seen = 0, n_tri = 0, tri_seen = 0;
     uint64_t n_four = 0, four_rep = 0, n_tok = 0, n_dangling = 0, n_tok_enc = 0;
+    uint64_t n_bi_p = 0, bi_seen_p = 0, n_tri_p = 0, tri_seen_p = 0;
     int V = tok ? cdcd_tok_vocab_size(tok) : 0;
     if (set_init(&uni, 0, 1) || set_init(&bi, 0, 0)) goto done;
     if (tok && !(tok_counts = calloc((size_t)V, sizeof *tok_counts))) goto done;
@@ -717,6 +738,18 @@ int cdcd_text_stats_compute_ids(const cdcd_text_ref *ref, const cdcd_tokenizer *
                 n_tri++;
                 if (ref) tri_seen += set_count(&ref->tri, ngram_hash(w.h + i - 2, 3)) != 0;
             }
+        }
+        if (ref) { /* the same shares with punctuation marks as words */
+            if (scan_words_ex(text, len, &w, 1)) goto done;
+            for (size_t i = 1; i < w.n; i++) {
+                n_bi_p++;
+                bi_seen_p += set_count(&ref->bi_p, ngram_hash(w.h + i - 1, 2)) != 0;
+                if (i >= 2) {
+                    n_tri_p++;
+                    tri_seen_p += set_count(&ref->tri_p, ngram_hash(w.h + i - 2, 3)) != 0;
+                }
+            }
+            if (scan_words(text, len, &w)) goto done;
         }
         if (w.n >= 4) { /* a fresh set per story, sized to it: O(story), whatever came before */
             if (set_init(&four, w.n - 3, 0)) goto done;
@@ -750,6 +783,8 @@ int cdcd_text_stats_compute_ids(const cdcd_text_ref *ref, const cdcd_tokenizer *
     out->words_per_story = n ? (double)n_words / (double)n : NAN;
     out->bigram_seen = ref ? share(bi_seen, n_bi) : NAN;
     out->trigram_seen = ref ? share(tri_seen, n_tri) : NAN;
+    out->bigram_seen_punct = ref ? share(bi_seen_p, n_bi_p) : NAN;
+    out->trigram_seen_punct = ref ? share(tri_seen_p, n_tri_p) : NAN;
     out->distinct1 = share(uni.n, n_words);
     out->distinct2 = share(bi.n, n_bi);
     out->repeat4 = share(four_rep, n_four);

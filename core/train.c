@@ -245,6 +245,18 @@ cdcd_trainer *cdcd_trainer_create(const cdcd_run_config *cfg, const char *run_di
 
 const struct cdcd_vocab_map *cdcd_trainer_vocab_map(const cdcd_trainer *t) { return t->vmap; }
 
+int cdcd_trainer_swap_ema(cdcd_trainer *t) {
+    if (!t->ema) return 0;
+    float *p = cdcd_model_params(t->model); /* also drops the model's cached unit table */
+    size_t n = cdcd_model_param_count(t->model);
+    for (size_t i = 0; i < n; i++) {
+        float x = p[i];
+        p[i] = t->ema[i];
+        t->ema[i] = x;
+    }
+    return 1;
+}
+
 static void ring_push(cdcd_trainer *t, float sigma, float loss) {
     int64_t cap = t->cfg.schedule.window;
     t->ring_sigma[t->ring_head] = sigma;

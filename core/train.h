@@ -73,6 +73,11 @@ struct cdcd_model *cdcd_trainer_model(cdcd_trainer *t);
 struct cdcd_schedule *cdcd_trainer_schedule(cdcd_trainer *t);
 /* The run's vocabulary map (data.vocab = "corpus"), or NULL for the full vocabulary. */
 const struct cdcd_vocab_map *cdcd_trainer_vocab_map(const cdcd_trainer *t);
+/* Swaps the model's parameters with the EMA copy (optim.ema > 0); returns 1, or 0 (and does
+ * nothing) without an EMA. Sampling between steps swaps, samples and swaps back, so live
+ * stories come from the same averaged weights as a checkpoint's; the next step must not
+ * run in between. */
+int cdcd_trainer_swap_ema(cdcd_trainer *t);
 /* Mean validation cross-entropy over the run's valid file at sigmas drawn from the
  * current schedule (fixed seed, so repeated calls are comparable). */
 int cdcd_trainer_validate(cdcd_trainer *t, double *out_loss);

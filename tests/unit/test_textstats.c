@@ -103,6 +103,10 @@ TEST(test_ngram_seen_by_hand) {
     cdcd_text_stats st = stats_of(ref, NULL, s, 1);
     EXPECT_NEAR(st.bigram_seen, 4.0 / 5, TOL);
     EXPECT_NEAR(st.trigram_seen, 1.0 / 4, TOL);
+    /* With "." as a word: + "mat ." (seen) = 5 of 6 bigrams; trigrams + "the mat ." (seen) =
+     * 2 of 5 ("ran to the", "the mat ."). */
+    EXPECT_NEAR(st.bigram_seen_punct, 5.0 / 6, TOL);
+    EXPECT_NEAR(st.trigram_seen_punct, 2.0 / 5, TOL);
     /* KL with add-one smoothing over the union vocabulary: reference counts the 3, others 1
      * (12 words, 10 distinct), every sample word is known, so Q(w) = (c + 1) / 22. */
     double kl = 2.0 / 6 * log((2.0 / 6) / (4.0 / 22)) + 4 * (1.0 / 6 * log((1.0 / 6) / (2.0 / 22)));
@@ -488,11 +492,12 @@ TEST(test_empty_input) {
 }
 
 TEST(test_field_table) {
-    EXPECT(cdcd_text_stats_n_fields == 11);
+    EXPECT(cdcd_text_stats_n_fields == 13);
     EXPECT_STREQ(cdcd_text_stats_fields[0].name, "words_per_story");
     EXPECT(cdcd_text_stats_fields[0].offset == offsetof(cdcd_text_stats, words_per_story));
     EXPECT_STREQ(cdcd_text_stats_fields[10].name, "token_entropy");
     EXPECT(cdcd_text_stats_fields[10].offset == offsetof(cdcd_text_stats, token_entropy));
+    EXPECT_STREQ(cdcd_text_stats_fields[12].name, "trigram_seen_punct");
     for (size_t k = 1; k < cdcd_text_stats_n_fields; k++)
         EXPECT(cdcd_text_stats_fields[k].offset == cdcd_text_stats_fields[k - 1].offset + sizeof(double));
 }
