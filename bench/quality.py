@@ -34,8 +34,11 @@ UNCOND_N = 16
 PROMPTED_N = 8
 PROMPTS = ["Once upon a time", "Tom and his dog went to the park"]
 SAMPLE_SEED = 1
-FIGURES = ["bigram_seen", "trigram_seen", "distinct2", "repeat4", "token_entropy", "unigram_kl",
-           "dangling", "words_per_sentence"]
+FIGURES = ["bigram_seen", "trigram_seen", "bigram_seen_punct", "trigram_seen_punct", "distinct2", "repeat4",
+           "token_entropy", "unigram_kl", "dangling", "words_per_sentence"]
+SHORT = {"bigram_seen": "bi", "trigram_seen": "tri", "bigram_seen_punct": "bi.p", "trigram_seen_punct": "tri.p",
+         "distinct2": "dist2", "repeat4": "rep4", "token_entropy": "H_tok", "unigram_kl": "KL",
+         "dangling": "dangl", "words_per_sentence": "w/sent"}
 
 
 def merge(base, over):
@@ -151,14 +154,25 @@ def sample_and_measure(name, args):
             figs["prompt_kept"] = kept / len(doc["samples"])
         res[gname] = figs
     res["sample_seconds"] = t_sample
-    # held-out cross-entropy under the schedule (the last column of cdcd eval)
-    ce = subprocess.run([CDCD, "eval", "--checkpoint", ckpt, "--data", os.path.join(DATA, "valid.tok"),
-                         "--threads", str(args.threads), "--json"], capture_output=True, text=True)
-    if ce.returncode == 0:
-        try:
-            res["heldout"] = json.loads(ce.stdout)
-        except ValueError:
-            res["heldout"] = {"raw": ce.stdout[-500:]}
+    # held-out cross-entropy on the sigma grid and under the schedule (cdcd eval), computed
+    # once per checkpoint: sampling settings do not change it
+    cache = os.path.join(d, "heldout.json")
+    try:
+        cached = json.load(open(cache))
+    except (OSError, ValueError):
+        cached = {}
+    if cached.get("checkpoint") == ckpt:
+        res["heldout"] = cached["heldout"]
+    else:
+        ce = subprocess.run([CDCD, "eval", "--checkpoint", ckpt, "--data", os.path.join(DATA, "valid.tok"),
+                             "--threads", str(args.threads), "--json"], capture_output=True, text=True)
+        if ce.returncode == 0:
+            try:
+                res["heldout"] = json.loads(ce.stdout)
+                with open(cache, "w") as f:
+                    json.dump({"checkpoint": ckpt, "heldout": res["heldout"]}, f)
+            except ValueError:
+                res["heldout"] = {"raw": ce.stdout[-500:]}
     with open(os.path.join(d, f"eval-{tag}.json"), "w") as f:
         json.dump(res, f, indent=1)
     return res
@@ -177,7 +191,7 @@ def heldout_ce(h):
 
 
 def table(rows):
-    head = f"{'run':<28} {'group':<8} " + " ".join(f"{f[:6]:>6}" for f in FIGURES) + f" {'kept':>5} {'CE':>6} {'tok/s':>6} {'RSS':>5}"
+    head = f"{'run':<28} {'group':<8} " + " ".join(f"{SHORT[f]:>6}" for f in FIGURES) + f" {'kept':>5} {'CE':>6} {'tok/s':>6} {'RSS':>5}"
     lines = [head, "-" * len(head)]
     ref_done = False
     for r in rows:

@@ -194,17 +194,6 @@ int cdcd_cmd_train(int argc, char **argv) {
             return 2;
         }
         if (max_steps_override > 0) cfg->train.max_steps = max_steps_override;
-        char *norm = cdcd_run_config_to_json(cfg);
-        if (norm) {
-            char p[4096];
-            snprintf(p, sizeof p, "%s/config.json", out_dir);
-            FILE *f = fopen(p, "w");
-            if (f) {
-                fprintf(f, "%s\n", norm);
-                fclose(f);
-            }
-            free(norm);
-        }
     }
     int append = resume != NULL;
     c.metrics = open_csv(out_dir, "metrics.csv", "step,loss,lr,grad_norm,tokens_per_s,tokens,step_ms,nonfinite", append);
@@ -228,6 +217,18 @@ int cdcd_cmd_train(int argc, char **argv) {
         goto done;
     }
     if (resume && max_steps_override > 0) cdcd_trainer_set_max_steps(t, max_steps_override);
+    /* The trainer's config: what the run really is (a corpus vocabulary's size included). */
+    char *norm = cdcd_run_config_to_json(cdcd_trainer_config(t));
+    if (norm) {
+        char p[4096];
+        snprintf(p, sizeof p, "%s/config.json", out_dir);
+        FILE *f = fopen(p, "w");
+        if (f) {
+            fprintf(f, "%s\n", norm);
+            fclose(f);
+        }
+        free(norm);
+    }
     c.max_steps = cdcd_run_config_max_steps(cdcd_trainer_config(t));
     c.start_step = cdcd_trainer_step_count(t);
     c.t0 = cdcd_now_s();
