@@ -200,8 +200,10 @@ static int on_progress(void *ctx, int step, int n_steps, double t, double mean_e
 
 /* Samples with model/sched on the calling thread; fills job->result_json or job->error,
  * stores the stories. */
-static void job_execute(cdcdd_job *job, struct cdcd_model *model, const struct cdcd_schedule *sched) {
+static void job_execute(cdcdd_job *job, struct cdcd_model *model, const struct cdcd_schedule *sched,
+                        const struct cdcd_vocab_map *vmap) {
     const char *why = NULL;
+    job->p.vmap = vmap; /* the run's model ids <-> tokenizer ids (NULL: the same) */
     struct cdcd_tokenizer *tok = job->srv->tok; /* loaded by the loop before the job was accepted */
     if (!tok) why = "no tokenizer";
     cdcd_sample_result res;
@@ -282,7 +284,7 @@ void cdcdd_job_run_live(cdcdd_job *job, struct cdcd_trainer *t) {
     } else {
         job->weights = "live";
         job->weights_step = cdcd_trainer_step_count(t);
-        job_execute(job, cdcd_trainer_model(t), cdcd_trainer_schedule(t));
+        job_execute(job, cdcd_trainer_model(t), cdcd_trainer_schedule(t), cdcd_trainer_vocab_map(t));
     }
     post_job_event(job, 3, 0, 0, 0, 0, NULL);
 }
@@ -334,7 +336,7 @@ static void sampler_main(void *arg) {
     }
     job->weights = bundle.used_ema ? "ema" : "checkpoint";
     job->weights_step = bundle.step;
-    job_execute(job, bundle.model, bundle.sched);
+    job_execute(job, bundle.model, bundle.sched, bundle.vmap);
     cdcd_inference_bundle_free(&bundle);
 out:
     cdcdd_notify_heartbeat_unregister(job->hb);
@@ -609,7 +611,7 @@ void cdcdd_sampling_http_create(cdcdd_req *req) {
     cdcdd_buf_puts(&pj, ",\"score_temp\":");
     cdcdd_buf_json_num(&pj, p.score_temp);
     cdcdd_buf_printf(&pj, ",\"heun\":%s,\"self_cond\":%s,\"ema\":%s,\"checkpoint\":", heun ? "true" : "false",
-                     self_cond ? "true" : "false", ema ? "true" : "false");
+                     self_cond < 0 ? "\"auto\"" : self_cond ? "true" : "false", ema ? "true" : "false");
     if (ckpt >= 0) cdcdd_buf_json_int(&pj, ckpt);
     else cdcdd_buf_puts(&pj, "null");
     cdcdd_buf_puts(&pj, ",\"prompt\":");

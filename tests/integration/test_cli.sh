@@ -109,7 +109,7 @@ import json, math, sys
 d = json.load(open(sys.argv[1]))
 assert sorted(d) == ["real", "samples", "shuffled"], sorted(d)
 keys = ["n_stories", "words_per_story", "bigram_seen", "trigram_seen", "distinct1", "distinct2", "repeat4",
-        "dangling", "sentences_per_story", "words_per_sentence", "unigram_kl", "token_entropy"]
+        "dangling", "sentences_per_story", "words_per_sentence", "unigram_kl", "token_entropy", "bigram_seen_punct", "trigram_seen_punct"]
 for row in d.values():
     assert sorted(row) == sorted(keys), sorted(row)
     assert row["n_stories"] == 8, row
