@@ -170,6 +170,7 @@ const cdcdd_route cdcdd_routes[] = {
     {"GET", "/runs/{id}/schedule", cdcdd_q_http_schedule},
     {"GET", "/runs/{id}/samples", cdcdd_sampling_http_list},
     {"POST", "/runs/{id}/samples", cdcdd_sampling_http_create},
+    {"GET", "/runs/{id}/stories", cdcdd_stories_http_list},
     {"GET", "/runs/{id}/checkpoints", cdcdd_q_http_checkpoints},
     {"GET", "/runs/{id}/checkpoints/{step}", cdcdd_q_http_checkpoint_file},
     {"GET", "/jobs/{id}", cdcdd_sampling_http_job},

@@ -22,10 +22,12 @@
     extern const char sym##_end[]
 
 CDCDD_EMBED(cdcdd_embed_sql_001, "sql/001_init.sql");
+CDCDD_EMBED(cdcdd_embed_sql_002, "sql/002_periodic_stories.sql");
 CDCDD_EMBED(cdcdd_embed_openapi, "openapi.yaml");
 
 const cdcdd_migration cdcdd_migrations[] = {
     {1, "001_init.sql", cdcdd_embed_sql_001},
+    {2, "002_periodic_stories.sql", cdcdd_embed_sql_002},
 };
 const int cdcdd_migration_count = (int)(sizeof cdcdd_migrations / sizeof cdcdd_migrations[0]);
 

@@ -54,6 +54,9 @@ static const char SQL_CKPT_UPSERT[] =
 static const char SQL_TRUNC_METRICS[] = "DELETE FROM metrics WHERE run = ?1 AND step > ?2";
 static const char SQL_TRUNC_ENTROPY[] = "DELETE FROM entropy_samples WHERE run = ?1 AND step > ?2";
 static const char SQL_TRUNC_FITS[] = "DELETE FROM schedule_fits WHERE run = ?1 AND step > ?2";
+static const char SQL_TRUNC_STORIES[] =
+    "DELETE FROM samples WHERE run = ?1 AND kind = 'periodic' AND step > ?2";
+static const char SQL_TRUNC_BATCHES[] = "DELETE FROM story_batches WHERE run = ?1 AND step > ?2";
 static const char SQL_TRUNC_CKPTS[] = "DELETE FROM checkpoints WHERE run = ?1 AND step > ?2";
 static const char SQL_CKPT_FORGET[] = "DELETE FROM checkpoints WHERE run = ?1 AND step = ?2";
 
@@ -533,13 +536,16 @@ static int mkdir_p(const char *path) {
 
 /* Submits the deletion of every row logged after `step` (durable: before new rows). */
 static void truncate_after(cdcdd_store *store, int64_t run, int64_t step) {
-    const char *sqls[] = {SQL_TRUNC_METRICS, SQL_TRUNC_ENTROPY, SQL_TRUNC_FITS, SQL_TRUNC_CKPTS};
-    for (size_t i = 0; i < sizeof sqls / sizeof sqls[0]; i++) {
+    /* periodic stories are re-sampled bit for bit from the same weights; request samples stay */
+    const char *sqls[] = {SQL_TRUNC_METRICS, SQL_TRUNC_ENTROPY, SQL_TRUNC_FITS, SQL_TRUNC_STORIES,
+                          SQL_TRUNC_BATCHES, SQL_TRUNC_CKPTS};
+    const size_t count = sizeof sqls / sizeof sqls[0];
+    for (size_t i = 0; i < count; i++) {
         cdcdd_wop *op = cdcdd_wop_new(sqls[i], 2, 1);
         if (!op) continue;
         cdcdd_wop_int(op, run);
         cdcdd_wop_int(op, step);
-        if (i == 3) cdcdd_wop_durable(op);
+        if (i == count - 1) cdcdd_wop_durable(op);
         cdcdd_store_submit(store, op);
     }
 }
@@ -648,6 +654,9 @@ static int read_cmd(cdcdd_trainer_ctl *ctl) {
     return c;
 }
 
+/* The periodic stories stop when the trainer is asked to wind down. */
+static int stories_cancelled(void *ctx) { return read_cmd(ctx) != CMD_NONE; }
+
 static void trainer_main(void *arg) {
     cdcdd_trainer_ctl *ctl = arg;
     char name[CDCDD_HEARTBEAT_NAME_MAX];
@@ -663,6 +672,7 @@ static void trainer_main(void *arg) {
         .recent_samples = sink_recent_samples,
     };
     trainer_event *exit_ev = event_new(EV_EXIT);
+    cdcdd_stories *stories = NULL;
     char err[CDCDD_RUN_ERROR_MAX] = "";
     int reason = EXIT_FAILED;
     int64_t from = 0;
@@ -680,6 +690,9 @@ static void trainer_main(void *arg) {
         ev->at_step = from;
         post_event(ctl, ev);
     }
+    stories = cdcdd_stories_new(ctl->srv, ctl->run_id, ctl->cfg, from, ctl->hb, stories_cancelled, ctl);
+    /* a restart at a sampling step: the batch the interruption lost (none when it was stored) */
+    cdcdd_stories_after_step(stories, ctl->t, 1);
     for (;;) {
         struct cdcdd_job *job;
         while ((job = take_job(ctl)) != NULL) {
@@ -699,6 +712,7 @@ static void trainer_main(void *arg) {
         }
         int rc = cdcd_trainer_step(ctl->t);
         cdcdd_notify_heartbeat_beat(ctl->hb);
+        if (rc >= 0) cdcdd_stories_after_step(stories, ctl->t, 0);
         if (rc == 1) {
             int64_t step = cdcd_trainer_step_count(ctl->t);
             if (step != ctl->last_ckpt_step && cdcd_trainer_checkpoint(ctl->t) != 0) {
@@ -725,6 +739,7 @@ out:
     ctl->jobs_head = ctl->jobs_tail = NULL;
     pthread_mutex_unlock(&ctl->mu);
     int64_t final_step = ctl->t ? cdcd_trainer_step_count(ctl->t) : from;
+    cdcdd_stories_free(stories);
     if (ctl->t) {
         cdcd_trainer_free(ctl->t);
         ctl->t = NULL;

@@ -85,7 +85,9 @@ static void load_tokenizer(cdcdd_server *srv) {
     char path[CDCDD_OPT_PATH_MAX + 16];
     snprintf(path, sizeof path, "%s/vocab.txt", srv->opts.data_dir);
     char err[200] = "";
-    srv->tok = cdcd_tok_load(path, err, sizeof err);
+    /* published with release order: trainer threads read it for their periodic stories
+     * (sampling.c) without the loop; once loaded it stays until the daemon exits */
+    __atomic_store_n(&srv->tok, cdcd_tok_load(path, err, sizeof err), __ATOMIC_RELEASE);
     if (srv->tok) {
         srv->tok_error[0] = '\0';
         cdcd_info("tokenizer: %s (%d pieces)", path, cdcd_tok_vocab_size(srv->tok));

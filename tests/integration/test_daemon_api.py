@@ -2,7 +2,8 @@
 """cdcdd over HTTP: the run lifecycle on a tiny config over the shared TinyStories sample,
 metrics and downsampling, entropy and schedule, SSE, sampling (plain, async, stream, live
 and from checkpoints), validation of bad input, the static dashboard files, Prometheus
-metrics, and openapi.yaml checked against the real routes. One daemon with --max-runs 1.
+metrics, and openapi.yaml checked against the real routes. One daemon with --max-runs 1;
+then a second one on the same data for the periodic stories across a kill -9.
 Standard library only; binaries from $CDCD_BIN (default bin)."""
 import hashlib
 import json
@@ -53,8 +54,88 @@ def main():
     finally:
         rc = d.stop()
         report("graceful_exit_after_tests", rc == 0, f"exit status {rc}: {d.log_tail()}")
+    try:
+        stories_across_kill9(tmp, d.data)
+    finally:
         d.cleanup()
     finish()
+
+
+# ------------------------------------------------------------ periodic stories
+STORY_FIGURES = ("n_stories", "words_per_story", "bigram_seen", "trigram_seen", "distinct1", "distinct2", "repeat4",
+                 "dangling", "sentences_per_story", "words_per_sentence", "unigram_kl", "token_entropy")
+
+
+def stories_config(name, **train):
+    t = {"max_steps": 12, "sample_every": 5, "sample_n": 2, "sample_steps": 5, "checkpoint_every": 0}
+    t.update(train)
+    return tiny_config(name=name, train=t)
+
+
+def check_batch(b, step, n=2):
+    """One periodic batch: the step, fixed seeds 1..n, the last story prompted, figures."""
+    assert b["step"] == step and b["n"] == n and b["steps"] == 5, {k: b.get(k) for k in ("step", "n", "steps")}
+    seeds = [x["seed"] for x in b["stories"]]
+    assert seeds == list(range(1, n + 1)), seeds
+    assert [x["prompt"] for x in b["stories"]] == [None] * (n - 1) + ["Once upon a time"], b["stories"]
+    assert b["stories"][-1]["text"].startswith("once upon a time"), b["stories"][-1]["text"][:40]
+    assert all(isinstance(x["text"], str) and x["text"] for x in b["stories"]), b["stories"]
+    f = b["figures"]
+    assert f and set(STORY_FIGURES) <= set(f), f
+    assert f["n_stories"] == n and f["words_per_story"] > 0, f
+    for k in ("bigram_seen", "trigram_seen", "distinct2", "repeat4"):
+        assert 0 <= f[k] <= 1, (k, f[k])
+    assert f["token_entropy"] > 0, f
+    assert b["seconds"] > 0 and 0 < b["share"] < 1 and b["interval_steps"] == 5, b
+    assert b["interval_s"] >= b["seconds"], b
+
+
+def stories_across_kill9(tmp, data):
+    """kill -9 between checkpoints: the batches after the checkpoint are dropped and sampled
+    again, identically (same weights, same seeds), so every sampling step has one batch."""
+    d = Daemon(["--max-runs", "1", "--threads-per-run", "1"], tmp=os.path.join(tmp, "crash"), data_dir=data,
+               name="cdcdd-stories")
+    restarted = False
+    try:
+        d.start()
+        rid = d.create_run(stories_config("crash", max_steps=60, checkpoint_every=20))["id"]
+        before = {}
+
+        def kill_mid_run():
+            # batches 25, 30, 35 come after the checkpoint at 20
+            d.wait_run(rid, lambda r: r["step"] >= 26 or r["state"] == "finished", 60, "step 26")
+            d.kill9()
+            db = sqlite3.connect(f"file:{os.path.join(d.state, 'cdcdd.db')}?mode=ro", uri=True)
+            try:
+                for step, seed, text in db.execute("SELECT step, seed, text FROM samples WHERE run = ? AND "
+                                                   "kind = 'periodic'", (rid,)):
+                    before[(step, seed)] = text
+                ck = db.execute("SELECT max(step) FROM checkpoints WHERE run = ?", (rid,)).fetchone()[0]
+            finally:
+                db.close()
+            assert ck is not None and any(s > ck for s, _ in before), f"nothing after checkpoint {ck}: {sorted(before)}"
+        if not check("stories_kill9_mid_run", kill_mid_run):
+            return
+        restarted = True
+
+        def after_restart():
+            d.start()
+            d.wait_state(rid, "finished", timeout=90)
+            j = d.get(f"/runs/{rid}/stories?limit=100").json()
+            steps = [b["step"] for b in j["batches"]]
+            assert steps == list(range(60, 0, -5)), steps
+            for b in j["batches"]:
+                assert [x["seed"] for x in b["stories"]] == [1, 2], (b["step"], b["stories"])
+                for x in b["stories"]:
+                    old = before.get((b["step"], x["seed"]))
+                    assert old is None or old == x["text"], f"step {b['step']} seed {x['seed']} changed"
+            n = len(d.get(f"/runs/{rid}/samples?kind=periodic&limit=1000").json()["samples"])
+            assert n == 24, f"{n} periodic samples, not 12 steps x 2"
+        check("stories_kill9_restart_resamples_identically", after_restart)
+    finally:
+        rc = d.stop()
+        if restarted:
+            report("stories_daemon_exits_cleanly", rc == 0, f"exit {rc}: {d.log_tail()}")
 
 
 def run_all(d):
@@ -286,6 +367,113 @@ def run_all(d):
         r = d.post(f"/runs/{rid}/stop")
         assert r.status == 200 and r.json()["state"] == "stopped", r
     check("sampling_live_between_steps", sample_live)
+
+    # ------------------------------------------------------- periodic stories
+    def periodic_stories():
+        # a queued run (the slot is busy) so that its event stream is open before step 1
+        blocker = d.create_run(tiny_config(name="blocker", train={"max_steps": 100000, "checkpoint_every": 0}))["id"]
+        d.wait_run(blocker, lambda r: r["state"] == "running", 30, "blocker to run")
+        rid = d.create_run(stories_config("stories"))["id"]
+        st["stories"] = rid
+        assert d.run(rid)["state"] == "queued"
+        s = SSEReader(d.port, f"/runs/{rid}/events", timeout=30)
+        assert d.post(f"/runs/{blocker}/stop").status == 200
+        events = []
+        for ev, data in s.events(until=lambda e, x: e == "state" and json.loads(x)["state"] == "finished",
+                                 max_time=90):
+            if ev == "stories":
+                events.append(json.loads(data))
+        s.close()
+        assert [e["step"] for e in events] == [5, 10], [e["step"] for e in events]
+        for e, step in zip(events, (5, 10)):
+            assert e["run"] == rid, e
+            check_batch(e, step)
+        j = d.get(f"/runs/{rid}/stories").json()
+        assert j["count"] == 2 and j["next_before_step"] is None, j
+        assert [b["step"] for b in j["batches"]] == [10, 5], j  # newest first
+        for b, e in zip(j["batches"], events[::-1]):
+            check_batch(b, e["step"])
+            assert [x["text"] for x in b["stories"]] == [x["text"] for x in e["stories"]], "event != stored"
+            assert b["figures"] == e["figures"], (b["figures"], e["figures"])
+        # paging, figures only
+        p = d.get(f"/runs/{rid}/stories?limit=1&stories=0").json()
+        assert p["count"] == 1 and p["batches"][0]["step"] == 10 and p["batches"][0]["stories"] == [], p
+        assert p["next_before_step"] == 10, p
+        p = d.get(f"/runs/{rid}/stories?before_step=10").json()
+        assert [b["step"] for b in p["batches"]] == [5], p
+        # the same stories as samples of kind periodic, each with its own seed
+        smp = d.get(f"/runs/{rid}/samples?kind=periodic").json()["samples"]
+        assert sorted((x["step"], x["seed"]) for x in smp) == [(5, 1), (5, 2), (10, 1), (10, 2)], smp
+        assert all(x["kind"] == "periodic" and x["job"] is None and x["params"]["n"] == 1 for x in smp), smp
+        assert d.get(f"/runs/{rid}/samples?kind=request").json()["count"] == 0
+        # the cost of every batch is logged
+        log = d.log_text()
+        for step in (5, 10):
+            assert re.search(rf"run {rid}: periodic stories at step {step}: 2 stories in [0-9.]+ s "
+                             rf"\([0-9.]+% of the last 5 steps", log), f"no cost line for step {step}"
+        for q, field in (("kind=bogus", "kind"),):
+            r = d.get(f"/runs/{rid}/samples?{q}")
+            assert r.status == 400 and r.error_field() == field, (q, r)
+        for q, field in (("limit=0", "limit"), ("stories=2", "stories"), ("before_step=x", "before_step")):
+            r = d.get(f"/runs/{rid}/stories?{q}")
+            assert r.status == 400 and r.error_field() == field, (q, r)
+        r = d.get("/runs/987654/stories")
+        assert r.status == 404 and r.error_code() == "run_not_found", r
+    check("periodic_stories_fixed_seeds_figures_sse", periodic_stories)
+
+    def stories_leave_training_alone():
+        # sampling between steps must not touch training: the same run without stories
+        # has the same losses, bit for bit
+        rid = d.create_run(stories_config("no-stories", sample_every=0))["id"]
+        d.wait_state(rid, "finished", timeout=60)
+        a = d.get(f"/runs/{st['stories']}/metrics").json()
+        b = d.get(f"/runs/{rid}/metrics").json()
+        assert a["step"] == b["step"] == list(range(1, 13)), (a["step"], b["step"])
+        assert a["loss"] == b["loss"], (a["loss"], b["loss"])
+        assert d.get(f"/runs/{rid}/stories").json()["count"] == 0
+    check("periodic_stories_leave_training_bit_identical", stories_leave_training_alone)
+
+    def stories_pause_then_fill():
+        # a pause during a (long) batch abandons it; the run resumes at that step's
+        # checkpoint and samples the missing batch first
+        rid = d.create_run(stories_config("long-batch", max_steps=100000, checkpoint_every=5, sample_steps=1500))["id"]
+        d.wait_run(rid, lambda r: r["step"] >= 5, 60, "step 5")
+        deadline = time.time() + 30
+        while f"run {rid}: story figures measured" not in d.log_text() and time.time() < deadline:
+            time.sleep(0.02)
+        r = d.post(f"/runs/{rid}/pause")
+        assert r.status == 200 and r.json()["state"] == "paused" and r.json()["step"] == 5, r
+        assert f"run {rid}: periodic stories at step 5 abandoned" in d.log_text(), "the batch was not abandoned"
+        assert d.get(f"/runs/{rid}/stories").json()["count"] == 0
+        assert d.post(f"/runs/{rid}/resume").status == 200
+        deadline = time.time() + 60
+        while time.time() < deadline and not d.get(f"/runs/{rid}/stories").json()["count"]:
+            time.sleep(0.1)
+        j = d.get(f"/runs/{rid}/stories").json()
+        assert [b["step"] for b in j["batches"]] == [5], j
+        assert [x["seed"] for x in j["batches"][0]["stories"]] == [1, 2], j
+        b = j["batches"][0]
+        assert b["interval_steps"] == 0 and b["share"] is None, b  # sampled at the resume
+        assert f"run {rid}: periodic stories at step 5: 2 stories in" in d.log_text(), "no log line for the fill"
+        r = d.post(f"/runs/{rid}/stop")
+        assert r.status == 200, r
+    check("periodic_stories_pause_abandons_resume_fills", stories_pause_then_fill)
+
+    def stories_runs_deleted():
+        # the later checks count runs by state; deleting also drops the stories (cascade)
+        for name in ("blocker", "stories", "no-stories", "long-batch"):
+            for r in d.get("/runs").json()["runs"]:
+                if r["name"] == name:
+                    x = d.request("DELETE", f"/runs/{r['id']}")
+                    assert x.status == 204, (name, x)
+        db = sqlite3.connect(f"file:{os.path.join(d.state, 'cdcdd.db')}?mode=ro", uri=True)
+        try:
+            n = db.execute("SELECT count(*) FROM story_batches").fetchone()[0]
+            m = db.execute("SELECT count(*) FROM samples WHERE kind = 'periodic'").fetchone()[0]
+        finally:
+            db.close()
+        assert n == 0 and m == 0, (n, m)
+    check("periodic_stories_deleted_with_their_run", stories_runs_deleted)
 
     # ------------------------------------------------------------- bad input
     def bad_runs():

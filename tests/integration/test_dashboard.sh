@@ -6,11 +6,14 @@
 # downloaded browser), checks the runs list, the loss and entropy/fit charts, live SSE
 # updates, the loss controls, generation, the new-run form, the run buttons, the phone layout,
 # the console, and recovery after the daemon restarts. See web/tests/dashboard.test.mjs.
+# Then tests/integration/dashboard_stories.test.mjs, with a daemon of its own, checks the
+# Stories timeline and the story-quality curves of a run that samples every 25 steps.
 #
 # Environment: CDCD_BIN (binaries, default bin), CDCD_SHARED_DATA (default ../shared/data),
 # CHROMIUM (default /usr/bin/chromium), CDCD_DASHBOARD_MOCK=1 (UI work only: web/dev's mock
-# API instead of cdcdd; make test never sets it).
-# Screenshots and the daemon's log: tests/artifacts/dashboard-*.
+# API instead of cdcdd; make test never sets it), CDCD_DASHBOARD_PARTS (default "main stories":
+# which of the two browser scripts run).
+# Screenshots and the daemons' logs: tests/artifacts/dashboard-*.
 set -uo pipefail
 ROOT=${CDCD_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
 BIN=${CDCD_BIN:-$ROOT/bin}
@@ -47,7 +50,7 @@ RUN_CONFIG='{"name":"dashboard-live","preset":"tiny","seed":7,
   VOCAB=$SHARED/bert-base-uncased-vocab.txt
   TEXT=$SHARED/tinystories/valid.txt
   [[ -f $VOCAB && -f $TEXT ]] || fail dashboard_prereqs "shared data missing under $SHARED"
-  mkdir -p "$T/data" "$T/state"
+  mkdir -p "$T/data" "$T/state" "$T/state-stories"
   cp "$VOCAB" "$T/data/vocab.txt" # the daemon's tokenizer, for sampling
   for split in train valid; do
     "$BIN/cdcd" prep --vocab "$VOCAB" --out "$T/data/$split.tok" "$TEXT" >"$T/prep.log" 2>&1 ||
@@ -55,11 +58,24 @@ RUN_CONFIG='{"name":"dashboard-live","preset":"tiny","seed":7,
   done
   DAEMON_CMD=$(printf '["%s","--state-dir","%s","--data-dir","%s","--web-dir","%s","--max-runs","2","--threads-per-run","1"]' \
     "$BIN/cdcdd" "$T/state" "$T/data" "$T/web")
+  STORIES_CMD=$(printf '["%s","--state-dir","%s","--data-dir","%s","--web-dir","%s","--max-runs","1","--threads-per-run","1"]' \
+    "$BIN/cdcdd" "$T/state-stories" "$T/data" "$T/web")
 }
 
+PARTS=${CDCD_DASHBOARD_PARTS:-main stories}
 cd "$ROOT/web" || exit 1
-CDCD_DAEMON_CMD=$DAEMON_CMD CDCD_RUN_CONFIG=$RUN_CONFIG CDCD_ART=$ART CHROMIUM=$CHROMIUM \
-  timeout 200 node tests/dashboard.test.mjs
-rc=$?
-[[ $rc -eq 124 ]] && echo "FAIL dashboard_timeout: the browser tests ran past 200 s"
+rc=0
+if [[ " $PARTS " == *" main "* ]]; then
+  CDCD_DAEMON_CMD=$DAEMON_CMD CDCD_RUN_CONFIG=$RUN_CONFIG CDCD_ART=$ART CHROMIUM=$CHROMIUM \
+    timeout 200 node tests/dashboard.test.mjs
+  rc=$?
+  [[ $rc -eq 124 ]] && echo "FAIL dashboard_timeout: the browser tests ran past 200 s"
+fi
+if [[ " $PARTS " == *" stories "* ]]; then
+  CDCD_DAEMON_CMD=$STORIES_CMD CDCD_ART=$ART CHROMIUM=$CHROMIUM \
+    timeout 120 node "$ROOT/tests/integration/dashboard_stories.test.mjs"
+  src=$?
+  [[ $src -eq 124 ]] && echo "FAIL dashboard_stories_timeout: the stories browser test ran past 120 s"
+  [[ $src -ne 0 && $rc -eq 0 ]] && rc=$src
+fi
 exit $rc

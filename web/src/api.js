@@ -79,7 +79,13 @@ export const getMetrics = async (id, { after, before, points } = {}, opts) =>
 export const getEntropy = async (id, { since, limit } = {}) =>
   normEntropy(await json('GET', `/runs/${enc(id)}/entropy${query({ since_step: since, limit })}`));
 export const getSchedule = async (id) => normSchedule(await json('GET', `/runs/${enc(id)}/schedule`));
-export const listSamples = async (id) => listOf(await json('GET', `/runs/${enc(id)}/samples`), 'samples').map(normSample);
+// kind: 'request' (POST /samples), 'periodic' (the stories sampled during training) or both
+export const listSamples = async (id, { kind } = {}) =>
+  listOf(await json('GET', `/runs/${enc(id)}/samples${query({ kind })}`), 'samples').map(normSample);
+// The periodic story batches, newest first; stories: 0 = figures only (for the curves).
+export const getStories = async (id, { limit, before, stories } = {}) =>
+  listOf(await json('GET', `/runs/${enc(id)}/stories${query({ limit, before_step: before, stories })}`), 'batches')
+    .map(normStoryBatch).filter((b) => b.step !== null);
 export const listCheckpoints = async (id) => listOf(await json('GET', `/runs/${enc(id)}/checkpoints`), 'checkpoints');
 
 // POST /runs/{id}/samples with "stream": true. onEvent(type, data) is called for each SSE event
@@ -339,5 +345,36 @@ export function normSample(s) {
     prompt: s.prompt ?? params.prompt ?? '',
     params,
     created: toSeconds(s.created_at ?? s.created),
+  };
+}
+
+// The quality figures of a periodic batch (core/textstats.h), as GET /stories names them.
+export const FIGURE_KEYS = ['bigram_seen', 'trigram_seen', 'distinct1', 'distinct2', 'repeat4', 'dangling',
+  'unigram_kl', 'token_entropy', 'words_per_story', 'sentences_per_story', 'words_per_sentence'];
+
+// One periodic batch (GET /runs/{id}/stories or a "stories" event): the step, its cost, its
+// figures (null when the daemon had no reference) and its stories (seed, prompt, text).
+export function normStoryBatch(b) {
+  b = b || {};
+  let figures = null;
+  if (b.figures && typeof b.figures === 'object') {
+    figures = {};
+    for (const k of FIGURE_KEYS) figures[k] = num(b.figures[k]);
+  }
+  const stories = (Array.isArray(b.stories) ? b.stories : []).map((x) => ({
+    seed: num(x?.seed),
+    prompt: typeof x?.prompt === 'string' && x.prompt ? x.prompt : '',
+    text: typeof x?.text === 'string' ? x.text : '',
+  }));
+  return {
+    step: num(b.step),
+    created: toSeconds(b.created_at),
+    n: num(b.n) ?? stories.length,
+    steps: num(b.steps),
+    seconds: num(b.seconds),
+    share: num(b.share),
+    intervalSteps: num(b.interval_steps),
+    figures,
+    stories,
   };
 }

@@ -437,3 +437,47 @@ export class FitHistoryChart extends Base {
     this.el.dataset.fits = String(n);
   }
 }
+
+// The quality figures of the periodic stories against step (core/textstats.h): shares of
+// word n-grams on the left axis (0..1), the token entropy in nats on the right (dashed).
+export const STORY_FIGURES = [
+  { key: 'bigram_seen', label: 'bigram seen', color: 'rgb(37, 99, 235)', scale: 'share' },
+  { key: 'trigram_seen', label: 'trigram seen', color: 'rgb(5, 150, 105)', scale: 'share' },
+  { key: 'distinct2', label: 'distinct-2', color: 'rgb(124, 58, 237)', scale: 'share' },
+  { key: 'repeat4', label: 'repeat-4', color: 'rgb(220, 38, 38)', scale: 'share' },
+  { key: 'token_entropy', label: 'token entropy (nats)', color: 'rgb(202, 138, 4)', scale: 'nats', dash: [6, 4] },
+];
+
+export class StoryFiguresChart extends Base {
+  constructor(el) {
+    super(el, 250);
+    this.mount({
+      scales: {
+        x: { time: false, range: (u, min, max) => (min === max ? [Math.max(0, min - 1), max + 1] : [min, max]) },
+        share: { range: [0, 1] },
+        nats: { range: (u, min, max) => (Number.isFinite(min) ? [0, Math.max(1, Math.ceil(max * 1.1))] : [0, 8]) },
+      },
+      axes: [
+        xAxis({ incrs: STEP_INCRS }),
+        yAxis({ scale: 'share', size: 40 }),
+        yAxis({ scale: 'nats', side: 1, size: 36, grid: { show: false } }),
+      ],
+      legend: { live: true },
+      cursor: { sync: { key: 'cdcd-steps' }, drag: { x: false, y: false, setScale: false } },
+      series: [
+        { label: 'step' },
+        ...STORY_FIGURES.map((f) => ({
+          label: f.label, stroke: f.color, width: 1.6, scale: f.scale, dash: f.dash, spanGaps: true,
+          points: { show: true, size: 5, fill: f.color }, value: (u, v) => fmtSI(v, 3),
+        })),
+      ],
+      hooks: { draw: [(u) => { this.el.dataset.points = String(u.data[0].length); }] },
+    }, [[], ...STORY_FIGURES.map(() => [])]);
+  }
+
+  // batches: [{step, figures}] in any order; those without figures leave gaps
+  setBatches(batches) {
+    const rows = batches.filter((b) => b.step !== null).sort((a, b) => a.step - b.step);
+    this.u.setData([rows.map((b) => b.step), ...STORY_FIGURES.map((f) => rows.map((b) => b.figures?.[f.key] ?? null))]);
+  }
+}

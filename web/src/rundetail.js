@@ -1,11 +1,14 @@
 // One run's page: header and actions, the loss / lr / grad-norm / tokens-per-s charts, the
-// entropy-vs-sigma scatter with its Cauchy fit and fit history, the generate panel and the
-// stored samples. Live data arrives over the run's SSE stream and is appended to the charts.
+// story-quality curves beside the loss, the entropy-vs-sigma scatter with its Cauchy fit and
+// fit history, the timeline of the stories sampled during training, the generate panel and
+// the stored samples. Live data arrives over the run's SSE stream and is appended.
 import * as api from './api.js';
-import { EntropyChart, FitHistoryChart, LossChart, MetricChart, COLORS } from './charts.js';
+import { EntropyChart, FitHistoryChart, LossChart, MetricChart, StoryFiguresChart, STORY_FIGURES, COLORS } from './charts.js';
 import { $, h, setText, fmtInt, fmtNum, fmtDuration, now, frameThrottle, actionsFor, ACTION_LABEL } from './util.js';
 
 const MAX_ENTROPY_POINTS = 4000; // most recent (sigma, loss) samples kept in the scatter
+const STORY_BATCHES_SHOWN = 50; // newest periodic batches in the timeline (their stories)
+const STORY_CURVE_BATCHES = 1000; // batches fetched (figures only) for the quality curves
 const TERMINAL = new Set(['finished', 'done', 'completed', 'stopped', 'failed', 'cancelled']);
 
 export class RunDetail {
@@ -22,6 +25,8 @@ export class RunDetail {
     this.fits = [];
     this.fit = null;
     this.samples = [];
+    this.batches = new Map(); // step -> periodic batch with its stories (the timeline)
+    this.curve = new Map(); // step -> periodic batch, figures only (the quality curves)
     this.genAbort = null;
     this.loaded = false;
 
@@ -32,6 +37,11 @@ export class RunDetail {
     this.tps = new MetricChart($('#tps-chart', root), { label: 'tokens/s', color: COLORS.tps, key: 'tokensPerS' });
     this.entropyChart = new EntropyChart($('#entropy-chart', root));
     this.fitsChart = new FitHistoryChart($('#fits-chart', root));
+    this.quality = new StoryFiguresChart($('#quality-chart', root));
+    const legend = h('div', { class: 'fig-legend' }, STORY_FIGURES.map((f) =>
+      h('span', {}, h('i', { style: `background:${f.color}` }), f.label)));
+    $('#quality-chart', root).after(legend);
+    this.qualityLegend = legend;
     this.redraw = frameThrottle(() => this.drawSeries(), 250);
 
     // loss controls keep their settings from run to run
@@ -63,6 +73,7 @@ export class RunDetail {
       fit: later((d) => this.onFit(d)),
       checkpoint: later((d) => this.onCheckpoint(d)),
       sample: later((d) => { this.addLocalSamples(d); this.refreshSamples(); }),
+      stories: later((d) => this.onStories(d)),
       reconnected: () => this.load(), // the daemon restarted: re-read everything
     }, (s) => ctx.onStatus(s));
     this.redrawEntropy = frameThrottle(() => this.drawEntropy(), 500);
@@ -75,7 +86,8 @@ export class RunDetail {
     this.genAbort?.abort();
     clearInterval(this.ageTimer);
     clearTimeout(this.samplesTimer);
-    for (const c of [this.loss, this.lr, this.grad, this.tps, this.entropyChart, this.fitsChart]) c.destroy();
+    for (const c of [this.loss, this.lr, this.grad, this.tps, this.entropyChart, this.fitsChart, this.quality]) c.destroy();
+    this.qualityLegend.remove();
     this.root.hidden = true;
   }
 
@@ -90,6 +102,11 @@ export class RunDetail {
     $('#gen-error', r).hidden = true;
     $('#samples-list', r).textContent = '';
     $('#samples-empty', r).hidden = false;
+    $('#stories-timeline', r).textContent = '';
+    $('#stories-empty', r).hidden = false;
+    setText($('#stories-empty', r), 'No stories yet.');
+    setText($('#stories-note', r), '');
+    setText($('#quality-note', r), '');
     setText($('#run-config', r), '');
     $('#checkpoints', r).textContent = '';
     $('#run-actions', r).textContent = '';
@@ -107,13 +124,15 @@ export class RunDetail {
     this.loaded = false;
     const id = this.run.id;
     const settle = (p) => p.then((v) => ({ v }), (e) => ({ e }));
-    const [m, ent, sch, smp, full, ck] = await Promise.all([
+    const [m, ent, sch, smp, full, ck, sto, cur] = await Promise.all([
       settle(api.getMetrics(id, { points: this.pointsWanted() })),
       settle(api.getEntropy(id, { limit: MAX_ENTROPY_POINTS })),
       settle(api.getSchedule(id)),
-      settle(api.listSamples(id)),
+      settle(api.listSamples(id, { kind: 'request' })),
       settle(api.getRun(id)),
       settle(api.listCheckpoints(id)),
+      settle(api.getStories(id, { limit: STORY_BATCHES_SHOWN })),
+      settle(api.getStories(id, { limit: STORY_CURVE_BATCHES, stories: 0 })),
     ]);
     if (this.ac.signal.aborted) return;
     if (m.v) { this.series = m.v; this.drawSeries(); }
@@ -128,6 +147,9 @@ export class RunDetail {
     if (smp.v) { this.samples = smp.v; this.renderSamples(); }
     if (full.v) { this.update(full.v); setText($('#run-config', this.root), JSON.stringify(full.v.config ?? {}, null, 2)); }
     if (ck.v) this.renderCheckpoints(ck.v);
+    if (sto.v) this.batches = new Map(sto.v.map((b) => [b.step, b]));
+    if (cur.v) this.curve = new Map(cur.v.map((b) => [b.step, b]));
+    this.renderStories();
     this.loaded = true;
     const early = this.early.splice(0);
     for (const fn of early) fn();
@@ -329,6 +351,51 @@ export class RunDetail {
     if (!list.length) ul.append(h('li', { class: 'muted' }, 'no checkpoints yet'));
   }
 
+  // ---- periodic stories ----
+  // A batch was stored (the "stories" event): into the timeline and onto the curves.
+  onStories(d) {
+    const b = api.normStoryBatch(d);
+    if (b.step === null) return;
+    this.batches.set(b.step, b);
+    this.curve.set(b.step, { ...b, stories: [] });
+    this.renderStories();
+  }
+
+  // The timeline, newest step first: existing entries stay (and keep the reader's scroll
+  // position), new steps are inserted where they belong, the oldest beyond the cap leave.
+  renderStories() {
+    if (this.ac.signal.aborted) return;
+    const r = this.root;
+    for (const [k] of [...this.batches].sort((a, b) => b[0] - a[0]).slice(STORY_BATCHES_SHOWN)) this.batches.delete(k);
+    const steps = [...this.batches.keys()].sort((a, b) => b - a);
+    const ol = $('#stories-timeline', r);
+    const have = new Map([...ol.children].map((li) => [Number(li.dataset.step), li]));
+    for (const [step, li] of have) if (!this.batches.has(step)) li.remove();
+    let prev = null;
+    for (const step of steps) {
+      let li = have.get(step);
+      if (!li) li = storyBatchItem(this.batches.get(step));
+      if (prev ? prev.nextSibling !== li : ol.firstChild !== li) {
+        if (prev) prev.after(li);
+        else ol.prepend(li);
+      }
+      prev = li;
+    }
+    const every = Number(this.run.config?.train?.sample_every);
+    const empty = $('#stories-empty', r);
+    empty.hidden = steps.length > 0;
+    if (!steps.length) {
+      const n = Number(this.run.config?.train?.sample_n);
+      setText(empty, every === 0 ? 'This run samples no stories during training (train.sample_every is 0).'
+        : `No stories yet: the run samples ${n > 0 ? `${n} ` : ''}stories every ${fmtInt(every > 0 ? every : 500)} steps, with the same seeds each time, the last one prompted.`);
+    }
+    const n = this.curve.size;
+    setText($('#stories-note', r), steps.length ? `${fmtInt(n)} ${n === 1 ? 'step' : 'steps'}${every > 0 ? `, every ${fmtInt(every)}` : ''} · same seeds at every step` : '');
+    const last = [...this.curve.values()].reduce((a, b) => (a && a.step > b.step ? a : b), null);
+    setText($('#quality-note', r), last ? `step ${fmtInt(last.step)}` : 'no stories yet');
+    this.quality.setBatches([...this.curve.values()]);
+  }
+
   // ---- samples ----
   // A sampling job finished (ours or anyone's): its stories are listed at once, and replaced by
   // the stored rows once the store has written them (it flushes at least every second).
@@ -346,7 +413,7 @@ export class RunDetail {
   refreshSamples(delay = 1500) {
     clearTimeout(this.samplesTimer);
     this.samplesTimer = setTimeout(() => {
-      api.listSamples(this.run.id).then((list) => {
+      api.listSamples(this.run.id, { kind: 'request' }).then((list) => {
         if (this.ac.signal.aborted) return;
         const stored = new Set(list.map((x) => x.text));
         this.samples = [...this.samples.filter((x) => x.local && !stored.has(x.text)), ...list];
@@ -445,6 +512,38 @@ export class RunDetail {
     bar.dataset.total = String(total);
     setText(bar.querySelector('.label'), label ?? `denoising step ${step} / ${total}`);
   }
+}
+
+// One step of the timeline: the step, what the batch cost, its figures, then its stories
+// (seed, text), the prompt of a prompted story highlighted.
+function storyBatchItem(b) {
+  const cost = b.seconds !== null ? `${fmtNum(b.seconds, 2)} s${b.share !== null ? ` (${fmtNum(100 * b.share, 2)}% of the last ${fmtInt(b.intervalSteps)} steps)` : ''}` : '';
+  const meta = [`${b.stories.length || b.n} stories`, b.steps !== null ? `${fmtInt(b.steps)} ODE steps` : '', cost,
+    b.created ? new Date(b.created * 1000).toLocaleString() : ''].filter(Boolean).join(' · ');
+  const f = b.figures;
+  const figs = f ? h('span', { class: 'figs' }, STORY_FIGURES.map((x) =>
+    h('span', { 'data-figure': x.key }, `${x.label.replace(' (nats)', '')} `, h('b', {}, fmtNum(f[x.key], 3))))) : null;
+  return h('li', { class: 'batch', 'data-step': String(b.step) },
+    h('div', { class: 'batch-head' }, h('b', {}, `step ${fmtInt(b.step)}`), h('span', { class: 'meta' }, meta), figs),
+    h('ol', { class: 'batch-stories' }, b.stories.map((x) => h('li', { 'data-seed': String(x.seed), class: x.prompt ? 'prompted' : '' },
+      h('span', { class: 'seed', title: x.prompt ? `prompted with “${x.prompt}”` : 'unconditional' }, `seed ${x.seed}${x.prompt ? ' ✎' : ''}`),
+      ...storyText(x)))));
+}
+
+// The story's text with its prompt marked: the decoded story begins with the prompt as the
+// tokenizer writes it (lower case), so the match ignores case and runs of spaces.
+export function storyText(x) {
+  if (!x.prompt) return [x.text];
+  const want = x.prompt.toLowerCase().replace(/\s+/g, ' ').trim();
+  let i = 0, j = 0;
+  const t = x.text;
+  while (i < t.length && j < want.length) {
+    if (/\s/.test(t[i]) && want[j] === ' ') { while (i < t.length && /\s/.test(t[i])) i++; j++; continue; }
+    if (t[i].toLowerCase() !== want[j]) break;
+    i++; j++;
+  }
+  if (j < want.length) return [t]; // not as expected: plain (the seed label says it was prompted)
+  return [h('mark', { class: 'prompt', title: 'prompt' }, t.slice(0, i)), t.slice(i)];
 }
 
 function trimEntropy(e) {
