@@ -31,6 +31,7 @@ typedef struct {
     int64_t max_steps;
     int64_t start_step;
     double t0;
+    double budget_left_s; /* train.minutes still to go at start (0 = no time budget) */
     int quiet, tty;
     double last_print;
 } train_cli;
@@ -46,6 +47,8 @@ static void sink_step(void *ctx, const cdcd_step_report *r) {
     double elapsed = now - c->t0;
     double per_step = elapsed / (double)(r->step - c->start_step > 0 ? r->step - c->start_step : 1);
     double eta = per_step * (double)(c->max_steps - r->step);
+    if (c->budget_left_s > 0 && c->budget_left_s - elapsed < eta) eta = c->budget_left_s - elapsed;
+    if (eta < 0) eta = 0;
     fprintf(stderr, "%sstep %lld/%lld  loss %.4f  lr %.2e  gnorm %.3f  %.0f tok/s  ETA %02d:%02d:%02d%s",
             c->tty ? "\r" : "", (long long)r->step, (long long)c->max_steps, r->loss, r->lr, r->grad_norm,
             r->tokens_per_s, (int)(eta / 3600), (int)fmod(eta / 60, 60), (int)fmod(eta, 60),
@@ -128,7 +131,8 @@ static void usage(FILE *out) {
             "  --out DIR       checkpoints, CSV logs and train.log go here (created)\n"
             "  --resume CKPT   continue from a checkpoint (the config comes from it)\n"
             "  --max-steps N   override train.max_steps (also when resuming)\n"
-            "  --time-limit M  stop after M minutes (final checkpoint), like SIGINT\n"
+            "  --time-limit M  train for M minutes (train.minutes: the lr schedule ends there,\n"
+            "                  then the final checkpoint)\n"
             "  --quiet         no progress line\n");
 }
 
@@ -194,6 +198,7 @@ int cdcd_cmd_train(int argc, char **argv) {
             return 2;
         }
         if (max_steps_override > 0) cfg->train.max_steps = max_steps_override;
+        if (time_limit_min > 0) cfg->train.minutes = (float)time_limit_min;
     }
     int append = resume != NULL;
     c.metrics = open_csv(out_dir, "metrics.csv", "step,loss,lr,grad_norm,tokens_per_s,tokens,step_ms,nonfinite", append);
@@ -217,6 +222,9 @@ int cdcd_cmd_train(int argc, char **argv) {
         goto done;
     }
     if (resume && max_steps_override > 0) cdcd_trainer_set_max_steps(t, max_steps_override);
+    /* On resume a time limit is more training time on top of what the run has had. */
+    if (resume && time_limit_min > 0)
+        cdcd_trainer_set_minutes(t, cdcd_trainer_train_seconds(t) / 60.0 + time_limit_min);
     /* The trainer's config: what the run really is (a corpus vocabulary's size included). */
     char *norm = cdcd_run_config_to_json(cdcd_trainer_config(t));
     if (norm) {
@@ -232,18 +240,19 @@ int cdcd_cmd_train(int argc, char **argv) {
     c.max_steps = cdcd_run_config_max_steps(cdcd_trainer_config(t));
     c.start_step = cdcd_trainer_step_count(t);
     c.t0 = cdcd_now_s();
+    if (cdcd_trainer_config(t)->train.minutes > 0)
+        c.budget_left_s = 60.0 * cdcd_trainer_config(t)->train.minutes - cdcd_trainer_train_seconds(t);
     struct sigaction sa = {0};
     sa.sa_handler = on_signal;
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     int st = 0;
-    while (!stop_requested && (st = cdcd_trainer_step(t)) == 0) {
-        if (time_limit_min > 0 && cdcd_now_s() - c.t0 > time_limit_min * 60.0) {
-            fprintf(stderr, "%scdcd train: time limit of %g minutes reached\n", c.tty ? "\n" : "", time_limit_min);
-            break;
-        }
-    }
+    while (!stop_requested && (st = cdcd_trainer_step(t)) == 0) continue;
     if (!quiet && c.tty) fputc('\n', stderr);
+    float minutes = cdcd_trainer_config(t)->train.minutes;
+    if (st == 1 && minutes > 0 && cdcd_trainer_step_count(t) < cdcd_run_config_max_steps(cdcd_trainer_config(t)))
+        fprintf(stderr, "cdcd train: time budget of %g minutes spent at step %lld\n", (double)minutes,
+                (long long)cdcd_trainer_step_count(t));
     if (st < 0) {
         fprintf(stderr, "cdcd train: %s\n", cdcd_trainer_error(t));
         cdcd_trainer_checkpoint(t);

@@ -43,7 +43,7 @@ static const struct {
     const char *name;
     int d_emb, d_model, n_heads, n_layers, cond_dim;
 } PRESETS[] = {
-    {"tiny", 64, 256, 4, 4, 64},
+    {"tiny", 16, 256, 4, 4, 64}, /* d_emb 16: docs/quality.md, screen 2 */
     {"small", 64, 512, 8, 8, 128},
     {"base", 256, 1024, 16, 8, 128},
     {"seed100m", 256, 768, 12, 9, 128},

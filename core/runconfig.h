@@ -33,6 +33,7 @@ typedef struct cdcd_run_config {
     struct {
         int batch_size;
         int64_t max_steps;
+        float minutes;        /* training-time budget: stop, and end the lr schedule, there (0 = none) */
         int threads;
         int checkpoint_every; /* steps; 0 = only at the end */
         int valid_every;      /* steps; 0 = never */

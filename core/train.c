@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,7 +28,7 @@ enum { STREAM_INIT = 1, STREAM_SIGMA, STREAM_NOISE, STREAM_MASK, STREAM_SELF_CON
        STREAM_VALID = 100 };
 
 #define TRAIN_STATE_MAGIC 0x43444344545354ull /* "CDCDTST" */
-#define TRAIN_STATE_VERSION 1
+#define TRAIN_STATE_VERSION 2 /* v2 adds train_seconds; v1 checkpoints resume with 0 */
 #define TRAIN_VALID_SEED_MIX 0x5eedULL
 
 typedef struct {
@@ -37,7 +38,9 @@ typedef struct {
     int64_t ring_n, ring_head;
     uint64_t n_params;
     int32_t has_ema, fits_failed;
+    double train_seconds; /* v2: time spent in cdcd_trainer_step, the clock of train.minutes */
 } train_state_blob;
+#define TRAIN_STATE_V1_BYTES offsetof(train_state_blob, train_seconds)
 
 struct cdcd_trainer {
     cdcd_run_config cfg;
@@ -49,6 +52,7 @@ struct cdcd_trainer {
     cdcd_batcher *train_it;
     cdcd_rng rng_sigma, rng_noise, rng_mask, rng_self_cond;
     int64_t step, tokens, adam_t;
+    double train_seconds; /* time inside cdcd_trainer_step (pauses and sampling excluded) */
     int B, T, E;
     /* Batch buffers. */
     int32_t *ids;       /* (B,T) */
@@ -85,14 +89,21 @@ void cdcd_trainer_set_max_steps(cdcd_trainer *t, int64_t max_steps) {
     if (max_steps > 0) t->cfg.train.max_steps = max_steps;
 }
 
-/* Learning rate at optimiser step `step` (0-based): linear warmup, then cosine or
- * exponential decay to lr * min_lr_ratio at max_steps. */
-double cdcd_train_lr(const cdcd_run_config *c, int64_t step) {
+/* Learning rate at optimiser step `step` (0-based) after `train_seconds` of training: linear
+ * warmup, then cosine or exponential decay to lr * min_lr_ratio at the end of the budget,
+ * which is max_steps or, with train.minutes, that much training time, whichever comes
+ * first. The time budget is what lets a 60-minute run end on a decayed learning rate instead
+ * of stopping at 97% of its peak (docs/quality.md). */
+double cdcd_train_lr(const cdcd_run_config *c, int64_t step, double train_seconds) {
     double lr = c->optim.lr, floor_lr = lr * c->optim.min_lr_ratio;
     if (c->optim.warmup_steps > 0 && step < c->optim.warmup_steps)
         return lr * (double)(step + 1) / (double)c->optim.warmup_steps;
     double span = (double)(c->train.max_steps - c->optim.warmup_steps);
     double progress = span > 0 ? (double)(step - c->optim.warmup_steps) / span : 1.0;
+    if (c->train.minutes > 0) {
+        double by_time = train_seconds / (60.0 * (double)c->train.minutes);
+        if (by_time > progress) progress = by_time;
+    }
     if (progress < 0) progress = 0;
     if (progress > 1) progress = 1;
     switch (c->optim.decay) {
@@ -101,6 +112,19 @@ double cdcd_train_lr(const cdcd_run_config *c, int64_t step) {
         return c->optim.min_lr_ratio > 0 ? lr * pow(c->optim.min_lr_ratio, progress) : lr * (1.0 - progress);
     default: return lr;
     }
+}
+
+/* 1 once the run's budget is spent: max_steps, or train.minutes of training time. */
+static int budget_spent(const cdcd_trainer *t) {
+    const cdcd_run_config *c = &t->cfg;
+    if (t->step >= c->train.max_steps) return 1;
+    return c->train.minutes > 0 && t->train_seconds >= 60.0 * (double)c->train.minutes;
+}
+
+double cdcd_trainer_train_seconds(const cdcd_trainer *t) { return t->train_seconds; }
+
+void cdcd_trainer_set_minutes(cdcd_trainer *t, double minutes) {
+    if (minutes >= 0) t->cfg.train.minutes = (float)minutes;
 }
 
 static void free_buffers(cdcd_trainer *t) {
@@ -345,7 +369,7 @@ int cdcd_trainer_validate(cdcd_trainer *t, double *out_loss) {
 
 int cdcd_trainer_step(cdcd_trainer *t) {
     const cdcd_run_config *c = &t->cfg;
-    if (t->step >= c->train.max_steps) return 1;
+    if (budget_spent(t)) return 1;
     double t0 = cdcd_now_s();
     size_t bt = (size_t)t->B * (size_t)t->T;
     int64_t real = 0;
@@ -379,7 +403,7 @@ int cdcd_trainer_step(cdcd_trainer *t) {
         }
         b.self_cond = t->self_cond;
     }
-    double lr = cdcd_train_lr(c, t->step);
+    double lr = cdcd_train_lr(c, t->step, t->train_seconds);
     cdcd_adamw_params op = {.lr = (float)lr, .beta1 = c->optim.beta1, .beta2 = c->optim.beta2,
                             .eps = c->optim.eps, .weight_decay = c->optim.weight_decay, .clip = c->optim.clip};
     cdcd_train_result res;
@@ -421,10 +445,11 @@ int cdcd_trainer_step(cdcd_trainer *t) {
         double vl;
         if (cdcd_trainer_validate(t, &vl) == 0 && t->sink.on_valid) t->sink.on_valid(t->sink.ctx, t->step, vl);
     }
-    if (c->train.checkpoint_every > 0 && t->step % c->train.checkpoint_every == 0 && t->step < c->train.max_steps) {
+    t->train_seconds += cdcd_now_s() - t0;
+    if (c->train.checkpoint_every > 0 && t->step % c->train.checkpoint_every == 0 && !budget_spent(t)) {
         if (cdcd_trainer_checkpoint(t) != 0) return -1;
     }
-    return t->step >= c->train.max_steps ? 1 : 0;
+    return budget_spent(t);
 }
 
 /* ------------------------------------------------------------ checkpoints */
@@ -476,7 +501,8 @@ int cdcd_trainer_checkpoint(cdcd_trainer *t) {
     double sched_blob[CDCD_SCHEDULE_SERIAL_LEN];
     train_state_blob st = {.magic = TRAIN_STATE_MAGIC, .version = TRAIN_STATE_VERSION, .step = t->step,
                            .tokens = t->tokens, .adam_t = t->adam_t, .ring_n = t->ring_n,
-                           .ring_head = t->ring_head, .n_params = n, .has_ema = t->ema != NULL};
+                           .ring_head = t->ring_head, .n_params = n, .has_ema = t->ema != NULL,
+                           .train_seconds = t->train_seconds};
     cdcd_rng rngs[4] = {t->rng_sigma, t->rng_noise, t->rng_mask, t->rng_self_cond};
     cdcd_batch_state data_state;
     cdcd_batch_get_state(t->train_it, &data_state);
@@ -572,6 +598,21 @@ static int ckpt_vmap(const cdcd_ckpt_reader *r, const cdcd_run_config *cfg, cons
     return 0;
 }
 
+/* Reads the "state" section: version 2, or version 1 (no training clock: it restarts at 0). */
+static int read_state(const cdcd_ckpt_reader *r, train_state_blob *st) {
+    const void *data;
+    size_t bytes;
+    memset(st, 0, sizeof *st);
+    if (cdcd_ckpt_get(r, "state", &data, &bytes) != 0 || bytes < TRAIN_STATE_V1_BYTES) return -1;
+    memcpy(st, data, bytes < sizeof *st ? bytes : sizeof *st);
+    if (st->magic != TRAIN_STATE_MAGIC) return -1;
+    if (st->version == 1 && bytes == TRAIN_STATE_V1_BYTES) {
+        st->train_seconds = 0;
+        return 0;
+    }
+    return st->version == TRAIN_STATE_VERSION && bytes == sizeof *st ? 0 : -1;
+}
+
 cdcd_trainer *cdcd_trainer_resume(const char *checkpoint_path, const char *run_dir,
                                   const cdcd_train_sink *sink, char *err, size_t errlen) {
     cdcd_ckpt_reader *r = cdcd_ckpt_open(checkpoint_path, err, errlen);
@@ -590,8 +631,7 @@ cdcd_trainer *cdcd_trainer_resume(const char *checkpoint_path, const char *run_d
     double sched_blob[CDCD_SCHEDULE_SERIAL_LEN];
     cdcd_rng rngs[4];
     cdcd_batch_state data_state;
-    if (cdcd_ckpt_read_exact(r, "state", &st, sizeof st) != 0 || st.magic != TRAIN_STATE_MAGIC ||
-        st.version != TRAIN_STATE_VERSION || st.n_params != n) {
+    if (read_state(r, &st) != 0 || st.n_params != n) {
         snprintf(err, errlen, "%s: training state missing or made by another model shape", checkpoint_path);
         goto fail;
     }
@@ -619,6 +659,7 @@ cdcd_trainer *cdcd_trainer_resume(const char *checkpoint_path, const char *run_d
     t->step = st.step;
     t->tokens = st.tokens;
     t->adam_t = st.adam_t;
+    t->train_seconds = st.train_seconds;
     t->ring_n = st.ring_n;
     t->ring_head = st.ring_head;
     cdcd_ckpt_close(r);
@@ -666,7 +707,7 @@ int cdcd_load_for_inference(const char *path, int threads, int max_batch, int us
         goto fail;
     }
     train_state_blob st;
-    if (cdcd_ckpt_read_exact(r, "state", &st, sizeof st) == 0) out->step = st.step;
+    if (read_state(r, &st) == 0) out->step = st.step; /* v1 checkpoints too */
     out->cfg = cfg;
     cdcd_ckpt_close(r);
     return 0;

@@ -60,13 +60,18 @@ cdcd_trainer *cdcd_trainer_create(const cdcd_run_config *cfg, const char *run_di
 cdcd_trainer *cdcd_trainer_resume(const char *checkpoint_path, const char *run_dir,
                                   const cdcd_train_sink *sink, char *err, size_t errlen);
 /* One optimiser step plus the periodic work that falls due (refit, validation, checkpoint).
- * Returns 0 to go on, 1 when max_steps is reached, -1 on error (cdcd_trainer_error). */
+ * Returns 0 to go on, 1 when the budget is spent (max_steps, or train.minutes of training
+ * time), -1 on error (cdcd_trainer_error). */
 int cdcd_trainer_step(cdcd_trainer *t);
 /* Writes run_dir/step-NNNNNNNN.ckpt atomically and reports it. 0 or -1. */
 int cdcd_trainer_checkpoint(cdcd_trainer *t);
 const char *cdcd_trainer_error(const cdcd_trainer *t);
 /* Changes the step budget (e.g. to continue a finished run); the lr schedule follows it. */
 void cdcd_trainer_set_max_steps(cdcd_trainer *t, int64_t max_steps);
+/* Changes the training-time budget in minutes (0 = none); the lr schedule follows it. */
+void cdcd_trainer_set_minutes(cdcd_trainer *t, double minutes);
+/* Seconds spent inside cdcd_trainer_step so far (kept across resume): train.minutes' clock. */
+double cdcd_trainer_train_seconds(const cdcd_trainer *t);
 int64_t cdcd_trainer_step_count(const cdcd_trainer *t);
 const cdcd_run_config *cdcd_trainer_config(const cdcd_trainer *t);
 struct cdcd_model *cdcd_trainer_model(cdcd_trainer *t);
@@ -84,8 +89,9 @@ int cdcd_trainer_validate(cdcd_trainer *t, double *out_loss);
 void cdcd_trainer_free(cdcd_trainer *t);
 /* The path of the checkpoint for `step` in the run directory. 0, or -1 when too long. */
 int cdcd_trainer_checkpoint_path(const cdcd_trainer *t, int64_t step, char *out, size_t cap);
-/* Learning rate at 0-based optimiser step `step` (warmup, then the configured decay). */
-double cdcd_train_lr(const cdcd_run_config *c, int64_t step);
+/* Learning rate at 0-based optimiser step `step` after `train_seconds` of training (warmup,
+ * then the configured decay to the end of max_steps or of train.minutes, the earlier). */
+double cdcd_train_lr(const cdcd_run_config *c, int64_t step, double train_seconds);
 
 /* What sampling and evaluation need from a checkpoint, without the optimiser or data. */
 typedef struct {

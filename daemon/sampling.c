@@ -289,9 +289,13 @@ void cdcdd_job_run_live(cdcdd_job *job, struct cdcd_trainer *t) {
         snprintf(job->error, sizeof job->error, "cancelled");
         job->error_status = 503;
     } else {
-        job->weights = "live";
+        /* The run's EMA weights when it keeps them (and the request did not say "ema": false):
+         * what its next checkpoint would sample. Swapped back before the next step. */
+        int swapped = job->use_ema && cdcd_trainer_swap_ema(t);
+        job->weights = swapped ? "ema" : "live";
         job->weights_step = cdcd_trainer_step_count(t);
         job_execute(job, cdcd_trainer_model(t), cdcd_trainer_schedule(t), cdcd_trainer_vocab_map(t));
+        if (swapped) cdcd_trainer_swap_ema(t);
     }
     post_job_event(job, 3, 0, 0, 0, 0, NULL);
 }
@@ -969,10 +973,13 @@ static void stories_batch(cdcdd_stories *s, struct cdcd_trainer *t, int64_t step
     size_t *n_raw = calloc((size_t)n, sizeof *n_raw);
     story_batch x = {.step = step, .n = n, .steps = s->steps, .reference_s = ref_s, .interval_steps = -1};
     char err[256] = "";
+    int swapped = 0; /* the EMA weights are in the model until cleanup */
     if (!texts || !ids || !params || !raw || !n_raw) {
         cdcd_warn("run %lld: out of memory sampling the stories of step %lld", (long long)s->run_id, (long long)step);
         goto cleanup;
     }
+    /* A run with an EMA writes its stories from the EMA weights, as its checkpoints sample. */
+    swapped = cdcd_trainer_swap_ema(t);
     for (int i = 0; i < n; i++) {
         cdcd_sample_params p;
         cdcd_sample_params_default(&p);
@@ -1096,6 +1103,7 @@ static void stories_batch(cdcdd_stories *s, struct cdcd_trainer *t, int64_t step
     }
     cdcdd_buf_free(&b);
 cleanup:
+    if (swapped) cdcd_trainer_swap_ema(t);
     for (int i = 0; texts && ids && params && raw && i < n; i++) {
         free(texts[i]);
         free(ids[i]);

@@ -348,11 +348,14 @@ def run_all(d):
     check("sampling_stream_progress_per_step", sample_stream)
 
     def sample_live():
-        # a training run samples between optimiser steps with the live weights
+        # a training run samples between optimiser steps: with its EMA weights (on by
+        # default), or with the raw live weights when the request says "ema": false
         rid = d.create_run(tiny_config(name="live", train={"max_steps": 100000, "checkpoint_every": 0}))["id"]
         st["live"] = rid
         d.wait_run(rid, lambda r: r["state"] == "running" and r["step"] >= 1, 30, "live run to train")
         r = d.post(f"/runs/{rid}/samples", {"n": 1, "steps": 3})
+        assert r.status == 200 and r.json()["weights"] == "ema", r
+        r = d.post(f"/runs/{rid}/samples", {"n": 1, "steps": 3, "ema": False})
         assert r.status == 200 and r.json()["weights"] == "live", r
         assert d.run(rid)["state"] == "running"
         # meanwhile a queued run (the slot is taken) paused before it ever trained

@@ -44,15 +44,16 @@ TEST(test_runconfig_tiny_defaults) {
     cdcd_config_error err;
     cdcd_run_config *c = parse("{\"preset\":\"tiny\"}", 1, 0, &err);
     ASSERT(c != NULL);
-    EXPECT(c->model.d_model == 256 && c->model.n_layers == 4 && c->model.d_emb == 64);
+    EXPECT(c->model.d_model == 256 && c->model.n_layers == 4 && c->model.d_emb == 16);
     EXPECT(c->model.cond_channels == 1);
     EXPECT(c->cond.p_cond > 0); /* prompting works out of the box */
     EXPECT(c->data.seq_len == 128 && c->train.batch_size == 32);
     EXPECT(strstr(c->data.train, "train.tok") != NULL);
     EXPECT(c->schedule.tmax > c->schedule.tmin);
-    /* the quality levers (docs/quality.md) are opt-in */
-    EXPECT(c->data.vocab == CDCD_VOCAB_FULL && c->model.output_prior == 0 && c->model.self_cond == 0);
-    EXPECT(c->cond.p_self_cond == 0.0f && c->optim.ema == 0.0f);
+    /* the quality levers that won (docs/quality.md) are on; the others are opt-in */
+    EXPECT(c->data.vocab == CDCD_VOCAB_CORPUS && c->model.output_prior == 0 && c->model.self_cond == 0);
+    EXPECT(c->cond.p_self_cond == 0.0f && c->optim.ema == 0.999f);
+    EXPECT(c->train.minutes == 0.0f); /* no time budget unless asked */
     EXPECT(c->train.sample_every == 500 && c->train.sample_n == 4 && c->train.sample_steps == 100);
     cdcd_run_config_free(c);
     /* the embedding head takes no output prior unless asked (and then it is an error) */

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <sys/stat.h>
 
+#include "ckpt.h"
 #include "model.h"
 #include "runconfig.h"
 #include "schedule.h"
@@ -95,7 +96,10 @@ static cdcd_run_config *config_ex(int self_cond, const char *head, const char *m
     return c;
 }
 
-static cdcd_run_config *config(int self_cond, const char *head) { return config_ex(self_cond, head, "", ""); }
+/* The full vocabulary, said explicitly: the default is the corpus one. */
+static cdcd_run_config *config(int self_cond, const char *head) {
+    return config_ex(self_cond, head, "", ",\"vocab\":\"full\"");
+}
 
 static void run_and_resume_ex(int self_cond, const char *head, int corpus_prior) {
     char run_a[4400], run_b[4400], ck[4500], err[1024];
@@ -217,14 +221,100 @@ TEST(test_train_lr_schedule) {
     c->optim.min_lr_ratio = 0.1f;
     c->train.max_steps = 110;
     c->optim.decay = CDCD_DECAY_COSINE;
-    EXPECT_NEAR(cdcd_train_lr(c, 0), 1e-4, 1e-9);
-    EXPECT_NEAR(cdcd_train_lr(c, 9), 1e-3, 1e-9);
-    EXPECT_NEAR(cdcd_train_lr(c, 60), 0.55e-3, 1e-9); /* halfway through the cosine */
-    EXPECT_NEAR(cdcd_train_lr(c, 110), 1e-4, 1e-9);
+    EXPECT_NEAR(cdcd_train_lr(c, 0, 0), 1e-4, 1e-9);
+    EXPECT_NEAR(cdcd_train_lr(c, 9, 0), 1e-3, 1e-9);
+    EXPECT_NEAR(cdcd_train_lr(c, 60, 0), 0.55e-3, 1e-9); /* halfway through the cosine */
+    EXPECT_NEAR(cdcd_train_lr(c, 110, 0), 1e-4, 1e-9);
     c->optim.decay = CDCD_DECAY_EXP;
-    EXPECT_NEAR(cdcd_train_lr(c, 60), 1e-3 * sqrt(0.1), 1e-9);
+    EXPECT_NEAR(cdcd_train_lr(c, 60, 0), 1e-3 * sqrt(0.1), 1e-9);
     c->optim.decay = CDCD_DECAY_NONE;
-    EXPECT_NEAR(cdcd_train_lr(c, 100), 1e-3, 1e-9);
+    EXPECT_NEAR(cdcd_train_lr(c, 100, 0), 1e-3, 1e-9);
+    /* A time budget (train.minutes): the schedule follows whichever budget is further
+     * spent, steps or training time; warmup stays counted in steps. */
+    c->optim.decay = CDCD_DECAY_COSINE;
+    c->train.minutes = 1.0f;
+    EXPECT_NEAR(cdcd_train_lr(c, 5, 59.0), 0.6e-3, 1e-9);          /* still warming up */
+    EXPECT_NEAR(cdcd_train_lr(c, 20, 30.0), 0.55e-3, 1e-9);        /* half the time spent */
+    EXPECT_NEAR(cdcd_train_lr(c, 60, 6.0), 0.55e-3, 1e-9);         /* half the steps spent */
+    EXPECT_NEAR(cdcd_train_lr(c, 20, 60.0), 1e-4, 1e-9);           /* the time is up */
+    EXPECT_NEAR(cdcd_train_lr(c, 20, 600.0), 1e-4, 1e-9);          /* and stays at the floor */
+    cdcd_run_config_free(c);
+}
+
+/* Copies checkpoint `path` to run/v1.ckpt with its "state" section as version 1 wrote it
+ * (72 bytes, no training clock), then checks that it resumes with the clock at 0. */
+static void rewrite_as_state_v1(const char *path, const char *run) {
+    static const char *const names[] = {"config", "state", "params", "adam_m", "adam_v", "ema", "schedule",
+                                        "rng", "data", "ring_sigma", "ring_loss", "vocab_map"};
+    char err[512], out[4500];
+    snprintf(out, sizeof out, "%s/v1.ckpt", run);
+    cdcd_ckpt_reader *r = cdcd_ckpt_open(path, err, sizeof err);
+    EXPECTF(r != NULL, "%s", err);
+    if (!r) return;
+    cdcd_ckpt_writer *w = cdcd_ckpt_writer_new(out);
+    unsigned char state[72];
+    for (size_t i = 0; w && i < sizeof names / sizeof names[0]; i++) {
+        const void *d;
+        size_t n;
+        if (cdcd_ckpt_get(r, names[i], &d, &n) != 0) continue;
+        if (strcmp(names[i], "state") == 0) {
+            EXPECT(n == 80);
+            memcpy(state, d, sizeof state);
+            uint32_t v1 = 1;
+            memcpy(state + 8, &v1, sizeof v1); /* the version follows the 8-byte magic */
+            d = state, n = sizeof state;
+        }
+        EXPECT(cdcd_ckpt_add(w, names[i], d, n) == 0);
+    }
+    EXPECTF(w && cdcd_ckpt_commit(w, NULL, NULL, err, sizeof err) == 0, "%s", err);
+    cdcd_ckpt_close(r);
+    cdcd_trainer *t = cdcd_trainer_resume(out, run, NULL, err, sizeof err);
+    EXPECTF(t != NULL, "a version-1 state must resume: %.300s", err);
+    if (t) EXPECT(cdcd_trainer_train_seconds(t) == 0.0);
+    cdcd_trainer_free(t);
+}
+
+/* train.minutes stops the run on training time, and the clock survives a checkpoint. */
+TEST(test_train_time_budget_stops_and_resumes) {
+    char run[4400], ck[4500], err[1024];
+    snprintf(run, sizeof run, "%s/minutes", dir);
+    mkdir(run, 0755);
+    cdcd_run_config *c = config(0, "logits");
+    ASSERT(c != NULL);
+    c->train.max_steps = 1000000;
+    c->train.checkpoint_every = 0;
+    c->train.minutes = 0.5f / 60.0f; /* half a second of training */
+    record a = {0};
+    cdcd_train_sink sa = {.ctx = &a, .on_step = on_step};
+    cdcd_trainer *t = cdcd_trainer_create(c, run, &sa, err, sizeof err);
+    EXPECTF(t != NULL, "%.300s", err);
+    if (!t) {
+        cdcd_run_config_free(c);
+        return;
+    }
+    int rc;
+    while ((rc = cdcd_trainer_step(t)) == 0) continue;
+    EXPECTF(rc == 1, "step returned %d: %s", rc, cdcd_trainer_error(t));
+    int64_t steps = cdcd_trainer_step_count(t);
+    double secs = cdcd_trainer_train_seconds(t);
+    printf("  half a second of training: %lld steps, %.3f s on the clock\n", (long long)steps, secs);
+    EXPECT(steps > 1 && steps < 1000000);
+    EXPECT(secs >= 0.5 && secs < 5.0);
+    EXPECT(cdcd_trainer_step(t) == 1); /* spent stays spent */
+    EXPECT(cdcd_trainer_checkpoint(t) == 0);
+    cdcd_trainer_free(t);
+    snprintf(ck, sizeof ck, "%s/step-%08lld.ckpt", run, (long long)steps);
+    rewrite_as_state_v1(ck, run);
+    t = cdcd_trainer_resume(ck, run, NULL, err, sizeof err);
+    EXPECTF(t != NULL, "resume: %.300s", err);
+    if (t) {
+        EXPECT(cdcd_trainer_train_seconds(t) == secs);
+        EXPECT(cdcd_trainer_step(t) == 1);
+        cdcd_trainer_set_minutes(t, secs / 60.0 + 0.2 / 60.0); /* 0.2 s more */
+        while ((rc = cdcd_trainer_step(t)) == 0) continue;
+        EXPECT(rc == 1 && cdcd_trainer_step_count(t) > steps);
+        cdcd_trainer_free(t);
+    }
     cdcd_run_config_free(c);
 }
 
@@ -246,6 +336,7 @@ int main(void) {
         return 1;
     }
     RUN(test_train_lr_schedule);
+    RUN(test_train_time_budget_stops_and_resumes);
     RUN(test_train_resume_bit_exact_logits_head);
     RUN(test_train_resume_bit_exact_self_cond_embedding_head);
     RUN(test_train_resume_bit_exact_corpus_vocab_output_prior);
