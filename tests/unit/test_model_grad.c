@@ -451,7 +451,8 @@ TEST(test_config_and_table) {
     }
     EXPECT(cdcd_model_preset("huge", &c) == -1);
     cdcd_model_preset("tiny", &c);
-    EXPECT(cdcd_model_in_dim(&c) == 2 * 64 + 1);
+    EXPECT(cdcd_model_in_dim(&c) == 2 * c.d_emb + 1); /* [noisy emb, self-cond emb, c_in] */
+    EXPECT(c.d_emb == 16);
     /* bad fields are named */
     const char *field = NULL;
     char msg[256];
