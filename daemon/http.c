@@ -214,7 +214,6 @@ static void defer_done(uv_work_t *w, int status) {
     }
     if (j->free_arg) j->free_arg(j->arg);
     free(j);
-    cdcdd_server_check_shutdown(srv);
 }
 
 void cdcdd_req_defer_read(cdcdd_req *req, cdcdd_read_fn fn, void *arg, void (*free_arg)(void *)) {
@@ -495,7 +494,6 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     free(req->body);
     free(req->url);
     free(req);
-    cdcdd_server_check_shutdown(srv);
 }
 
 /* The total connection limit is enforced here rather than with MHD's own

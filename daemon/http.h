@@ -9,7 +9,8 @@
  *   3. The handler answers at once (cdcdd_reply_*), or calls cdcdd_req_suspend() and
  *      answers later from a loop callback; the answer resumes the connection and MHD
  *      queues it. Every suspended request is answered exactly once; during shutdown
- *      cdcdd_server_check_shutdown() waits for that before MHD is stopped.
+ *      the shutdown drain check (server.c, once per loop iteration) waits for that
+ *      before MHD is stopped.
  *   4. MHD reports completion; the request is freed and counted. */
 #ifndef CDCDD_HTTP_H
 #define CDCDD_HTTP_H

@@ -491,7 +491,6 @@ static void download_done(uv_work_t *w, int status) {
         }
     }
     free(j);
-    cdcdd_server_check_shutdown(srv);
 }
 
 void cdcdd_q_http_checkpoint_file(cdcdd_req *req) {

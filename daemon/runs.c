@@ -902,7 +902,6 @@ static void handle_exit(cdcdd_server *srv, cdcdd_trainer_ctl *ctl, trainer_event
     if (ev->leftover) cdcdd_jobs_reassign(srv, ev->leftover);
     cdcdd_runs_schedule(srv);
     cdcdd_server_update_status(srv);
-    cdcdd_server_check_shutdown(srv);
 }
 
 static void on_trainer_event(cdcdd_server *srv, void *arg) {
@@ -1406,7 +1405,6 @@ static void delete_files_done(uv_work_t *w, int status) {
     cdcdd_reply_raw(c->req, 204, NULL, NULL, 0);
     free(c);
     cdcdd_server_update_status(srv);
-    cdcdd_server_check_shutdown(srv);
 }
 
 static void on_deleted_loop(cdcdd_server *srv, void *arg) {

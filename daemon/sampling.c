@@ -426,7 +426,6 @@ static void job_finish(cdcdd_server *srv, cdcdd_job *job) {
         cdcdd_sse_publish(srv, CDCDD_TOPIC_RUN, job->run_id, "sample", job->result_json, strlen(job->result_json));
     }
     jobs_trim(srv->jobs);
-    cdcdd_server_check_shutdown(srv);
 }
 
 static void on_job_event(cdcdd_server *srv, void *arg) {

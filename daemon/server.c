@@ -116,20 +116,26 @@ static void finish_shutdown(cdcdd_server *srv) {
     close_handle((uv_handle_t *)&srv->sig_int);
     close_handle((uv_handle_t *)&srv->sig_hup);
     close_handle((uv_handle_t *)&srv->wake);
+    close_handle((uv_handle_t *)&srv->before_poll);
 }
 
-void cdcdd_server_check_shutdown(cdcdd_server *srv) {
+/* The drain check: once per loop iteration while stopping (on_before_poll), never from
+ * inside an MHD callback. Stopping MHD from one of its own callbacks (an SSE stream's free
+ * callback, say) aborted the process in libmicrohttpd's response mutex. */
+static void shutdown_if_drained(cdcdd_server *srv) {
     if (!srv->stopping) return;
     if (cdcdd_runs_threads(srv) > 0 || cdcdd_jobs_active(srv) > 0) return;
     if (srv->pending_work > 0) return;
     if (srv->suspended - cdcdd_sse_suspended_count(srv) > 0) return;
     if (cdcdd_sse_client_count(srv) > 0) {
-        cdcdd_sse_close_all(srv);
         if (cdcd_now_s() - srv->shutdown_began < CDCDD_SHUTDOWN_STREAM_GRACE_S) return;
         if (cdcdd_sse_suspended_count(srv) > 0) return; /* MHD cannot stop with suspended connections */
     }
     finish_shutdown(srv);
 }
+
+/* redis's beforeSleep: per-iteration work, run by libuv just before it polls. */
+static void on_before_poll(uv_prepare_t *h) { shutdown_if_drained(h->data); }
 
 static void begin_shutdown(cdcdd_server *srv, const char *why) {
     if (srv->stopping) {
@@ -146,7 +152,6 @@ static void begin_shutdown(cdcdd_server *srv, const char *why) {
     cdcdd_jobs_shutdown(srv);
     cdcdd_runs_shutdown(srv);
     cdcdd_server_update_status(srv);
-    cdcdd_server_check_shutdown(srv);
 }
 
 static void on_signal(uv_signal_t *h, int signum) {
@@ -199,7 +204,7 @@ static void on_cron(uv_timer_t *t) {
     cdcdd_server *srv = t->data;
     srv->cron_ticks++;
     cdcdd_sse_tick(srv);
-    if (srv->stopping) cdcdd_server_check_shutdown(srv);
+    if (srv->stopping && cdcdd_sse_client_count(srv) > 0) cdcdd_sse_close_all(srv); /* streams opened late */
     if (srv->cron_ticks % (uint64_t)(CDCDD_STATUS_EVERY_S * 1000 / CDCDD_CRON_MS) == 0)
         cdcdd_server_update_status(srv);
 }
@@ -257,6 +262,9 @@ int cdcdd_server_main(const cdcdd_options *opts) {
     uv_mutex_init(&srv->post_mu);
     uv_async_init(&loop, &srv->wake, on_wake);
     srv->wake.data = srv;
+    uv_prepare_init(&loop, &srv->before_poll);
+    srv->before_poll.data = srv;
+    uv_prepare_start(&srv->before_poll, on_before_poll);
 
     if (cdcdd_store_open(srv->db_path, &srv->store, err, sizeof err) != 0) goto fail;
     cdcd_info("store: %s (schema version %d)", srv->db_path, cdcdd_store_schema_version());
@@ -309,6 +317,7 @@ fail:
         close_handle((uv_handle_t *)&srv->sig_int);
         close_handle((uv_handle_t *)&srv->sig_hup);
         close_handle((uv_handle_t *)&srv->wake);
+        close_handle((uv_handle_t *)&srv->before_poll);
         uv_run(&loop, UV_RUN_DEFAULT);
         if (uv_loop_close(&loop) != 0) cdcd_warn("the event loop still had open handles at exit");
         uv_mutex_destroy(&srv->post_mu);

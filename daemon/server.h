@@ -72,6 +72,7 @@ typedef struct cdcdd_server {
     uv_timer_t watchdog;
     uv_signal_t sig_term, sig_int, sig_hup;
     uv_async_t wake;
+    uv_prepare_t before_poll; /* per-iteration hook: the shutdown drain check */
     uv_mutex_t post_mu;
     struct cdcdd_post *post_head, *post_tail;
 
@@ -101,8 +102,6 @@ int cdcdd_server_main(const cdcdd_options *opts);
 typedef void (*cdcdd_post_fn)(cdcdd_server *srv, void *arg);
 int cdcdd_server_post(cdcdd_server *srv, cdcdd_post_fn fn, void *arg);
 
-/* Loop thread: re-evaluates whether a graceful shutdown can finish now. */
-void cdcdd_server_check_shutdown(cdcdd_server *srv);
 /* Loop thread: refreshes systemd's STATUS= line from the run table. */
 void cdcdd_server_update_status(cdcdd_server *srv);
 

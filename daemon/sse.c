@@ -145,7 +145,6 @@ static void reader_free(void *cls) {
     }
     free(c->buf);
     free(c);
-    cdcdd_server_check_shutdown(srv);
 }
 
 cdcdd_sse_client *cdcdd_sse_open(cdcdd_req *req, cdcdd_topic topic, int64_t id) {

@@ -162,7 +162,6 @@ static void static_done(uv_work_t *w, int status) {
         cdcdd_reply_error(j->req, 404, "not_found", NULL, "no route or file for GET %s", j->path);
     }
     free(j);
-    cdcdd_server_check_shutdown(srv);
 }
 
 void cdcdd_static_serve(cdcdd_req *req, const char *path) {

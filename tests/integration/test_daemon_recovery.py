@@ -14,7 +14,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cdcdd_testlib import Daemon, check, finish, make_data_dir, report, tiny_config  # noqa: E402
+from cdcdd_testlib import Daemon, SSEReader, check, finish, make_data_dir, report, tiny_config  # noqa: E402
 
 BATCH = 4
 
@@ -48,6 +48,7 @@ def main():
     try:
         kill9(tmp, data)
         sigterm(tmp, data)
+        sigterm_open_stream(tmp, data)
         unwritable(tmp, data)
         newer_schema(tmp, data)
     finally:
@@ -164,6 +165,39 @@ def sigterm(tmp, data):
         assert rc == 0 and time.time() - t0 < 10, rc
     check("sigint_exits_0", sigint_idle)
     d2.cleanup()
+
+
+def sigterm_open_stream(tmp, data):
+    """SIGTERM with an event stream open and no trainer exits 0 with the store flushed
+    (issue 16, finding 1: MHD was stopped from inside the stream's free callback, and
+    libmicrohttpd aborted the process in 6 of 6 tries)."""
+    base = os.path.join(tmp, "term-sse")
+    os.makedirs(base)
+
+    def exits_0():
+        for attempt in range(3):
+            d = Daemon(["--threads-per-run", "1"], tmp=base, data_dir=data, name=f"sse{attempt}")
+            try:
+                d.start()
+                if attempt == 0:
+                    cfg = tiny_config(name="sse", train={"max_steps": 2, "checkpoint_every": 0})
+                    rid = d.create_run(cfg)["id"]
+                    d.wait_run(rid, lambda x: x["state"] in ("finished", "failed"), 120, "the run to end")
+                ev = SSEReader(d.port, "/runs/1/events", timeout=5)
+                assert ev.status == 200, ev.status
+                rc = d.stop(signal.SIGTERM, timeout=30)
+                log = d.log_text()
+                ev.close()
+                assert rc == 0, f"try {attempt}: exit status {rc}: {d.log_tail()}"
+                assert "Fatal error" not in log and "shutdown complete" in log, d.log_tail()
+                db = db_connect(d.state)
+                try:
+                    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+                finally:
+                    db.close()
+            finally:
+                d.cleanup()  # the next try reuses the state directory: run 1 stays listed
+    check("sigterm_with_open_event_stream_exits_0", exits_0)
 
 
 def unwritable(tmp, data):
