@@ -131,6 +131,19 @@ static void table_append(cdcdd_runs *t, cdcdd_run *r) {
     if (r->id >= t->next_id) t->next_id = r->id + 1;
 }
 
+/* The next run id: past every id the store ever held, and past any run directory left on
+ * disk (a run deleted before ids were counted, or by hand), so no run inherits files. */
+static int64_t next_free_id(cdcdd_server *srv) {
+    char dir[1200]; /* as the trainer's run_dir */
+    struct stat st;
+    for (;;) {
+        int64_t id = srv->runs->next_id++;
+        snprintf(dir, sizeof dir, "%s/%lld", srv->runs_dir, (long long)id);
+        if (lstat(dir, &st) != 0) return id;
+        cdcd_warn("runs: %s exists without a run; skipping id %lld", dir, (long long)id);
+    }
+}
+
 static void table_remove(cdcdd_runs *t, cdcdd_run *r) {
     cdcdd_run *prev = NULL;
     for (cdcdd_run *x = t->head; x; prev = x, x = x->next) {
@@ -1104,6 +1117,12 @@ int cdcdd_runs_init(cdcdd_server *srv, char *err, size_t errlen) {
         return -1;
     }
     sqlite3_finalize(st);
+    /* ids only grow (sql/003_run_ids.sql): a deleted run's id is never handed out again */
+    if (sqlite3_prepare_v2(db, "SELECT next FROM id_counters WHERE name = 'runs'", -1, &st, NULL) == SQLITE_OK) {
+        if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_int64(st, 0) > srv->runs->next_id)
+            srv->runs->next_id = sqlite3_column_int64(st, 0);
+        sqlite3_finalize(st);
+    }
     cdcdd_store_reader_release(srv->store, db);
     cdcd_info("runs: %d in the database, %d interrupted runs queued to resume", srv->runs->count, requeued);
     return 0;
@@ -1225,7 +1244,7 @@ void cdcdd_runs_http_create(cdcdd_req *req) {
         cdcdd_reply_error(req, 500, "out_of_memory", NULL, "out of memory");
         return;
     }
-    r->id = srv->runs->next_id++;
+    r->id = next_free_id(srv);
     if (cfg->name[0]) snprintf(r->name, sizeof r->name, "%s", cfg->name);
     else snprintf(r->name, sizeof r->name, "run-%lld", (long long)r->id);
     cdcdd_utf8_scrub(r->name);

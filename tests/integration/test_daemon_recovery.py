@@ -49,6 +49,7 @@ def main():
         kill9(tmp, data)
         sigterm(tmp, data)
         sigterm_open_stream(tmp, data)
+        ids_not_reused(tmp, data)
         unwritable(tmp, data)
         newer_schema(tmp, data)
     finally:
@@ -198,6 +199,45 @@ def sigterm_open_stream(tmp, data):
             finally:
                 d.cleanup()  # the next try reuses the state directory: run 1 stays listed
     check("sigterm_with_open_event_stream_exits_0", exits_0)
+
+
+def ids_not_reused(tmp, data):
+    """A deleted run's id is never handed out again, across restarts, and an id whose run
+    directory is left on disk is skipped (issue 16, finding 4: ids were max(id) + 1)."""
+    base = os.path.join(tmp, "ids")
+    os.makedirs(base)
+
+    def never_reused():
+        d = Daemon(["--threads-per-run", "1"], tmp=base, data_dir=data, name="ids1")
+        try:
+            d.start()
+            cfg = tiny_config(name="gone", train={"max_steps": 1, "checkpoint_every": 0})
+            rid = d.create_run(cfg)["id"]
+            d.wait_run(rid, lambda x: x["state"] in ("finished", "failed"), 120, "the run to end")
+            r = d.request("DELETE", f"/runs/{rid}")
+            assert r.status == 204, r
+            assert d.stop(signal.SIGTERM, timeout=30) == 0, d.log_tail()
+        finally:
+            d.cleanup()
+        # a directory nobody owns sits where the next id would go
+        stray = os.path.join(d.state, "runs", str(rid + 1))
+        os.makedirs(stray)
+        with open(os.path.join(stray, "step-00000001.ckpt"), "wb") as f:
+            f.write(b"not ours")
+        d2 = Daemon(["--threads-per-run", "1"], tmp=base, data_dir=data, name="ids2")
+        d2.state = d.state
+        try:
+            d2.start()
+            cfg = tiny_config(name="new", train={"max_steps": 1, "checkpoint_every": 0})
+            new = d2.create_run(cfg)["id"]
+            assert new == rid + 2, f"deleted id {rid}, stray directory {rid + 1}, new run got {new}"
+            d2.wait_run(new, lambda x: x["state"] in ("finished", "failed"), 120, "the new run to end")
+            with open(os.path.join(stray, "step-00000001.ckpt"), "rb") as f:
+                assert f.read() == b"not ours", "the stray directory was touched"
+            assert d2.stop(signal.SIGTERM, timeout=30) == 0, d2.log_tail()
+        finally:
+            d2.cleanup()
+    check("run_ids_never_reused_across_restarts", never_reused)
 
 
 def unwritable(tmp, data):
