@@ -24,7 +24,7 @@ void cdcd_sample_params_default(cdcd_sample_params *p) {
     p->seed = 1;
     p->temperature = 0.0f;
     p->guidance = 1.0f;
-    p->score_temp = 1.0f;
+    p->score_temp = CDCD_SAMPLE_DEFAULT_SCORE_TEMP;
     p->self_cond = -1;
 }
 

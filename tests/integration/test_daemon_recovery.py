@@ -60,6 +60,9 @@ def main():
 
 
 def kill9(tmp, data):
+    """The run is killed while it trains and resumed after a restart. Its step budget is far
+    larger than the test needs, so how fast this machine trains cannot let it finish before
+    the kill; the second daemon pauses it once the lost steps are redone."""
     base = os.path.join(tmp, "k9")
     os.makedirs(base)
     d = Daemon(["--threads-per-run", "1"], tmp=base, data_dir=data, name="first")
@@ -67,15 +70,14 @@ def kill9(tmp, data):
 
     def before_kill():
         d.start()
-        cfg = tiny_config(name="crash", train={"max_steps": 120, "checkpoint_every": 25, "valid_every": 25})
+        cfg = tiny_config(name="crash", train={"max_steps": 1000000, "checkpoint_every": 25, "valid_every": 25})
         st["rid"] = rid = d.create_run(cfg)["id"]
         r = d.wait_run(rid, lambda x: x["step"] >= 60, 90, "step 60")
         time.sleep(0.7)  # let the store commit what the API already showed
         m = d.get(f"/runs/{rid}/metrics").json()
         st["before"] = dict(zip(m["step"], m["loss"]))
-        st["killed_at"] = max(m["step"])
         d.kill9()
-        assert st["killed_at"] > 50 and r["state"] == "running", st["killed_at"]
+        assert r["state"] == "running", r["state"]
         db = db_connect(d.state)
         try:
             st["ckpt"] = db.execute("SELECT max(step) FROM checkpoints WHERE run = ?", (rid,)).fetchone()[0]
@@ -84,7 +86,7 @@ def kill9(tmp, data):
             state = db.execute("SELECT state FROM runs WHERE id = ?", (rid,)).fetchone()[0]
         finally:
             db.close()
-        assert st["ckpt"] in (25, 50, 75, 100), st["ckpt"]
+        assert st["ckpt"] and st["ckpt"] % 25 == 0 and st["ckpt"] >= 50, st["ckpt"]
         assert st["rows_at_kill"] > st["ckpt"], (st["rows_at_kill"], st["ckpt"])  # rows to drop exist
         assert state == "running", state
     if not check("kill9_mid_training", before_kill):
@@ -97,16 +99,20 @@ def kill9(tmp, data):
     def after_restart():
         d2.start()
         rid = st["rid"]
-        r = d2.wait_state(rid, "finished", 120)
+        d2.wait_run(rid, lambda x: x["step"] >= st["rows_at_kill"] + 5, 120, "the lost steps redone")
+        r = d2.post(f"/runs/{rid}/pause")
+        assert r.status == 200, r
+        r = d2.wait_state(rid, "paused", 60)
         log = d2.log_text()
         assert "resumed from" in log and f"(step {st['ckpt']})" in log, d2.log_tail()
-        assert r["step"] == 120, r
-        series_consistent(d2.state, rid, 120)
+        upto = r["step"]
+        assert upto > st["rows_at_kill"], (upto, st["rows_at_kill"])
+        series_consistent(d2.state, rid, upto)
         m = d2.get(f"/runs/{rid}/metrics").json()
         after = dict(zip(m["step"], m["loss"]))
         redone = [s for s in st["before"] if s > st["ckpt"]]
         assert redone, "nothing was redone"
-        diff = [(s, st["before"][s], after[s]) for s in st["before"] if after[s] != st["before"][s]]
+        diff = [(s, st["before"][s], after.get(s)) for s in st["before"] if after.get(s) != st["before"][s]]
         assert not diff, f"re-logged steps differ from the first time: {diff[:3]}"
     check("kill9_restart_resumes_drops_and_relogs_consistently", after_restart)
     rc = d2.stop()
@@ -247,9 +253,11 @@ def unwritable(tmp, data):
 
     def fails_cleanly():
         d.start()
-        # the next run's directory cannot be created: a file is in its way
-        os.makedirs(os.path.join(d.state, "runs"), exist_ok=True)
-        with open(os.path.join(d.state, "runs", "1"), "w") as f:
+        # the next run's directory cannot be created: a file stands where the runs folder was
+        # (a file at runs/1 itself would only make the daemon skip id 1; chmod does not stop root)
+        runs = os.path.join(d.state, "runs")
+        os.rmdir(runs)
+        with open(runs, "w") as f:
             f.write("in the way")
         rid = d.create_run(tiny_config(name="blocked"))["id"]
         assert rid == 1, rid
@@ -268,7 +276,8 @@ def unwritable(tmp, data):
             time.sleep(0.05)
         assert err and "run directory" in err, err
         # the daemon goes on: another run trains
-        os.remove(os.path.join(d.state, "runs", "1"))
+        os.remove(runs)
+        os.makedirs(runs)
         r2 = d.create_run(tiny_config(name="ok", train={"max_steps": 5}))
         d.wait_state(r2["id"], "finished", 60)
         # and the failed one can be retried

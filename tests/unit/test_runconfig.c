@@ -52,7 +52,7 @@ TEST(test_runconfig_tiny_defaults) {
     EXPECT(c->schedule.tmax > c->schedule.tmin);
     /* the quality levers that won (docs/quality.md) are on; the others are opt-in */
     EXPECT(c->data.vocab == CDCD_VOCAB_CORPUS && c->model.output_prior == 0 && c->model.self_cond == 0);
-    EXPECT(c->cond.p_self_cond == 0.0f && c->optim.ema == 0.999f);
+    EXPECT(c->cond.p_self_cond == 0.0f && c->optim.ema == 0.0f);
     EXPECT(c->train.minutes == 0.0f); /* no time budget unless asked */
     EXPECT(c->train.sample_every == 500 && c->train.sample_n == 4 && c->train.sample_steps == 100);
     cdcd_run_config_free(c);
