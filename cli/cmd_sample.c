@@ -48,6 +48,8 @@ static void usage(FILE *out) {
             "  --self-cond       self-conditioning (default: on when the model was trained with it)\n"
             "  --no-self-cond    no self-conditioning\n"
             "  --clamp SIGMA     below this noise level snap x-hat-0 to the argmax token's embedding\n"
+            "  --churn G         stochastic steps: raise sigma by the factor 1+G with fresh noise\n"
+            "                    before each step (0 = deterministic ODE, the default; at most 1)\n"
             "  --no-ema          use the raw weights even when the checkpoint has an EMA\n"
             "  --threads N       threads (default 2)\n"
             "  --vocab FILE      vocab.txt (default data/vocab.txt)\n"
@@ -72,6 +74,7 @@ int cdcd_cmd_sample(int argc, char **argv) {
         {"vocab", required_argument, 0, 'v'},      {"json", no_argument, 0, 'J'},
         {"progress", required_argument, 0, 'P'},   {"help", no_argument, 0, 'h'},
         {"no-self-cond", no_argument, 0, 'N'},     {"clamp", required_argument, 0, 'K'},
+        {"churn", required_argument, 0, 'G'},
         {0, 0, 0, 0}};
     int ch;
     char *end;
@@ -84,7 +87,7 @@ int cdcd_cmd_sample(int argc, char **argv) {
             return 2;                                                                      \
         }                                                                                  \
     } while (0)
-    while ((ch = getopt_long(argc, argv, "c:n:s:S:p:i:g:t:T:L:HCEj:v:JP:hNK:", opts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "c:n:s:S:p:i:g:t:T:L:HCEj:v:JP:hNK:G:", opts, NULL)) != -1) {
         switch (ch) {
         case 'c': ckpt = optarg; break;
         case 'n': NUM_ARG(p.n, (int)strtol(optarg, &end, 10)); break;
@@ -100,6 +103,7 @@ int cdcd_cmd_sample(int argc, char **argv) {
         case 'C': p.self_cond = 1; break;
         case 'N': p.self_cond = 0; break;
         case 'K': NUM_ARG(p.clamp_below, strtof(optarg, &end)); break;
+        case 'G': NUM_ARG(p.churn, strtof(optarg, &end)); break;
         case 'E': use_ema = 0; break;
         case 'j': NUM_ARG(threads, (int)strtol(optarg, &end, 10)); break;
         case 'v': vocab = optarg; break;

@@ -16,6 +16,8 @@
 #define SAMPLE_MAX_N 4096
 #define SAMPLE_STREAM_NOISE 11
 #define SAMPLE_STREAM_FINAL 12
+#define SAMPLE_STREAM_CHURN 13 /* its own stream: churn 0 leaves every other draw as it was */
+#define SAMPLE_MAX_CHURN 1.0f   /* sigma at most doubles before a step */
 
 void cdcd_sample_params_default(cdcd_sample_params *p) {
     memset(p, 0, sizeof *p);
@@ -154,6 +156,8 @@ int cdcd_sample(struct cdcd_model *model, const struct cdcd_schedule *sched, con
     if (!isfinite(p->guidance) || p->guidance < 0) return fail(err, errlen, "guidance must be >= 0");
     if (!(p->score_temp > 0) || !isfinite(p->score_temp)) return fail(err, errlen, "score_temp must be > 0");
     if (!(p->clamp_below >= 0) || !isfinite(p->clamp_below)) return fail(err, errlen, "clamp_below must be >= 0");
+    if (!(p->churn >= 0) || !(p->churn <= SAMPLE_MAX_CHURN))
+        return fail(err, errlen, "churn must be between 0 and %g", (double)SAMPLE_MAX_CHURN);
     if (p->self_cond > 0 && !mc->self_cond) return fail(err, errlen, "the model was not trained with self-conditioning");
     if ((p->prompt && *p->prompt) || (p->infill && *p->infill)) {
         if (!mc->cond_channels) return fail(err, errlen, "the model has no conditioning channels: it cannot take a prompt");
@@ -194,6 +198,8 @@ int cdcd_sample(struct cdcd_model *model, const struct cdcd_schedule *sched, con
     cdcd_rng rng_noise, rng_final;
     cdcd_rng_init(&rng_noise, p->seed, SAMPLE_STREAM_NOISE);
     cdcd_rng_init(&rng_final, p->seed, SAMPLE_STREAM_FINAL);
+    cdcd_rng rng_churn;
+    cdcd_rng_init(&rng_churn, p->seed, SAMPLE_STREAM_CHURN);
     int use_sc = (p->self_cond != 0) && mc->self_cond;
     int cancelled = 0;
     for (int start = 0; start < p->n && !cancelled; start += maxB) {
@@ -213,6 +219,13 @@ int cdcd_sample(struct cdcd_model *model, const struct cdcd_schedule *sched, con
                                .score_temp = p->score_temp};
         for (size_t i = 0; i < nsteps; i++) {
             double t = ts[i], tn = ts[i + 1];
+            if (p->churn > 0 && i + 1 < nsteps) {
+                /* x ~ p_t plus fresh noise of variance t_hat^2 - t^2 is a draw of p_t_hat */
+                double t_hat = t * (1.0 + p->churn);
+                cdcd_rng_fill_normal(&rng_churn, xt, nte, (float)sqrt(t_hat * t_hat - t * t));
+                for (size_t k = 0; k < nte; k++) x[k] += xt[k];
+                t = t_hat;
+            }
             for (int b = 0; b < nb; b++) sig[b] = (float)t;
             int want_preview = progress && p->preview_every > 0 && tok &&
                                ((i + 1) % (size_t)p->preview_every == 0 || i + 1 == nsteps);

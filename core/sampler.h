@@ -32,6 +32,9 @@ typedef struct {
                            0 = not, -1 = when the model has it (the default) */
     float clamp_below;  /* "clamping trick" (Diffusion-LM): at steps with sigma below this,
                            x-hat-0 is snapped to the embedding of the argmax token; 0 = off */
+    float churn;        /* stochastic sampling (Karras et al. 2022, "churn"): before each step but
+                           the last, noise is added to raise sigma from t to t * (1 + churn) and
+                           the step starts there; 0 = the deterministic ODE (the default) */
     const char *prompt; /* prefix text, or NULL/"" */
     const char *infill; /* text with [MASK] tokens to fill, or NULL */
     int preview_every;  /* decode the argmax text every K steps for progress (0 = never) */

@@ -516,6 +516,10 @@ static char *params_to_json(const cdcd_sample_params *p, int ema, int64_t ckpt) 
     cdcdd_buf_json_num(&pj, p->guidance);
     cdcdd_buf_puts(&pj, ",\"score_temp\":");
     cdcdd_buf_json_num(&pj, p->score_temp);
+    cdcdd_buf_puts(&pj, ",\"churn\":");
+    cdcdd_buf_json_num(&pj, p->churn);
+    cdcdd_buf_puts(&pj, ",\"clamp\":");
+    cdcdd_buf_json_num(&pj, p->clamp_below);
     cdcdd_buf_printf(&pj, ",\"heun\":%s,\"self_cond\":%s,\"ema\":%s,\"checkpoint\":", p->heun ? "true" : "false",
                      p->self_cond < 0 ? "\"auto\"" : p->self_cond ? "true" : "false", ema ? "true" : "false");
     if (ckpt >= 0) cdcdd_buf_json_int(&pj, ckpt);
@@ -529,7 +533,7 @@ static char *params_to_json(const cdcd_sample_params *p, int ema, int64_t ckpt) 
 }
 
 static const char *const sample_keys[] = {"n", "steps", "seed", "prompt", "infill", "temperature", "guidance",
-                                          "score_temp", "length", "heun", "self_cond", "checkpoint", "ema",
+                                          "score_temp", "churn", "clamp", "length", "heun", "self_cond", "checkpoint", "ema",
                                           "async", "stream", "preview_every", NULL};
 
 void cdcdd_sampling_http_create(cdcdd_req *req) {
@@ -557,6 +561,7 @@ void cdcdd_sampling_http_create(cdcdd_req *req) {
     int64_t n = p.n > 0 ? p.n : CDCD_SAMPLE_DEFAULT_N, steps = p.steps > 0 ? p.steps : CDCD_SAMPLE_DEFAULT_STEPS;
     int64_t seed = (int64_t)(p.seed & ((1ull << 53) - 1)), length = p.length, ckpt = -1, preview_every = p.preview_every;
     double temperature = p.temperature, guidance = p.guidance, score_temp = p.score_temp;
+    double churn = p.churn, clamp = p.clamp_below;
     int heun = p.heun, self_cond = p.self_cond, ema = 1, async = 0, stream = 0;
     const char *prompt = NULL, *infill = NULL;
     if (root) {
@@ -569,6 +574,8 @@ void cdcdd_sampling_http_create(cdcdd_req *req) {
             cdcdd_json_get_num(req, root, "temperature", "temperature", 0, 100, &temperature) < 0 ||
             cdcdd_json_get_num(req, root, "guidance", "guidance", 0, 100, &guidance) < 0 ||
             cdcdd_json_get_num(req, root, "score_temp", "score_temp", 1e-3, 100, &score_temp) < 0 ||
+            cdcdd_json_get_num(req, root, "churn", "churn", 0, 1, &churn) < 0 ||
+            cdcdd_json_get_num(req, root, "clamp", "clamp", 0, 1e4, &clamp) < 0 ||
             cdcdd_json_get_bool(req, root, "heun", "heun", &heun) < 0 ||
             cdcdd_json_get_bool(req, root, "self_cond", "self_cond", &self_cond) < 0 ||
             cdcdd_json_get_bool(req, root, "ema", "ema", &ema) < 0 ||
@@ -628,6 +635,8 @@ void cdcdd_sampling_http_create(cdcdd_req *req) {
     p.temperature = (float)temperature;
     p.guidance = (float)guidance;
     p.score_temp = (float)score_temp;
+    p.churn = (float)churn;
+    p.clamp_below = (float)clamp;
     p.heun = heun;
     p.self_cond = self_cond;
     p.prompt = job->prompt;

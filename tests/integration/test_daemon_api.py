@@ -313,6 +313,15 @@ def run_all(d):
         lst = d.get(f"/runs/{a}/samples?limit=3").json()
         assert lst["count"] == 3 and lst["samples"][0]["id"] > lst["samples"][1]["id"], lst
         assert lst["samples"][0]["params"]["prompt"] == "once upon a time", lst["samples"][0]
+        assert lst["samples"][0]["params"]["churn"] == 0, lst["samples"][0]["params"]
+        # stochastic steps: reproducible for a seed, stored with the sample, other stories than the ODE
+        body = {"n": 2, "steps": 5, "seed": 7, "churn": 0.5}
+        c1 = d.post(f"/runs/{a}/samples", body).json()
+        c2 = d.post(f"/runs/{a}/samples", body).json()
+        assert [s["ids"] for s in c1["samples"]] == [s["ids"] for s in c2["samples"]], "churn: same seed, other stories"
+        ode = d.post(f"/runs/{a}/samples", {"n": 2, "steps": 5, "seed": 7}).json()
+        assert [s["ids"] for s in c1["samples"]] != [s["ids"] for s in ode["samples"]], "churn changed nothing"
+        assert d.get(f"/runs/{a}/samples?limit=1").json()["samples"][0]["params"]["churn"] == 0, "params of the last"
     check("sampling_plain_deterministic_and_stored", sample_plain)
 
     def sample_async():
@@ -348,9 +357,10 @@ def run_all(d):
     check("sampling_stream_progress_per_step", sample_stream)
 
     def sample_live():
-        # a training run samples between optimiser steps: with its EMA weights (on by
-        # default), or with the raw live weights when the request says "ema": false
-        rid = d.create_run(tiny_config(name="live", train={"max_steps": 100000, "checkpoint_every": 0}))["id"]
+        # a training run samples between optimiser steps: with its EMA weights (when the run
+        # keeps an EMA; off by default), or with the raw live weights when the request says "ema": false
+        rid = d.create_run(tiny_config(name="live", train={"max_steps": 100000, "checkpoint_every": 0},
+                                       optim={"warmup_steps": 5, "ema": 0.999}))["id"]
         st["live"] = rid
         d.wait_run(rid, lambda r: r["state"] == "running" and r["step"] >= 1, 30, "live run to train")
         r = d.post(f"/runs/{rid}/samples", {"n": 1, "steps": 3})
@@ -513,6 +523,8 @@ def run_all(d):
             ({"n": 1e9}, "limit_exceeded", "n"),
             ({"steps": 2.5}, "invalid_type", "steps"),
             ({"temperature": -1}, "out_of_range", "temperature"),
+            ({"churn": 1.5}, "limit_exceeded", "churn"),
+            ({"clamp": -1}, "out_of_range", "clamp"),
             ({"prompt": 5}, "invalid_type", "prompt"),
             ({"prompt": "x" * 5000}, "limit_exceeded", "prompt"),
             ({"nope": 1}, "unknown_field", "nope"),

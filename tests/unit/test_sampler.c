@@ -282,6 +282,42 @@ TEST(test_sampler_euler_step_by_hand) {
     }
 }
 
+/* Churn (stochastic steps): 0 is the ODE exactly; above 0 the samples change, stay
+ * reproducible for a seed, and still follow the grammar; out-of-range values are refused. */
+TEST(test_sampler_churn) {
+    ASSERT(trained_model != NULL);
+    cdcd_sample_params p;
+    cdcd_sample_params_default(&p);
+    EXPECT(p.churn == 0.0f);
+    p.n = 32;
+    p.steps = 60;
+    p.length = SENT_T;
+    cdcd_sample_result ode, c1, c2;
+    char err[256];
+    ASSERT(cdcd_sample(trained_model, &sched, NULL, &p, NULL, NULL, &ode, err, sizeof err) == 0);
+    p.churn = 0.3f;
+    ASSERT(cdcd_sample(trained_model, &sched, NULL, &p, NULL, NULL, &c1, err, sizeof err) == 0);
+    ASSERT(cdcd_sample(trained_model, &sched, NULL, &p, NULL, NULL, &c2, err, sizeof err) == 0);
+    size_t bytes = sizeof(int32_t) * (size_t)ode.n * ode.T;
+    EXPECT(memcmp(c1.ids, c2.ids, bytes) == 0);
+    EXPECT(memcmp(c1.ids, ode.ids, bytes) != 0);
+    int good = 0;
+    for (int i = 0; i < c1.n; i++) good += follows_grammar(c1.ids + (size_t)i * c1.T);
+    printf("  churn 0.3: %d/%d follow the template\n", good, c1.n);
+    if (check_quality) EXPECTF(good >= c1.n * 3 / 4, "only %d of %d follow the grammar with churn", good, c1.n);
+    cdcd_sample_result_free(&ode);
+    cdcd_sample_result_free(&c1);
+    cdcd_sample_result_free(&c2);
+    cdcd_sample_result bad;
+    p.churn = -0.1f;
+    EXPECT(cdcd_sample(trained_model, &sched, NULL, &p, NULL, NULL, &bad, err, sizeof err) == -1);
+    EXPECT(strstr(err, "churn") != NULL);
+    p.churn = 1.5f;
+    EXPECT(cdcd_sample(trained_model, &sched, NULL, &p, NULL, NULL, &bad, err, sizeof err) == -1);
+    p.churn = NAN;
+    EXPECT(cdcd_sample(trained_model, &sched, NULL, &p, NULL, NULL, &bad, err, sizeof err) == -1);
+}
+
 TEST(test_sampler_timesteps) {
     for (int n = 1; n <= 200; n *= 3) {
         double ts[256];
@@ -297,6 +333,7 @@ int main(void) {
     RUN(test_sampler_timesteps);
     RUN(test_sampler_euler_step_by_hand);
     RUN(test_sampler_grammar_is_learned);
+    RUN(test_sampler_churn);
     RUN(test_sampler_prompt_positions_fixed);
     RUN(test_sampler_reproducible);
     RUN(test_sampler_bad_arguments);
