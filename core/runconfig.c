@@ -51,6 +51,11 @@
 #define RUN_DEFAULT_SAMPLE_EVERY 500
 #define RUN_DEFAULT_SAMPLE_N 4
 #define RUN_DEFAULT_SAMPLE_STEPS 100
+/* The tiny preset is the one-hour recipe of this 2-core machine (docs/quality.md): it trains for
+ * 60 minutes of training time and its learning rate ends decayed there, so POST /runs
+ * {"preset":"tiny"} is the same run as `cdcd train --time-limit 60`. Other presets have no
+ * time budget (max_steps alone); "train": {"minutes": 0} removes it. */
+#define RUN_TINY_DEFAULT_MINUTES 60.0f
 #define RUN_MAX_SAMPLE_N 64
 #define RUN_MAX_SAMPLE_STEPS 10000
 
@@ -367,6 +372,7 @@ cdcd_run_config *cdcd_run_config_parse(const char *json, size_t len, const cdcd_
         set_error(err, NULL, "preset", "unknown preset '%s' (tiny, small, base, seed100m)", c->preset);
         goto fail;
     }
+    if (strcmp(c->preset, "tiny") == 0) c->train.minutes = RUN_TINY_DEFAULT_MINUTES;
     mc.output_prior = RUN_DEFAULT_OUTPUT_PRIOR;
     mc.self_cond = RUN_DEFAULT_SELF_COND;
     c->model = mc;

@@ -53,7 +53,7 @@ TEST(test_runconfig_tiny_defaults) {
     /* the quality levers that won (docs/quality.md) are on; the others are opt-in */
     EXPECT(c->data.vocab == CDCD_VOCAB_CORPUS && c->model.output_prior == 0 && c->model.self_cond == 0);
     EXPECT(c->cond.p_self_cond == 0.0f && c->optim.ema == 0.0f);
-    EXPECT(c->train.minutes == 0.0f); /* no time budget unless asked */
+    EXPECT(c->train.minutes == 60.0f); /* tiny is the one-hour recipe */
     EXPECT(c->train.sample_every == 500 && c->train.sample_n == 4 && c->train.sample_steps == 100);
     cdcd_run_config_free(c);
     /* the embedding head takes no output prior unless asked (and then it is an error) */
@@ -63,7 +63,16 @@ TEST(test_runconfig_tiny_defaults) {
     cdcd_run_config_free(c);
     c = parse("{}", 1, 0, &err); /* preset defaults to tiny */
     ASSERT(c != NULL);
-    EXPECT(c->model.d_model == 256);
+    EXPECT(c->model.d_model == 256 && c->train.minutes == 60.0f);
+    cdcd_run_config_free(c);
+    /* the one-hour budget is tiny's: it can be removed, and other presets have none */
+    c = parse("{\"preset\":\"tiny\",\"train\":{\"minutes\":0}}", 1, 0, &err);
+    ASSERT(c != NULL);
+    EXPECT(c->train.minutes == 0.0f);
+    cdcd_run_config_free(c);
+    c = parse("{\"preset\":\"small\"}", 1, 0, &err);
+    ASSERT(c != NULL);
+    EXPECT(c->train.minutes == 0.0f);
     cdcd_run_config_free(c);
 }
 
