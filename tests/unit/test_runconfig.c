@@ -51,8 +51,8 @@ TEST(test_runconfig_tiny_defaults) {
     EXPECT(strstr(c->data.train, "train.tok") != NULL);
     EXPECT(c->schedule.tmax > c->schedule.tmin);
     /* the quality levers that won (docs/quality.md) are on; the others are opt-in */
-    EXPECT(c->data.vocab == CDCD_VOCAB_CORPUS && c->model.output_prior == 0 && c->model.self_cond == 0);
-    EXPECT(c->cond.p_self_cond == 0.0f && c->optim.ema == 0.0f);
+    EXPECT(c->data.vocab == CDCD_VOCAB_CORPUS && c->model.output_prior == 0 && c->model.self_cond == 1);
+    EXPECT(c->cond.p_self_cond == 0.5f && c->optim.ema == 0.0f);
     EXPECT(c->train.minutes == 60.0f); /* tiny is the one-hour recipe */
     EXPECT(c->train.sample_every == 500 && c->train.sample_n == 4 && c->train.sample_steps == 100);
     cdcd_run_config_free(c);
@@ -107,7 +107,7 @@ TEST(test_runconfig_errors_name_the_field) {
     expect_error("{\"data\":{\"seq_len\":4096}}", "data.seq_len", 1);
     expect_error("{\"schedule\":{\"tmin\":5,\"tmax\":2}}", "schedule.tmax", 1);
     expect_error("{\"model\":{\"cond_channels\":false}}", "cond.p_cond", 1);
-    expect_error("{\"cond\":{\"p_self_cond\":0.5}}", "cond.p_self_cond", 1);
+    expect_error("{\"model\":{\"self_cond\":false},\"cond\":{\"p_self_cond\":0.5}}", "cond.p_self_cond", 1);
     expect_error("{\"model\":{\"head\":\"embedding\",\"output_prior\":true}}", "model.output_prior", 1);
     expect_error("{\"model\":{\"head\":\"softmax\"}}", "model.head", 1);
     expect_error("{\"train\":[]}", "train", 1);
