@@ -49,7 +49,7 @@
 #define RUN_DEFAULT_SELF_COND 1
 #define RUN_DEFAULT_EMA 0.0f
 /* Periodic stories during a daemon run: 4 stories of 100 steps every 500 steps costs
- * about 2% of tiny's training time (docs/quality.md has the measurement). */
+ * about 1-2% of tiny's training time (docs/quality.md has the measurement). */
 #define RUN_DEFAULT_SAMPLE_EVERY 500
 #define RUN_DEFAULT_SAMPLE_N 4
 #define RUN_DEFAULT_SAMPLE_STEPS 100
