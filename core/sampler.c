@@ -219,9 +219,10 @@ int cdcd_sample(struct cdcd_model *model, const struct cdcd_schedule *sched, con
                                .score_temp = p->score_temp};
         for (size_t i = 0; i < nsteps; i++) {
             double t = ts[i], tn = ts[i + 1];
-            if (p->churn > 0 && i + 1 < nsteps) {
+            /* never above the first step's sigma (tmax): the model was not trained past it */
+            double t_hat = fmin(t * (1.0 + p->churn), ts[0]);
+            if (t_hat > t && i + 1 < nsteps) {
                 /* x ~ p_t plus fresh noise of variance t_hat^2 - t^2 is a draw of p_t_hat */
-                double t_hat = t * (1.0 + p->churn);
                 cdcd_rng_fill_normal(&rng_churn, xt, nte, (float)sqrt(t_hat * t_hat - t * t));
                 for (size_t k = 0; k < nte; k++) x[k] += xt[k];
                 t = t_hat;
