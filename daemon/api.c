@@ -1,178 +1,34 @@
-/* The REST API's route table and the small endpoints: health, readiness, Prometheus
- * metrics and the OpenAPI document. The table is what openapi.yaml documents; a unit
- * test and an integration test compare the two. */
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
+/* The route table. Keep in step with openapi.yaml: tests compare the two both ways. */
+#include "api.h"
 
-#include "clock.h"
-#include "embed.h"
-#include "http.h"
-#include "queries.h"
-#include "runs.h"
-#include "sampling.h"
-#include "sse.h"
-
-static void api_health(cdcdd_req *req) {
-    cdcdd_buf b;
-    cdcdd_buf_init(&b);
-    cdcdd_buf_printf(&b, "{\"status\":\"ok\",\"version\":\"%s\",\"uptime_s\":%.1f}", CDCD_VERSION,
-                     cdcd_now_s() - req->srv->started_mono);
-    cdcdd_reply_buf(req, 200, &b);
-}
-
-static void api_ready(cdcdd_req *req) {
-    cdcdd_server *srv = req->srv;
-    if (!srv->ready || srv->stopping) {
-        cdcdd_reply_error(req, 503, "not_ready", NULL, "%s",
-                          srv->stopping ? "the daemon is shutting down" : "the daemon is starting");
-        return;
-    }
-    cdcdd_buf b;
-    cdcdd_buf_init(&b);
-    cdcdd_buf_puts(&b, "{\"status\":\"ready\"}");
-    cdcdd_reply_buf(req, 200, &b);
-}
-
-static void api_openapi(cdcdd_req *req) {
-    size_t len = 0;
-    const char *doc = cdcdd_openapi_yaml(&len);
-    struct MHD_Response *resp = MHD_create_response_from_buffer(len, (void *)doc, MHD_RESPMEM_PERSISTENT);
-    if (!resp) {
-        cdcdd_reply_error(req, 500, "out_of_memory", NULL, "out of memory");
-        return;
-    }
-    cdcdd_http_add_common_headers(resp, "application/yaml");
-    cdcdd_reply_response(req, 200, resp);
-}
-
-/* Prometheus text exposition format 0.0.4. */
-static void prom_help(cdcdd_buf *b, const char *name, const char *type, const char *help) {
-    cdcdd_buf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
-}
-
-static void prom_value(cdcdd_buf *b, double v) {
-    if (v != v) cdcdd_buf_puts(b, "NaN");
-    else cdcdd_buf_printf(b, "%.9g", v);
-}
-
-static void api_metrics(cdcdd_req *req) {
-    cdcdd_server *srv = req->srv;
-    cdcdd_buf b;
-    cdcdd_buf_init(&b);
-    prom_help(&b, "cdcdd_up", "gauge", "1 while the daemon runs.");
-    cdcdd_buf_puts(&b, "cdcdd_up 1\n");
-    prom_help(&b, "cdcdd_ready", "gauge", "1 when the store is open and HTTP accepts requests.");
-    cdcdd_buf_printf(&b, "cdcdd_ready %d\n", srv->ready && !srv->stopping);
-    prom_help(&b, "cdcdd_uptime_seconds", "gauge", "Seconds since the daemon started.");
-    cdcdd_buf_printf(&b, "cdcdd_uptime_seconds %.3f\n", cdcd_now_s() - srv->started_mono);
-
-    int by_state[CDCDD_RUN_STATE_COUNT];
-    cdcdd_runs_count(srv, by_state);
-    prom_help(&b, "cdcdd_runs", "gauge", "Runs by state.");
-    for (int s = 0; s < CDCDD_RUN_STATE_COUNT; s++)
-        cdcdd_buf_printf(&b, "cdcdd_runs{state=\"%s\"} %d\n", cdcdd_run_state_name((cdcdd_run_state)s), by_state[s]);
-    prom_help(&b, "cdcdd_queue_depth", "gauge", "Runs waiting for a training slot.");
-    cdcdd_buf_printf(&b, "cdcdd_queue_depth %d\n", by_state[CDCDD_RUN_QUEUED]);
-    prom_help(&b, "cdcdd_trainer_threads", "gauge", "Trainer threads alive.");
-    cdcdd_buf_printf(&b, "cdcdd_trainer_threads %d\n", cdcdd_runs_threads(srv));
-
-    static const struct {
-        const char *name, *type, *help;
-    } per_run[] = {
-        {"cdcdd_run_step", "gauge", "Optimiser steps done."},
-        {"cdcdd_run_tokens", "counter", "Real tokens trained on."},
-        {"cdcdd_run_tokens_per_second", "gauge", "Training throughput over the last step."},
-        {"cdcdd_run_loss", "gauge", "Last batch loss (NaN when it diverged)."},
-        {"cdcdd_run_valid_loss", "gauge", "Last validation loss."},
-        {"cdcdd_run_running", "gauge", "1 while the run is training."},
-    };
-    for (size_t k = 0; k < sizeof per_run / sizeof per_run[0]; k++) {
-        prom_help(&b, per_run[k].name, per_run[k].type, per_run[k].help);
-        for (cdcdd_run *r = srv->runs ? srv->runs->head : NULL; r; r = r->next) {
-            if (r->deleting) continue;
-            cdcdd_buf_printf(&b, "%s{run=\"%lld\"} ", per_run[k].name, (long long)r->id);
-            switch (k) {
-            case 0: cdcdd_buf_printf(&b, "%lld", (long long)r->step); break;
-            case 1: cdcdd_buf_printf(&b, "%lld", (long long)r->tokens); break;
-            case 2: prom_value(&b, r->state == CDCDD_RUN_RUNNING ? r->tokens_per_s : 0); break;
-            case 3: prom_value(&b, r->loss); break;
-            case 4: prom_value(&b, r->valid_loss); break;
-            default: cdcdd_buf_printf(&b, "%d", r->state == CDCDD_RUN_RUNNING); break;
-            }
-            cdcdd_buf_putc(&b, '\n');
-        }
-    }
-    prom_help(&b, "cdcdd_sample_jobs", "gauge", "Sampling jobs queued or running.");
-    cdcdd_buf_printf(&b, "cdcdd_sample_jobs %d\n", cdcdd_jobs_active(srv));
-    prom_help(&b, "cdcdd_sse_clients", "gauge", "Open event streams.");
-    cdcdd_buf_printf(&b, "cdcdd_sse_clients %d\n", cdcdd_sse_client_count(srv));
-
-    const cdcdd_http_stats *h = &srv->http;
-    prom_help(&b, "cdcdd_http_requests_total", "counter", "Completed HTTP requests by status class.");
-    for (int c = 1; c <= 5; c++)
-        cdcdd_buf_printf(&b, "cdcdd_http_requests_total{code=\"%dxx\"} %llu\n", c, (unsigned long long)h->by_class[c]);
-    prom_help(&b, "cdcdd_http_request_duration_seconds_sum", "counter",
-              "Total time from first byte to completion of non-streaming requests.");
-    cdcdd_buf_printf(&b, "cdcdd_http_request_duration_seconds_sum %.6f\n", h->latency_sum_s);
-    prom_help(&b, "cdcdd_http_connections", "gauge", "Open HTTP connections.");
-    cdcdd_buf_printf(&b, "cdcdd_http_connections %lld\n", (long long)h->connections);
-    prom_help(&b, "cdcdd_http_auth_failures_total", "counter", "Requests refused for a missing or wrong token.");
-    cdcdd_buf_printf(&b, "cdcdd_http_auth_failures_total %llu\n", (unsigned long long)h->auth_failures);
-    prom_help(&b, "cdcdd_http_limit_rejections_total", "counter", "Requests refused by a limit.");
-    cdcdd_buf_printf(&b, "cdcdd_http_limit_rejections_total{limit=\"body\"} %llu\n",
-                     (unsigned long long)h->rejected_body);
-    cdcdd_buf_printf(&b, "cdcdd_http_limit_rejections_total{limit=\"sample_jobs\"} %llu\n",
-                     (unsigned long long)h->rejected_limit);
-    cdcdd_buf_printf(&b, "cdcdd_http_limit_rejections_total{limit=\"connections\"} %llu\n",
-                     (unsigned long long)h->rejected_connections);
-
-    cdcdd_store_stats ss;
-    cdcdd_store_get_stats(srv->store, &ss);
-    prom_help(&b, "cdcdd_store_writes_total", "counter", "Store writes by outcome.");
-    cdcdd_buf_printf(&b, "cdcdd_store_writes_total{result=\"committed\"} %llu\n", (unsigned long long)ss.committed);
-    cdcdd_buf_printf(&b, "cdcdd_store_writes_total{result=\"failed\"} %llu\n", (unsigned long long)ss.failed);
-    cdcdd_buf_printf(&b, "cdcdd_store_writes_total{result=\"dropped\"} %llu\n", (unsigned long long)ss.dropped);
-    prom_help(&b, "cdcdd_store_queue_depth", "gauge", "Writes waiting for the next commit.");
-    cdcdd_buf_printf(&b, "cdcdd_store_queue_depth %llu\n", (unsigned long long)ss.queued);
-    prom_help(&b, "cdcdd_store_commits_total", "counter", "Store transactions committed or failed.");
-    cdcdd_buf_printf(&b, "cdcdd_store_commits_total %llu\n", (unsigned long long)ss.commits);
-    prom_help(&b, "cdcdd_store_commit_errors_total", "counter", "Store transactions that failed.");
-    cdcdd_buf_printf(&b, "cdcdd_store_commit_errors_total %llu\n", (unsigned long long)ss.commit_errors);
-    prom_help(&b, "cdcdd_store_last_commit_seconds", "gauge", "Duration of the last store transaction.");
-    cdcdd_buf_printf(&b, "cdcdd_store_last_commit_seconds %.6f\n", ss.last_commit_ms / 1e3);
-
-    size_t len = 0;
-    char *body = cdcdd_buf_take(&b, &len);
-    if (!body) {
-        cdcdd_reply_error(req, 500, "out_of_memory", NULL, "out of memory");
-        return;
-    }
-    cdcdd_reply_raw(req, 200, "text/plain; version=0.0.4; charset=utf-8", body, len);
-}
-
-/* Keep in step with openapi.yaml: tests compare the two in both directions. */
 const cdcdd_route cdcdd_routes[] = {
-    {"GET", "/health", api_health},
-    {"GET", "/ready", api_ready},
-    {"GET", "/metrics", api_metrics},
-    {"GET", "/openapi.yaml", api_openapi},
-    {"GET", "/runs", cdcdd_runs_http_list},
-    {"POST", "/runs", cdcdd_runs_http_create},
-    {"GET", "/runs/{id}", cdcdd_runs_http_get},
-    {"DELETE", "/runs/{id}", cdcdd_runs_http_delete},
-    {"POST", "/runs/{id}/pause", cdcdd_runs_http_pause},
-    {"POST", "/runs/{id}/resume", cdcdd_runs_http_resume},
-    {"POST", "/runs/{id}/stop", cdcdd_runs_http_stop},
-    {"GET", "/runs/{id}/events", cdcdd_runs_http_events},
-    {"GET", "/runs/{id}/metrics", cdcdd_q_http_metrics},
-    {"GET", "/runs/{id}/entropy", cdcdd_q_http_entropy},
-    {"GET", "/runs/{id}/schedule", cdcdd_q_http_schedule},
-    {"GET", "/runs/{id}/samples", cdcdd_sampling_http_list},
-    {"POST", "/runs/{id}/samples", cdcdd_sampling_http_create},
-    {"GET", "/runs/{id}/stories", cdcdd_stories_http_list},
-    {"GET", "/runs/{id}/checkpoints", cdcdd_q_http_checkpoints},
-    {"GET", "/runs/{id}/checkpoints/{step}", cdcdd_q_http_checkpoint_file},
-    {"GET", "/jobs/{id}", cdcdd_sampling_http_job},
+    {"GET", "/health", cdcdd_api_health},
+    {"GET", "/ready", cdcdd_api_ready},
+    {"GET", "/metrics", cdcdd_api_prometheus},
+    {"GET", "/openapi.yaml", cdcdd_api_openapi},
+    {"GET", "/runs", cdcdd_api_runs_list},
+    {"POST", "/runs", cdcdd_api_runs_create},
+    {"GET", "/runs/{id}", cdcdd_api_run_get},
+    {"DELETE", "/runs/{id}", cdcdd_api_run_delete},
+    {"POST", "/runs/{id}/pause", cdcdd_api_run_pause},
+    {"POST", "/runs/{id}/resume", cdcdd_api_run_resume},
+    {"POST", "/runs/{id}/stop", cdcdd_api_run_stop},
+    {"GET", "/runs/{id}/events", cdcdd_api_run_events},
+    {"GET", "/runs/{id}/metrics", cdcdd_api_metrics},
+    {"GET", "/runs/{id}/entropy", cdcdd_api_entropy},
+    {"GET", "/runs/{id}/schedule", cdcdd_api_schedule},
+    {"GET", "/runs/{id}/samples", cdcdd_api_samples_list},
+    {"POST", "/runs/{id}/samples", cdcdd_api_samples_create},
+    {"GET", "/runs/{id}/stories", cdcdd_api_stories_list},
+    {"GET", "/runs/{id}/checkpoints", cdcdd_api_checkpoints},
+    {"GET", "/runs/{id}/checkpoints/{step}", cdcdd_api_checkpoint_file},
+    {"GET", "/jobs/{id}", cdcdd_api_job_get},
 };
 const int cdcdd_route_count = (int)(sizeof cdcdd_routes / sizeof cdcdd_routes[0]);
+
+cdcdd_run *cdcdd_api_run_or_404(cdcdd_req *req) {
+    cdcdd_app *app = req->ctx;
+    cdcdd_run *r = cdcdd_runs_find(app->runs, req->params[0]);
+    if (!r) cdcdd_reply_error(req, 404, "run_not_found", NULL, "no run %lld", (long long)req->params[0]);
+    return r;
+}

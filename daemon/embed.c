@@ -24,12 +24,14 @@
 CDCDD_EMBED(cdcdd_embed_sql_001, "sql/001_init.sql");
 CDCDD_EMBED(cdcdd_embed_sql_002, "sql/002_periodic_stories.sql");
 CDCDD_EMBED(cdcdd_embed_sql_003, "sql/003_run_ids.sql");
+CDCDD_EMBED(cdcdd_embed_sql_004, "sql/004_run_note.sql");
 CDCDD_EMBED(cdcdd_embed_openapi, "openapi.yaml");
 
 const cdcdd_migration cdcdd_migrations[] = {
     {1, "001_init.sql", cdcdd_embed_sql_001},
     {2, "002_periodic_stories.sql", cdcdd_embed_sql_002},
     {3, "003_run_ids.sql", cdcdd_embed_sql_003},
+    {4, "004_run_note.sql", cdcdd_embed_sql_004},
 };
 const int cdcdd_migration_count = (int)(sizeof cdcdd_migrations / sizeof cdcdd_migrations[0]);
 

@@ -9,7 +9,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -17,11 +16,23 @@
 
 #include "clock.h"
 #include "log.h"
-#include "static.h"
+
+struct cdcdd_http {
+    cdcdd_http_config cfg;
+    struct MHD_Daemon *mhd;
+    uint16_t port;
+    uv_poll_t poll;
+    uv_timer_t timer;
+    int handles_open; /* poll and timer initialised, not yet closed */
+    int closing;      /* closes pending: freed when the count reaches 0 */
+    int quiesced;
+    cdcdd_req *live;  /* every request MHD has not completed */
+    cdcdd_http_stats stats;
+};
 
 /* ------------------------------------------------------------------ loop glue */
 
-static void mhd_drive(cdcdd_server *srv);
+static void mhd_drive(cdcdd_http *h);
 
 static void on_mhd_timer(uv_timer_t *t) { mhd_drive(t->data); }
 
@@ -32,22 +43,22 @@ static void on_mhd_poll(uv_poll_t *p, int status, int events) {
 }
 
 /* Lets MHD do all pending work, then re-arms the timer from MHD_get_timeout. */
-static void mhd_drive(cdcdd_server *srv) {
-    if (!srv->mhd) return;
-    MHD_run(srv->mhd);
+static void mhd_drive(cdcdd_http *h) {
+    if (!h->mhd) return;
+    MHD_run(h->mhd);
     MHD_UNSIGNED_LONG_LONG ms = 0;
-    if (MHD_get_timeout(srv->mhd, &ms) == MHD_YES) {
-        if (ms > 60000) ms = 60000;
-        uv_timer_start(&srv->mhd_timer, on_mhd_timer, (uint64_t)ms, 0);
+    if (MHD_get_timeout(h->mhd, &ms) == MHD_YES) {
+        if (ms > CDCDD_MHD_TIMER_MAX_MS) ms = CDCDD_MHD_TIMER_MAX_MS;
+        uv_timer_start(&h->timer, on_mhd_timer, (uint64_t)ms, 0);
     } else {
-        uv_timer_stop(&srv->mhd_timer);
+        uv_timer_stop(&h->timer);
     }
 }
 
-void cdcdd_http_kick(cdcdd_server *srv) {
-    /* MHD 0.9.75 in external epoll mode does not put its ITC into the epoll set, so a
-     * resumed connection wakes nothing: run MHD on the next loop iteration instead. */
-    if (srv->mhd) uv_timer_start(&srv->mhd_timer, on_mhd_timer, 0, 0);
+/* MHD 0.9.75 in external epoll mode does not put its ITC into the epoll set, so a
+ * resumed connection wakes nothing: run MHD on the next loop iteration instead. */
+static void http_kick(cdcdd_http *h) {
+    if (h->mhd) uv_timer_start(&h->timer, on_mhd_timer, 0, 0);
 }
 
 static void mhd_logger(void *cls, const char *fmt, va_list ap) {
@@ -79,9 +90,8 @@ void cdcdd_reply_response(cdcdd_req *req, unsigned status, struct MHD_Response *
         req->deferred = resp;
         req->deferred_status = status;
         req->suspended = 0;
-        req->srv->suspended--;
         MHD_resume_connection(req->conn);
-        cdcdd_http_kick(req->srv);
+        http_kick(req->http);
         return;
     }
     if (MHD_queue_response(req->conn, status, resp) != MHD_YES)
@@ -150,30 +160,43 @@ void cdcdd_reply_error(cdcdd_req *req, unsigned status, const char *code, const 
     cdcdd_http_add_common_headers(resp, "application/json");
     if (status == MHD_HTTP_UNAUTHORIZED)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"cdcdd\"");
-    if (status == 413) req->srv->http.rejected_body++;
+    if (status == 413) req->http->stats.rejected_body++;
     if (status == 429 || status == 503) MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, "1");
-    if (status == 429) req->srv->http.rejected_limit++;
+    if (status == 429) req->http->stats.rejected_limit++;
     cdcdd_reply_response(req, status, resp);
+}
+
+void cdcdd_reply_json_error(cdcdd_req *req, const cdcdd_json_error *e) {
+    cdcdd_reply_error(req, 400, e->code ? e->code : "invalid_request", e->field[0] ? e->field : NULL, "%s", e->message);
 }
 
 void cdcdd_req_suspend(cdcdd_req *req) {
     if (req->suspended || req->answered) return;
     req->suspended = 1;
-    req->srv->suspended++;
     MHD_suspend_connection(req->conn);
 }
 
-/* ------------------------------------------------------------ deferred reads */
+void cdcdd_req_park(cdcdd_req *req) {
+    if (req->suspended) return;
+    req->suspended = 1;
+    MHD_suspend_connection(req->conn);
+}
+
+void cdcdd_req_unpark(cdcdd_req *req) {
+    if (!req->suspended) return;
+    req->suspended = 0;
+    MHD_resume_connection(req->conn);
+    http_kick(req->http);
+}
+
+/* ------------------------------------------------------------ deferred work */
 
 typedef struct {
     uv_work_t work;
     cdcdd_req *req;
-    cdcdd_read_fn fn;
+    cdcdd_work_fn fn;
+    cdcdd_work_done_fn done;
     void *arg;
-    void (*free_arg)(void *);
-    unsigned status;
-    cdcdd_buf out;
-    cdcdd_store *store;
 } defer_job;
 
 void cdcdd_pool_thread_deprioritise(void) {
@@ -188,6 +211,42 @@ void cdcdd_pool_thread_deprioritise(void) {
 static void defer_work(uv_work_t *w) {
     defer_job *j = w->data;
     cdcdd_pool_thread_deprioritise();
+    j->fn(j->arg);
+}
+
+static void defer_done(uv_work_t *w, int status) {
+    defer_job *j = w->data;
+    j->done(j->req, j->arg, status == UV_ECANCELED);
+    free(j);
+}
+
+int cdcdd_req_defer(cdcdd_req *req, cdcdd_work_fn work, cdcdd_work_done_fn done, void *arg) {
+    defer_job *j = calloc(1, sizeof *j);
+    if (!j) return -1;
+    j->req = req;
+    j->fn = work;
+    j->done = done;
+    j->arg = arg;
+    j->work.data = j;
+    if (uv_queue_work(req->http->cfg.loop, &j->work, defer_work, defer_done) != 0) {
+        free(j);
+        return -1;
+    }
+    cdcdd_req_suspend(req);
+    return 0;
+}
+
+typedef struct {
+    cdcdd_store *store;
+    cdcdd_read_fn fn;
+    void *arg;
+    void (*free_arg)(void *);
+    unsigned status;
+    cdcdd_buf out;
+} read_job;
+
+static void read_work(void *arg) {
+    read_job *j = arg;
     sqlite3 *db = cdcdd_store_reader(j->store);
     if (!db) {
         j->status = 503;
@@ -199,46 +258,35 @@ static void defer_work(uv_work_t *w) {
     cdcdd_store_reader_release(j->store, db);
 }
 
-static void defer_done(uv_work_t *w, int status) {
-    defer_job *j = w->data;
-    cdcdd_server *srv = j->req->srv;
-    srv->pending_work--;
-    if (status == UV_ECANCELED) {
+static void read_done(cdcdd_req *req, void *arg, int cancelled) {
+    read_job *j = arg;
+    if (cancelled) {
         cdcdd_buf_free(&j->out);
-        cdcdd_reply_error(j->req, 503, "shutting_down", NULL, "the daemon is shutting down");
+        cdcdd_reply_error(req, 503, "shutting_down", NULL, "the daemon is shutting down");
     } else if (!cdcdd_buf_ok(&j->out)) {
         cdcdd_buf_free(&j->out);
-        cdcdd_reply_error(j->req, 500, "out_of_memory", NULL, "out of memory building the answer");
+        cdcdd_reply_error(req, 500, "out_of_memory", NULL, "out of memory building the answer");
     } else {
-        cdcdd_reply_buf(j->req, j->status, &j->out);
+        cdcdd_reply_buf(req, j->status, &j->out);
     }
     if (j->free_arg) j->free_arg(j->arg);
     free(j);
 }
 
 void cdcdd_req_defer_read(cdcdd_req *req, cdcdd_read_fn fn, void *arg, void (*free_arg)(void *)) {
-    defer_job *j = calloc(1, sizeof *j);
-    if (!j) {
-        if (free_arg) free_arg(arg);
-        cdcdd_reply_error(req, 500, "out_of_memory", NULL, "out of memory");
-        return;
+    read_job *j = calloc(1, sizeof *j);
+    if (j) {
+        j->store = req->http->cfg.store;
+        j->fn = fn;
+        j->arg = arg;
+        j->free_arg = free_arg;
+        cdcdd_buf_init(&j->out);
     }
-    j->req = req;
-    j->fn = fn;
-    j->arg = arg;
-    j->free_arg = free_arg;
-    j->store = req->srv->store;
-    cdcdd_buf_init(&j->out);
-    j->work.data = j;
-    cdcdd_req_suspend(req);
-    int rc = uv_queue_work(req->srv->loop, &j->work, defer_work, defer_done);
-    if (rc != 0) {
+    if (!j || cdcdd_req_defer(req, read_work, read_done, j) != 0) {
         if (free_arg) free_arg(arg);
         free(j);
-        cdcdd_reply_error(req, 500, "internal", NULL, "cannot queue the query: %s", uv_strerror(rc));
-        return;
+        cdcdd_reply_error(req, 500, "internal", NULL, "cannot queue the query");
     }
-    req->srv->pending_work++;
 }
 
 /* ------------------------------------------------------------------ helpers */
@@ -270,195 +318,155 @@ int cdcdd_req_query_int(cdcdd_req *req, const char *name, int64_t min, int64_t m
     return 1;
 }
 
-/* --------------------------------------------------------------- routing */
+const cdcdd_options *cdcdd_req_opts(const cdcdd_req *req) { return req->http->cfg.opts; }
 
-/* Matches one pattern; fills params. 1 on match. */
-static int pattern_match(const char *pat, const char *path, int64_t *params) {
-    int np = 0;
-    while (*pat && *path) {
-        if (*pat == '{') {
-            const char *close = strchr(pat, '}');
-            if (!close) return 0;
-            pat = close + 1;
-            if (*path < '0' || *path > '9') return 0;
-            int64_t v = 0;
-            int digits = 0;
-            while (*path >= '0' && *path <= '9') {
-                if (++digits > 18) return 0;
-                v = v * 10 + (*path - '0');
-                path++;
-            }
-            if (np < CDCDD_ROUTE_PARAMS) params[np++] = v;
-            continue;
-        }
-        if (*pat != *path) return 0;
-        pat++;
-        path++;
+/* --------------------------------------------------------------- dispatch */
+
+static void reply_not_allowed(cdcdd_req *req, const char *allow) {
+    cdcdd_buf b;
+    cdcdd_buf_init(&b);
+    char msg[160];
+    snprintf(msg, sizeof msg, "%s is not allowed on %s (allowed: %s)", req->method, req->url, allow);
+    cdcdd_error_json(&b, "method_not_allowed", NULL, msg);
+    size_t len = 0;
+    char *body = cdcdd_buf_take(&b, &len);
+    struct MHD_Response *resp = body ? MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE) : NULL;
+    if (!resp) {
+        free(body);
+        cdcdd_reply_error(req, 500, "out_of_memory", NULL, "out of memory");
+        return;
     }
-    return *pat == '\0' && *path == '\0';
+    cdcdd_http_add_common_headers(resp, "application/json");
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, allow);
+    cdcdd_reply_response(req, 405, resp);
 }
-
-const cdcdd_route *cdcdd_route_match(const char *method, const char *path, int64_t *params,
-                                     int *path_known, char *allow, size_t allowlen) {
-    int64_t tmp[CDCDD_ROUTE_PARAMS];
-    const char *m = strcmp(method, "HEAD") == 0 ? "GET" : method;
-    *path_known = 0;
-    if (allow && allowlen) allow[0] = '\0';
-    for (int i = 0; i < cdcdd_route_count; i++) {
-        const cdcdd_route *r = &cdcdd_routes[i];
-        if (!pattern_match(r->pattern, path, tmp)) continue;
-        if (strcmp(r->method, m) == 0) {
-            memcpy(params, tmp, sizeof tmp);
-            return r;
-        }
-        *path_known = 1;
-        if (allow && !strstr(allow, r->method)) {
-            size_t n = strlen(allow);
-            snprintf(allow + n, allowlen - n, "%s%s", n ? ", " : "", r->method);
-        }
-    }
-    return NULL;
-}
-
-/* Constant-time comparison of the bearer token. */
-static int token_ok(const char *header, const char *token) {
-    static const char prefix[] = "Bearer ";
-    if (!header || strncasecmp(header, prefix, sizeof prefix - 1) != 0) return 0;
-    const char *given = header + sizeof prefix - 1;
-    while (*given == ' ') given++;
-    size_t a = strlen(given), b = strlen(token);
-    unsigned char diff = (unsigned char)(a != b);
-    for (size_t i = 0; i < b; i++) diff |= (unsigned char)(given[i < a ? i : 0] ^ token[i]);
-    return diff == 0;
-}
-
-static int is_mutating(const char *method) {
-    return strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0 &&
-           strcmp(method, "OPTIONS") != 0;
-}
-
 
 static void dispatch(cdcdd_req *req) {
-    cdcdd_server *srv = req->srv;
-    /* the path without the query string (MHD already split it off) */
-    const char *path = req->url;
-    if (srv->stopping && strcmp(path, "/health") != 0) {
+    cdcdd_http *h = req->http;
+    const cdcdd_options *o = h->cfg.opts;
+    cdcdd_dispatch_input in = {.routes = h->cfg.routes,
+                               .route_count = h->cfg.route_count,
+                               .token = o->token,
+                               .quiesced = h->quiesced,
+                               .body_too_large = req->body_too_big,
+                               .has_fallback = h->cfg.fallback != NULL};
+    cdcdd_dispatch d;
+    cdcdd_dispatch_decide(&in, req->method, req->url, cdcdd_req_header(req, MHD_HTTP_HEADER_AUTHORIZATION), &d);
+    switch (d.kind) {
+    case CDCDD_DISPATCH_SHUTTING_DOWN:
         cdcdd_reply_error(req, 503, "shutting_down", NULL, "the daemon is shutting down");
         return;
-    }
-    if (req->body_too_big) {
+    case CDCDD_DISPATCH_TOO_LARGE:
         cdcdd_reply_error(req, 413, "body_too_large", NULL, "request body larger than %llu bytes",
-                          (unsigned long long)srv->opts.limits.max_body_bytes);
+                          (unsigned long long)o->limits.max_body_bytes);
         return;
-    }
-    int known = 0;
-    char allow[CDCDD_ALLOW_MAX];
-    const cdcdd_route *r = cdcdd_route_match(req->method, path, req->params, &known, allow, sizeof allow);
-    if (!r) {
-        if (known) {
-            struct MHD_Response *resp;
-            cdcdd_buf b;
-            cdcdd_buf_init(&b);
-            char msg[160];
-            snprintf(msg, sizeof msg, "%s is not allowed on %s (allowed: %s)", req->method, path, allow);
-            cdcdd_error_json(&b, "method_not_allowed", NULL, msg);
-            size_t len = 0;
-            char *body = cdcdd_buf_take(&b, &len);
-            resp = body ? MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE) : NULL;
-            if (!resp) {
-                free(body);
-                cdcdd_reply_error(req, 500, "out_of_memory", NULL, "out of memory");
-                return;
-            }
-            cdcdd_http_add_common_headers(resp, "application/json");
-            MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, allow);
-            cdcdd_reply_response(req, 405, resp);
-            return;
-        }
-        if (strcmp(req->method, "GET") == 0 || strcmp(req->method, "HEAD") == 0) {
-            cdcdd_static_serve(req, path);
-            return;
-        }
-        cdcdd_reply_error(req, 404, "not_found", NULL, "no route for %s %s", req->method, path);
+    case CDCDD_DISPATCH_NOT_ALLOWED: reply_not_allowed(req, d.allow); return;
+    case CDCDD_DISPATCH_FALLBACK: h->cfg.fallback(req); return;
+    case CDCDD_DISPATCH_NOT_FOUND:
+        cdcdd_reply_error(req, 404, "not_found", NULL, "no route for %s %s", req->method, req->url);
         return;
-    }
-    if (srv->opts.token[0] && is_mutating(req->method) &&
-        !token_ok(cdcdd_req_header(req, MHD_HTTP_HEADER_AUTHORIZATION), srv->opts.token)) {
-        srv->http.auth_failures++;
-        cdcdd_reply_error(req, 401, "unauthorized", NULL,
-                          "this endpoint needs the header 'Authorization: Bearer <token>'");
+    case CDCDD_DISPATCH_UNAUTHORIZED:
+        h->stats.auth_failures++;
+        cdcdd_reply_error(req, 401, "unauthorized", NULL, "this endpoint needs the header 'Authorization: Bearer <token>'");
         return;
+    case CDCDD_DISPATCH_ROUTE: break;
     }
-    req->route = r;
-    r->fn(req);
+    req->route = d.route;
+    memcpy(req->params, d.params, sizeof req->params);
+    d.route->fn(req);
     if (!req->answered && !req->suspended) {
-        cdcd_error("http: handler for %s %s gave no answer", req->method, r->pattern);
+        cdcd_error("http: handler for %s %s gave no answer", req->method, d.route->pattern);
         cdcdd_reply_error(req, 500, "internal", NULL, "the handler gave no answer");
     }
 }
 
 /* ------------------------------------------------------------- MHD callbacks */
 
-static cdcdd_mhd_result on_request(void *cls, struct MHD_Connection *conn, const char *url,
-                                   const char *method, const char *version,
-                                   const char *upload_data, size_t *upload_data_size,
+static void live_add(cdcdd_http *h, cdcdd_req *req) {
+    req->next = h->live;
+    if (h->live) h->live->prev = req;
+    h->live = req;
+}
+
+static void live_remove(cdcdd_http *h, cdcdd_req *req) {
+    if (req->prev) req->prev->next = req->next;
+    else h->live = req->next;
+    if (req->next) req->next->prev = req->prev;
+    req->prev = req->next = NULL;
+}
+
+/* The first call for a connection's request: allocate, note the peer, refuse an
+ * announced body over the limit. NULL when out of memory (MHD closes the connection). */
+static cdcdd_req *request_new(cdcdd_http *h, struct MHD_Connection *conn, const char *url, const char *method) {
+    cdcdd_req *req = calloc(1, sizeof *req);
+    if (!req) return NULL;
+    req->http = h;
+    req->ctx = h->cfg.ctx;
+    req->conn = conn;
+    req->t0 = cdcd_now_s();
+    snprintf(req->method, sizeof req->method, "%s", method);
+    req->url = strdup(url ? url : "/");
+    if (!req->url) {
+        free(req);
+        return NULL;
+    }
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    if (ci && ci->client_addr) {
+        const struct sockaddr *sa = ci->client_addr;
+        if (sa->sa_family == AF_INET)
+            inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, req->ip, sizeof req->ip);
+        else if (sa->sa_family == AF_INET6)
+            inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, req->ip, sizeof req->ip);
+    }
+    live_add(h, req);
+    uint64_t max = h->cfg.opts->limits.max_body_bytes;
+    const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (cl) {
+        char *end = NULL;
+        unsigned long long n = strtoull(cl, &end, 10);
+        if (end && *end == '\0' && n > max) {
+            req->handled = 1;
+            cdcdd_reply_error(req, 413, "body_too_large", NULL,
+                              "request body of %llu bytes is larger than the limit of %llu", n, (unsigned long long)max);
+        }
+    }
+    return req;
+}
+
+/* Collects a body chunk up to max_body_bytes. MHD_NO when out of memory. */
+static cdcdd_mhd_result request_body(cdcdd_req *req, const char *data, size_t n) {
+    if (req->handled || req->body_too_big) return MHD_YES;
+    if (req->body_len + n > req->http->cfg.opts->limits.max_body_bytes) {
+        req->body_too_big = 1;
+        free(req->body);
+        req->body = NULL;
+        req->body_len = 0;
+        return MHD_YES;
+    }
+    char *p = realloc(req->body, req->body_len + n + 1);
+    if (!p) return MHD_NO;
+    memcpy(p + req->body_len, data, n);
+    req->body = p;
+    req->body_len += n;
+    req->body[req->body_len] = '\0';
+    return MHD_YES;
+}
+
+static cdcdd_mhd_result on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
+                                   const char *version, const char *upload_data, size_t *upload_data_size,
                                    void **con_cls) {
     (void)version;
-    cdcdd_server *srv = cls;
+    cdcdd_http *h = cls;
     cdcdd_req *req = *con_cls;
     if (!req) {
-        req = calloc(1, sizeof *req);
-        if (!req) return MHD_NO;
-        req->srv = srv;
-        req->conn = conn;
-        req->t0 = cdcd_now_s();
-        snprintf(req->method, sizeof req->method, "%s", method);
-        req->url = strdup(url ? url : "/");
-        if (!req->url) {
-            free(req);
-            return MHD_NO;
-        }
-        const union MHD_ConnectionInfo *ci =
-            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
-        if (ci && ci->client_addr) {
-            const struct sockaddr *sa = ci->client_addr;
-            if (sa->sa_family == AF_INET)
-                inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, req->ip, sizeof req->ip);
-            else if (sa->sa_family == AF_INET6)
-                inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, req->ip, sizeof req->ip);
-        }
+        req = request_new(h, conn, url, method);
         *con_cls = req;
-        const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-        if (cl) {
-            char *end = NULL;
-            unsigned long long n = strtoull(cl, &end, 10);
-            if (end && *end == '\0' && n > srv->opts.limits.max_body_bytes) {
-                req->handled = 1;
-                cdcdd_reply_error(req, 413, "body_too_large", NULL,
-                                  "request body of %llu bytes is larger than the limit of %llu",
-                                  n, (unsigned long long)srv->opts.limits.max_body_bytes);
-            }
-        }
-        return MHD_YES;
+        return req ? MHD_YES : MHD_NO;
     }
     if (*upload_data_size) {
         size_t n = *upload_data_size;
         *upload_data_size = 0;
-        if (req->handled || req->body_too_big) return MHD_YES;
-        if (req->body_len + n > srv->opts.limits.max_body_bytes) {
-            req->body_too_big = 1;
-            free(req->body);
-            req->body = NULL;
-            req->body_len = 0;
-            return MHD_YES;
-        }
-        char *p = realloc(req->body, req->body_len + n + 1);
-        if (!p) return MHD_NO;
-        memcpy(p + req->body_len, upload_data, n);
-        req->body = p;
-        req->body_len += n;
-        req->body[req->body_len] = '\0';
-        return MHD_YES;
+        return request_body(req, upload_data, n);
     }
     if (req->deferred) {
         struct MHD_Response *resp = req->deferred;
@@ -476,24 +484,23 @@ static cdcdd_mhd_result on_request(void *cls, struct MHD_Connection *conn, const
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe) {
     (void)conn;
-    cdcdd_server *srv = cls;
+    cdcdd_http *h = cls;
     cdcdd_req *req = *con_cls;
     if (!req) return;
     *con_cls = NULL;
     double dt = cdcd_now_s() - req->t0;
     unsigned st = req->status;
-    srv->http.requests++;
-    if (st >= 100 && st < 600) srv->http.by_class[st / 100]++;
-    if (!req->is_stream) srv->http.latency_sum_s += dt;
+    h->stats.requests++;
+    if (st >= 100 && st < 600) h->stats.by_class[st / 100]++;
+    if (!req->is_stream) h->stats.latency_sum_s += dt;
     cdcd_debug("http: %s %s %s %u %.1f ms%s", req->ip, req->method, req->url, st, dt * 1e3,
                toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (aborted)");
-    if (req->suspended) {
-        /* MHD never completes a suspended connection; keep the counter honest anyway */
-        srv->suspended--;
-    }
+    if (req->on_complete) req->on_complete(req->on_complete_arg);
+    live_remove(h, req);
     free(req->body);
     free(req->url);
     free(req);
+    if (h->cfg.on_settled) h->cfg.on_settled(h->cfg.ctx);
 }
 
 /* The total connection limit is enforced here rather than with MHD's own
@@ -504,11 +511,11 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 static cdcdd_mhd_result on_accept(void *cls, const struct sockaddr *addr, socklen_t addrlen) {
     (void)addr;
     (void)addrlen;
-    cdcdd_server *srv = cls;
-    if (srv->http.connections >= srv->opts.limits.max_connections) {
-        srv->http.rejected_connections++;
-        cdcd_debug("http: refusing a connection: %lld open (max_connections %d)", (long long)srv->http.connections,
-                   srv->opts.limits.max_connections);
+    cdcdd_http *h = cls;
+    int max = h->cfg.opts->limits.max_connections;
+    if (h->stats.connections >= max) {
+        h->stats.rejected_connections++;
+        cdcd_debug("http: refusing a connection: %lld open (max_connections %d)", (long long)h->stats.connections, max);
         return MHD_NO;
     }
     return MHD_YES;
@@ -518,15 +525,14 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
                           enum MHD_ConnectionNotificationCode toe) {
     (void)conn;
     (void)socket_context;
-    cdcdd_server *srv = cls;
-    if (toe == MHD_CONNECTION_NOTIFY_STARTED) srv->http.connections++;
-    else if (toe == MHD_CONNECTION_NOTIFY_CLOSED) srv->http.connections--;
+    cdcdd_http *h = cls;
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) h->stats.connections++;
+    else if (toe == MHD_CONNECTION_NOTIFY_CLOSED) h->stats.connections--;
 }
 
 /* --------------------------------------------------------------- start/stop */
 
-int cdcdd_http_start(cdcdd_server *srv, char *err, size_t errlen) {
-    const cdcdd_options *o = &srv->opts;
+static int resolve_listen(const cdcdd_options *o, struct sockaddr_storage *addr, int *ipv6, char *err, size_t errlen) {
     struct addrinfo hints = {0}, *ai = NULL;
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
@@ -538,58 +544,92 @@ int cdcdd_http_start(cdcdd_server *srv, char *err, size_t errlen) {
         snprintf(err, errlen, "cannot resolve listen address %s: %s", o->listen_host, gai_strerror(gai));
         return -1;
     }
-    unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
-    if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
-    struct sockaddr_storage addr;
-    memcpy(&addr, ai->ai_addr, ai->ai_addrlen);
+    *ipv6 = ai->ai_family == AF_INET6;
+    memcpy(addr, ai->ai_addr, ai->ai_addrlen);
     freeaddrinfo(ai);
-
-    srv->mhd = MHD_start_daemon(
-        flags, (uint16_t)o->listen_port, on_accept, srv, on_request, srv,
-        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned)o->limits.max_connections + CDCDD_MHD_LIMIT_SLACK,
-        MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)o->limits.max_connections_per_ip,
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)o->limits.request_timeout_s,
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CDCDD_MHD_MEMORY_LIMIT,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
-        MHD_OPTION_NOTIFY_CONNECTION, on_connection, srv,
-        MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, srv,
-        MHD_OPTION_END);
-    if (!srv->mhd) {
-        snprintf(err, errlen, "cannot listen on %s:%d (address in use, or not permitted?)",
-                 o->listen_host, o->listen_port);
-        return -1;
-    }
-    const union MHD_DaemonInfo *di = MHD_get_daemon_info(srv->mhd, MHD_DAEMON_INFO_BIND_PORT);
-    srv->port = di ? di->port : (uint16_t)o->listen_port;
-    di = MHD_get_daemon_info(srv->mhd, MHD_DAEMON_INFO_EPOLL_FD);
-    if (!di) {
-        snprintf(err, errlen, "libmicrohttpd has no epoll file descriptor");
-        MHD_stop_daemon(srv->mhd);
-        srv->mhd = NULL;
-        return -1;
-    }
-    uv_poll_init(srv->loop, &srv->mhd_poll, di->epoll_fd);
-    srv->mhd_poll.data = srv;
-    uv_timer_init(srv->loop, &srv->mhd_timer);
-    srv->mhd_timer.data = srv;
-    uv_poll_start(&srv->mhd_poll, UV_READABLE, on_mhd_poll);
-    mhd_drive(srv);
     return 0;
 }
 
-void cdcdd_http_quiesce(cdcdd_server *srv) {
-    if (!srv->mhd) return;
-    MHD_socket fd = MHD_quiesce_daemon(srv->mhd);
+int cdcdd_http_start(const cdcdd_http_config *cfg, cdcdd_http **out, char *err, size_t errlen) {
+    *out = NULL;
+    const cdcdd_options *o = cfg->opts;
+    struct sockaddr_storage addr;
+    int ipv6 = 0;
+    if (resolve_listen(o, &addr, &ipv6, err, errlen) != 0) return -1;
+    cdcdd_http *h = calloc(1, sizeof *h);
+    if (!h) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    h->cfg = *cfg;
+    unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG | (ipv6 ? MHD_USE_IPv6 : 0);
+    h->mhd = MHD_start_daemon(
+        flags, (uint16_t)o->listen_port, on_accept, h, on_request, h, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)o->limits.max_connections + CDCDD_MHD_LIMIT_SLACK,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)o->limits.max_connections_per_ip, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned)o->limits.request_timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CDCDD_MHD_MEMORY_LIMIT,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_NOTIFY_CONNECTION, on_connection, h,
+        MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, h, MHD_OPTION_END);
+    if (!h->mhd) {
+        snprintf(err, errlen, "cannot listen on %s:%d (address in use, or not permitted?)", o->listen_host,
+                 o->listen_port);
+        free(h);
+        return -1;
+    }
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(h->mhd, MHD_DAEMON_INFO_BIND_PORT);
+    h->port = di ? di->port : (uint16_t)o->listen_port;
+    di = MHD_get_daemon_info(h->mhd, MHD_DAEMON_INFO_EPOLL_FD);
+    if (!di) {
+        snprintf(err, errlen, "libmicrohttpd has no epoll file descriptor");
+        MHD_stop_daemon(h->mhd);
+        free(h);
+        return -1;
+    }
+    uv_poll_init(cfg->loop, &h->poll, di->epoll_fd);
+    uv_timer_init(cfg->loop, &h->timer);
+    h->poll.data = h->timer.data = h;
+    h->handles_open = 1;
+    uv_poll_start(&h->poll, UV_READABLE, on_mhd_poll);
+    mhd_drive(h);
+    *out = h;
+    return 0;
+}
+
+uint16_t cdcdd_http_port(const cdcdd_http *h) { return h->port; }
+const cdcdd_http_stats *cdcdd_http_get_stats(const cdcdd_http *h) { return &h->stats; }
+int cdcdd_http_quiesced(const cdcdd_http *h) { return h->quiesced; }
+
+void cdcdd_http_quiesce(cdcdd_http *h) {
+    if (!h || h->quiesced) return;
+    h->quiesced = 1;
+    MHD_socket fd = MHD_quiesce_daemon(h->mhd);
     if (fd != MHD_INVALID_SOCKET) close(fd);
 }
 
-void cdcdd_http_stop(cdcdd_server *srv) {
-    if (!srv->mhd) return;
-    uv_poll_stop(&srv->mhd_poll);
-    uv_timer_stop(&srv->mhd_timer);
-    MHD_stop_daemon(srv->mhd);
-    srv->mhd = NULL;
-    uv_close((uv_handle_t *)&srv->mhd_poll, NULL);
-    uv_close((uv_handle_t *)&srv->mhd_timer, NULL);
+int cdcdd_http_is_drained(const cdcdd_http *h) {
+    for (const cdcdd_req *r = h ? h->live : NULL; r; r = r->next)
+        if (r->suspended && !r->is_stream) return 0;
+    return 1;
+}
+
+int cdcdd_http_parked(const cdcdd_http *h) {
+    int n = 0;
+    for (const cdcdd_req *r = h ? h->live : NULL; r; r = r->next) n += r->suspended;
+    return n;
+}
+
+static void on_handle_closed(uv_handle_t *handle) {
+    cdcdd_http *h = handle->data;
+    if (--h->closing == 0) free(h);
+}
+
+void cdcdd_http_stop(cdcdd_http *h) {
+    if (!h) return;
+    uv_poll_stop(&h->poll);
+    uv_timer_stop(&h->timer);
+    MHD_stop_daemon(h->mhd); /* completes (and frees) every live request */
+    h->mhd = NULL;
+    h->closing = 2;
+    uv_close((uv_handle_t *)&h->poll, on_handle_closed);
+    uv_close((uv_handle_t *)&h->timer, on_handle_closed);
 }

@@ -1,17 +1,19 @@
-/* HTTP plumbing over libmicrohttpd: requests, routing, responses, auth, deferred work.
+/* HTTP plumbing over libmicrohttpd: requests, responses, deferred work, stream parking.
+ * It knows nothing of the API: the root (server.c) starts it with a config that names
+ * the loop, the route table, the fallback for GET without a route (the dashboard's
+ * files), a callback when a request settles, and the context handlers receive.
  *
  * A request's life (all on the loop thread):
  *   1. MHD calls the access handler: a cdcdd_req is allocated, an announced body larger
  *      than max_body_bytes is refused at once with 413, body chunks are collected up to
  *      that cap (beyond it the request ends in 413 as well).
- *   2. Once the body is complete the route is found (404 / 405 with Allow), mutating
- *      methods are checked against the bearer token (401), and the handler runs.
+ *   2. Once the body is complete router.c decides: a route, 404 / 405 with Allow, 401
+ *      for a mutating method without the bearer token, 503 after quiesce (but /health).
  *   3. The handler answers at once (cdcdd_reply_*), or calls cdcdd_req_suspend() and
- *      answers later from a loop callback; the answer resumes the connection and MHD
- *      queues it. Every suspended request is answered exactly once; during shutdown
- *      the shutdown drain check (server.c, once per loop iteration) waits for that
- *      before MHD is stopped.
- *   4. MHD reports completion; the request is freed and counted. */
+ *      answers later from a loop callback; the answer resumes the connection. Every
+ *      suspended request is answered exactly once; cdcdd_http_is_drained() is false
+ *      until then, and the root stops MHD only when it is true.
+ *   4. MHD reports completion; the request is freed and counted; on_settled runs. */
 #ifndef CDCDD_HTTP_H
 #define CDCDD_HTTP_H
 
@@ -19,28 +21,56 @@
 #include <sqlite3.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <uv.h>
 
 #include "buf.h"
-#include "server.h"
+#include "json.h"
+#include "options.h"
+#include "router.h"
+#include "store.h"
 
-#define CDCDD_ROUTE_PARAMS 2      /* numeric path parameters, e.g. /runs/{id}/checkpoints/{step} */
-#define CDCDD_ALLOW_MAX 64
+#if MHD_VERSION >= 0x00097002
+typedef enum MHD_Result cdcdd_mhd_result;
+#else
+typedef int cdcdd_mhd_result;
+#endif
 
+#define CDCDD_MHD_MEMORY_LIMIT (256u << 10) /* per-connection MHD buffer (default 32 KiB is
+                                              too small for big headers + replies) */
+#define CDCDD_MHD_LIMIT_SLACK 64         /* MHD's own connection cap above max_connections
+                                              (ours, in on_accept, comes first) */
+#define CDCDD_MHD_TIMER_MAX_MS 60000     /* longest wait between two MHD runs */
+#define CDCDD_POOL_NICE 10               /* nice of libuv pool threads (see cdcdd_pool_thread_deprioritise) */
+
+typedef struct cdcdd_http cdcdd_http;
 typedef struct cdcdd_req cdcdd_req;
-typedef void (*cdcdd_handler)(cdcdd_req *req);
 
 typedef struct {
-    const char *method;  /* "GET", "POST", "DELETE" */
-    const char *pattern; /* "/runs/{id}/metrics": {name} matches a decimal integer */
-    cdcdd_handler fn;
-} cdcdd_route;
+    uv_loop_t *loop;
+    const cdcdd_options *opts;   /* live: limits and token are read per request (SIGHUP) */
+    const cdcdd_route *routes;
+    int route_count;
+    cdcdd_handler fallback;      /* GET/HEAD without a route; NULL: 404 */
+    void (*on_settled)(void *ctx); /* a request completed */
+    void *ctx;                   /* given to every handler as req->ctx */
+    cdcdd_store *store;          /* read connections for cdcdd_req_defer_read */
+} cdcdd_http_config;
 
-/* The route table (api.c). openapi.yaml documents exactly these (tests check it). */
-extern const cdcdd_route cdcdd_routes[];
-extern const int cdcdd_route_count;
+/* Counters exported by GET /metrics (loop thread only). */
+typedef struct {
+    uint64_t requests;          /* completed requests */
+    uint64_t by_class[6];       /* 1xx..5xx, index = status / 100 */
+    uint64_t auth_failures;
+    uint64_t rejected_body;     /* 413 */
+    uint64_t rejected_limit;    /* 429 and other limit refusals */
+    uint64_t rejected_connections; /* refused at accept: max_connections reached */
+    int64_t connections;        /* open now */
+    double latency_sum_s;       /* handler-to-completion time of completed requests */
+} cdcdd_http_stats;
 
 struct cdcdd_req {
-    cdcdd_server *srv;
+    cdcdd_http *http;
+    void *ctx;                  /* cdcdd_http_config.ctx */
     struct MHD_Connection *conn;
     char method[16];
     char *url;
@@ -51,49 +81,65 @@ struct cdcdd_req {
     int handled;    /* route dispatched */
     int answered;   /* a response has been queued or is waiting for resume */
     int suspended;  /* MHD_suspend_connection in effect */
+    int is_stream;  /* the response is an event stream (parks while idle) */
     struct MHD_Response *deferred; /* answer waiting for the resume */
     unsigned deferred_status;
     unsigned status;
-    int is_stream;  /* the response is an SSE stream */
     const cdcdd_route *route;
     int64_t params[CDCDD_ROUTE_PARAMS];
     double t0;
+    void (*on_complete)(void *arg); /* called when MHD completes the request (streams) */
+    void *on_complete_arg;
+    cdcdd_req *prev, *next;     /* the live requests */
 };
 
-/* Starts MHD on srv->opts (listen address, limits) in external epoll mode and hooks it
- * into the loop. 0, or -1 with a message in err. */
-int cdcdd_http_start(cdcdd_server *srv, char *err, size_t errlen);
-/* Makes the loop run MHD soon (after a connection was resumed). Loop thread. */
-void cdcdd_http_kick(cdcdd_server *srv);
-/* Stops accepting new connections (graceful shutdown). */
-void cdcdd_http_quiesce(cdcdd_server *srv);
-/* Stops MHD (no connection may be suspended) and closes its loop handles. */
-void cdcdd_http_stop(cdcdd_server *srv);
-
-/* Matches method + path against the table. Returns the route, or NULL with *path_known set
- * when the path exists under another method (405) and allow filled with "GET, POST". */
-const cdcdd_route *cdcdd_route_match(const char *method, const char *path, int64_t *params,
-                                     int *path_known, char *allow, size_t allowlen);
+/* Starts MHD on cfg->opts (listen address, limits) in external epoll mode and hooks it
+ * into cfg->loop. 0, or -1 with a message in err. */
+int cdcdd_http_start(const cdcdd_http_config *cfg, cdcdd_http **out, char *err, size_t errlen);
+uint16_t cdcdd_http_port(const cdcdd_http *h);
+const cdcdd_http_stats *cdcdd_http_get_stats(const cdcdd_http *h);
+/* Graceful shutdown: stops accepting; every request but /health is answered 503. */
+void cdcdd_http_quiesce(cdcdd_http *h);
+int cdcdd_http_quiesced(const cdcdd_http *h);
+/* 1 when no request waits for an answer (idle event streams do not count). */
+int cdcdd_http_is_drained(const cdcdd_http *h);
+/* Connections suspended now, streams included (MHD cannot stop while any is). */
+int cdcdd_http_parked(const cdcdd_http *h);
+/* Stops MHD and closes its loop handles; the struct is freed once they are closed. NULL ok. */
+void cdcdd_http_stop(cdcdd_http *h);
 
 /* ---- answers (loop thread) ---- */
 /* Takes ownership of body (malloc'd; may be NULL when len is 0). */
-void cdcdd_reply_raw(cdcdd_req *req, unsigned status, const char *content_type, char *body,
-                     size_t len);
+void cdcdd_reply_raw(cdcdd_req *req, unsigned status, const char *content_type, char *body, size_t len);
 void cdcdd_reply_buf(cdcdd_req *req, unsigned status, cdcdd_buf *json);
 /* {"error":{"code":..,"message":..,"field":..|null}}; field may be NULL. */
 void cdcdd_reply_error(cdcdd_req *req, unsigned status, const char *code, const char *field,
                        const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+/* 400 with a JSON helper's error. */
+void cdcdd_reply_json_error(cdcdd_req *req, const cdcdd_json_error *e);
 /* Queues a prepared MHD response (ownership passes). */
 void cdcdd_reply_response(cdcdd_req *req, unsigned status, struct MHD_Response *resp);
 /* Writes the error document into b. */
 void cdcdd_error_json(cdcdd_buf *b, const char *code, const char *field, const char *message);
+/* The standard headers added to every API response. */
+void cdcdd_http_add_common_headers(struct MHD_Response *resp, const char *content_type);
 
 /* Suspends the connection until an answer is given from a later loop callback. */
 void cdcdd_req_suspend(cdcdd_req *req);
+/* Event streams: park the connection while nothing is buffered, unpark to send. */
+void cdcdd_req_park(cdcdd_req *req);
+void cdcdd_req_unpark(cdcdd_req *req);
+
+/* Runs work(arg) on a libuv pool thread, then done(req, arg, cancelled) on the loop; the
+ * request is suspended meanwhile and done must answer it. -1 (nothing queued, nothing
+ * answered) when the work cannot be queued. */
+typedef void (*cdcdd_work_fn)(void *arg);
+typedef void (*cdcdd_work_done_fn)(cdcdd_req *req, void *arg, int cancelled);
+int cdcdd_req_defer(cdcdd_req *req, cdcdd_work_fn work, cdcdd_work_done_fn done, void *arg);
 
 /* Runs fn on a libuv pool thread with a borrowed read connection; fn fills *status and
  * *out (JSON), and the answer is sent from the loop when it returns. arg is freed with
- * free_arg (may be NULL) afterwards. The request is suspended meanwhile. */
+ * free_arg (may be NULL) afterwards. */
 typedef void (*cdcdd_read_fn)(sqlite3 *db, void *arg, unsigned *status, cdcdd_buf *out);
 void cdcdd_req_defer_read(cdcdd_req *req, cdcdd_read_fn fn, void *arg, void (*free_arg)(void *));
 
@@ -103,13 +149,11 @@ const char *cdcdd_req_header(cdcdd_req *req, const char *name);
 /* Parses query parameter name as an integer in [min, max]. Returns 0 absent (*out keeps its
  * default), 1 present, -1 after answering 400 naming the parameter. */
 int cdcdd_req_query_int(cdcdd_req *req, const char *name, int64_t min, int64_t max, int64_t *out);
+/* The live settings the daemon was started with (limits, directories). */
+const cdcdd_options *cdcdd_req_opts(const cdcdd_req *req);
 
 /* Lowers the calling libuv pool thread to nice CDCDD_POOL_NICE (once per thread), so that
  * HTTP queries yield the CPU to trainer threads when cores are scarce. */
-#define CDCDD_POOL_NICE 10
 void cdcdd_pool_thread_deprioritise(void);
-
-/* The standard headers added to every API response. */
-void cdcdd_http_add_common_headers(struct MHD_Response *resp, const char *content_type);
 
 #endif

@@ -2,7 +2,23 @@
 #include "json.h"
 
 #include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <string.h>
+
+static int fail(cdcdd_json_error *e, const char *code, const char *field, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static int fail(cdcdd_json_error *e, const char *code, const char *field, const char *fmt, ...) {
+    e->code = code;
+    snprintf(e->field, sizeof e->field, "%s", field ? field : "");
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e->message, sizeof e->message, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+static int is_space(char c) { return c == ' ' || c == '\n' || c == '\r' || c == '\t'; }
 
 int cdcdd_json_depth(const char *buf, size_t len, int max) {
     int depth = 0, deepest = 0, in_str = 0;
@@ -24,112 +40,81 @@ int cdcdd_json_depth(const char *buf, size_t len, int max) {
     return deepest;
 }
 
-int cdcdd_json_parse_request(cdcdd_req *req, cJSON **out) {
+int cdcdd_json_has_body(const char *body, size_t len) {
+    for (size_t i = 0; body && i < len; i++)
+        if (!is_space(body[i])) return 1;
+    return 0;
+}
+
+int cdcdd_json_parse(const char *body, size_t len, int max_depth, cJSON **out, cdcdd_json_error *e) {
     *out = NULL;
-    size_t len = req->body_len;
-    const char *body = req->body;
-    size_t i = 0;
-    while (body && i < len && (body[i] == ' ' || body[i] == '\n' || body[i] == '\r' || body[i] == '\t')) i++;
-    if (!body || i == len) {
-        cdcdd_reply_error(req, 400, "invalid_json", NULL, "the request needs a JSON body");
-        return 0;
-    }
-    int max = req->srv->opts.limits.max_json_depth;
-    if (cdcdd_json_depth(body, len, max) < 0) {
-        cdcdd_reply_error(req, 400, "too_deep", NULL, "JSON nested deeper than %d levels", max);
-        return 0;
-    }
+    if (!cdcdd_json_has_body(body, len)) return fail(e, "invalid_json", NULL, "the request needs a JSON body") + 1;
+    if (cdcdd_json_depth(body, len, max_depth) < 0)
+        return fail(e, "too_deep", NULL, "JSON nested deeper than %d levels", max_depth) + 1;
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, 0);
-    if (!root) {
-        long at = end ? (long)(end - body) : 0;
-        cdcdd_reply_error(req, 400, "invalid_json", NULL, "invalid JSON near byte %ld", at);
-        return 0;
-    }
+    if (!root) return fail(e, "invalid_json", NULL, "invalid JSON near byte %ld", end ? (long)(end - body) : 0L) + 1;
     /* nothing but whitespace may follow the document */
     size_t at = end ? (size_t)(end - body) : len;
-    while (at < len && (body[at] == ' ' || body[at] == '\n' || body[at] == '\r' || body[at] == '\t')) at++;
+    while (at < len && is_space(body[at])) at++;
     if (at < len) {
         cJSON_Delete(root);
-        cdcdd_reply_error(req, 400, "invalid_json", NULL, "unexpected data after the JSON document at byte %zu", at);
-        return 0;
+        return fail(e, "invalid_json", NULL, "unexpected data after the JSON document at byte %zu", at) + 1;
     }
     *out = root;
     return 1;
 }
 
-int cdcdd_json_get_num(cdcdd_req *req, const cJSON *obj, const char *key, const char *field,
-                       double min, double max, double *out) {
+int cdcdd_json_get_num(const cJSON *obj, const char *key, double min, double max, double *out,
+                       cdcdd_json_error *e) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
     if (!v || cJSON_IsNull(v)) return 0;
-    if (!cJSON_IsNumber(v)) {
-        cdcdd_reply_error(req, 400, "invalid_type", field, "%s must be a number", field);
-        return -1;
-    }
+    if (!cJSON_IsNumber(v)) return fail(e, "invalid_type", key, "%s must be a number", key);
     double d = v->valuedouble;
-    if (!isfinite(d) || d < min || d > max) {
-        cdcdd_reply_error(req, 400, d > max ? "limit_exceeded" : "out_of_range", field,
-                          "%s must be between %g and %g", field, min, max);
-        return -1;
-    }
+    if (!isfinite(d) || d < min || d > max)
+        return fail(e, d > max ? "limit_exceeded" : "out_of_range", key, "%s must be between %g and %g", key, min, max);
     *out = d;
     return 1;
 }
 
-int cdcdd_json_get_int(cdcdd_req *req, const cJSON *obj, const char *key, const char *field,
-                       int64_t min, int64_t max, int64_t *out) {
+int cdcdd_json_get_int(const cJSON *obj, const char *key, int64_t min, int64_t max, int64_t *out,
+                       cdcdd_json_error *e) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
     if (!v || cJSON_IsNull(v)) return 0;
-    if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) || !isfinite(v->valuedouble)) {
-        cdcdd_reply_error(req, 400, "invalid_type", field, "%s must be an integer", field);
-        return -1;
-    }
+    if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) || !isfinite(v->valuedouble))
+        return fail(e, "invalid_type", key, "%s must be an integer", key);
     double d = v->valuedouble;
-    if (d < (double)min || d > (double)max) {
-        cdcdd_reply_error(req, 400, d > (double)max ? "limit_exceeded" : "out_of_range", field,
-                          "%s must be between %lld and %lld", field, (long long)min, (long long)max);
-        return -1;
-    }
+    if (d < (double)min || d > (double)max)
+        return fail(e, d > (double)max ? "limit_exceeded" : "out_of_range", key, "%s must be between %lld and %lld",
+                    key, (long long)min, (long long)max);
     *out = (int64_t)d;
     return 1;
 }
 
-int cdcdd_json_get_bool(cdcdd_req *req, const cJSON *obj, const char *key, const char *field, int *out) {
+int cdcdd_json_get_bool(const cJSON *obj, const char *key, int *out, cdcdd_json_error *e) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
     if (!v || cJSON_IsNull(v)) return 0;
-    if (!cJSON_IsBool(v)) {
-        cdcdd_reply_error(req, 400, "invalid_type", field, "%s must be true or false", field);
-        return -1;
-    }
+    if (!cJSON_IsBool(v)) return fail(e, "invalid_type", key, "%s must be true or false", key);
     *out = cJSON_IsTrue(v) ? 1 : 0;
     return 1;
 }
 
-int cdcdd_json_get_str(cdcdd_req *req, const cJSON *obj, const char *key, const char *field,
-                       size_t max_bytes, const char **out) {
+int cdcdd_json_get_str(const cJSON *obj, const char *key, size_t max_bytes, const char **out,
+                       cdcdd_json_error *e) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
     if (!v || cJSON_IsNull(v)) return 0;
-    if (!cJSON_IsString(v) || !v->valuestring) {
-        cdcdd_reply_error(req, 400, "invalid_type", field, "%s must be a string", field);
-        return -1;
-    }
-    if (strlen(v->valuestring) > max_bytes) {
-        cdcdd_reply_error(req, 400, "limit_exceeded", field, "%s is longer than %zu bytes", field, max_bytes);
-        return -1;
-    }
+    if (!cJSON_IsString(v) || !v->valuestring) return fail(e, "invalid_type", key, "%s must be a string", key);
+    if (strlen(v->valuestring) > max_bytes)
+        return fail(e, "limit_exceeded", key, "%s is longer than %zu bytes", key, max_bytes);
     *out = v->valuestring;
     return 1;
 }
 
-int cdcdd_json_only_keys(cdcdd_req *req, const cJSON *obj, const char *const *allowed) {
+int cdcdd_json_only_keys(const cJSON *obj, const char *const *allowed, cdcdd_json_error *e) {
     for (const cJSON *c = obj ? obj->child : NULL; c; c = c->next) {
         int ok = 0;
         for (int i = 0; allowed[i] && !ok; i++) ok = c->string && strcmp(c->string, allowed[i]) == 0;
-        if (!ok) {
-            cdcdd_reply_error(req, 400, "unknown_field", c->string ? c->string : "",
-                              "unknown field \"%s\"", c->string ? c->string : "");
-            return -1;
-        }
+        if (!ok) return fail(e, "unknown_field", c->string ? c->string : "", "unknown field \"%s\"", c->string ? c->string : "");
     }
     return 1;
 }

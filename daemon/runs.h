@@ -1,119 +1,87 @@
-/* The run manager: the in-memory run table (loop thread), scheduling under max_runs, one
- * trainer thread per active run, and crash recovery.
+/* The run manager (loop thread): the table of runs, scheduling under max_runs, the
+ * lifecycle of each run's trainer thread (trainer.h), crash recovery, and the run events
+ * published to SSE clients. State changes follow run_state.h and are written durably
+ * (run_store.h) before they are announced.
  *
- * States and transitions (the HTTP verbs in brackets):
+ * At most max_runs runs are `running`; the others wait in `queued`, oldest first. Pause
+ * and stop of a running run ask its trainer to checkpoint and exit; waiters registered
+ * with cdcdd_runs_wind_down are called when it has. At start every run found `running`
+ * is queued again, and each start of a run first deletes the rows logged after the
+ * checkpoint it resumes from, so re-logged series stay consistent.
  *
- *   queued --(slot free)--> running --(max_steps)--> finished
- *     |                       |  |  \--(error)-----> failed --[resume]--> queued
- *     |                       |  \--[pause]--> paused --[resume]--> queued
- *     \--[pause]--> paused    \--[stop]---> stopped --[resume]--> queued
- *     \--[stop]---> stopped
- *
- * Pause and stop ask the trainer to finish its step, checkpoint and exit; the HTTP answer
- * waits (suspended) until it has. No thread exists outside `running`, so paused runs cost
- * nothing but disk. At most max_runs runs are `running`; the others wait in `queued`,
- * oldest first.
- *
- * Durability: a run's row is written with synchronous=FULL whenever its state changes; a
- * graceful shutdown checkpoints every running run and leaves it `running` in the database.
- * At start every run found `running` or `queued` is queued again, and each start of a run
- * (fresh, resumed, restarted after a crash) first deletes the rows logged after the
- * checkpoint it resumes from (metrics, entropy samples, fits, checkpoints whose file is
- * gone), so the series that training then re-logs stay consistent. */
+ * Other modules reach a running trainer only through cdcdd_runs_submit_task: runs knows
+ * nothing of what the task does (sampling jobs supply it). */
 #ifndef CDCDD_RUNS_H
 #define CDCDD_RUNS_H
 
 #include <stdint.h>
+#include <uv.h>
 
-#include "buf.h"
-#include "http.h"
-#include "server.h"
-#include "train.h"
+#include "loopq.h"
+#include "options.h"
+#include "run.h"
+#include "runconfig.h"
+#include "sse.h"
+#include "store.h"
+#include "taskq.h"
+#include "vocab.h"
 
-#define CDCDD_RUN_ERROR_MAX 512
+typedef struct cdcdd_runs cdcdd_runs;
 
-typedef enum {
-    CDCDD_RUN_QUEUED = 0,
-    CDCDD_RUN_RUNNING,
-    CDCDD_RUN_PAUSED,
-    CDCDD_RUN_STOPPED,
-    CDCDD_RUN_FINISHED,
-    CDCDD_RUN_FAILED,
-    CDCDD_RUN_STATE_COUNT
-} cdcdd_run_state;
+typedef struct {
+    uv_loop_t *loop;
+    cdcdd_store *store;
+    cdcdd_loopq *loopq;
+    cdcdd_sse_hub *hub;
+    cdcdd_vocab *vocab;
+    const cdcdd_options *opts;  /* live: max_runs and threads_per_run (SIGHUP) */
+    const char *runs_dir;       /* STATE_DIR/runs */
+    void (*on_change)(void *ctx); /* a run changed state (the root refreshes STATUS=) */
+    void *ctx;
+} cdcdd_runs_config;
 
-const char *cdcdd_run_state_name(cdcdd_run_state s);
-/* -1 for an unknown name. */
-int cdcdd_run_state_parse(const char *name);
+/* Loads the run table and queues interrupted runs (nothing starts before
+ * cdcdd_runs_schedule). 0, or -1 with err. */
+int cdcdd_runs_open(const cdcdd_runs_config *cfg, cdcdd_runs **out, char *err, size_t errlen);
+void cdcdd_runs_free(cdcdd_runs *runs);
 
-struct cdcdd_trainer_ctl;
-struct cdcdd_job;
-
-typedef struct cdcdd_run {
-    int64_t id;
-    char name[64];
-    cdcdd_run_state state;
-    char *config_json;          /* normalised config */
-    int64_t max_steps;
-    double created_at, started_at, finished_at, updated_at; /* wall seconds; 0 = unset */
-    int64_t step, tokens;
-    /* latest step report */
-    double loss, lr, grad_norm, tokens_per_s, step_ms;
-    int nonfinite;
-    double valid_loss;
-    int64_t valid_step;         /* -1 none */
-    cdcd_fit_report fit;
-    int has_fit;
-    /* latest checkpoint known to be on disk */
-    int64_t ckpt_step;          /* -1 none */
-    uint64_t ckpt_bytes;
-    char ckpt_sha[65];
-    char *ckpt_path;
-    char error[CDCDD_RUN_ERROR_MAX];
-    struct cdcdd_trainer_ctl *ctl; /* non-NULL while a trainer thread exists */
-    const char *pending;        /* "pause" / "stop" while the trainer winds down */
-    int sample_jobs;            /* sampling jobs reading this run */
-    int deleting;
-    struct cdcdd_waiter *waiters; /* requests answered when the trainer exits */
-    struct cdcdd_run *next;
-} cdcdd_run;
-
-typedef struct cdcdd_runs {
-    cdcdd_run *head, *tail;     /* by id */
-    int64_t next_id;
-    int count;
-} cdcdd_runs;
-
-/* Loads the run table, re-queues interrupted runs and starts what max_runs allows. Called
- * once at start on the loop thread, after the store is open. 0 or -1 with err. */
-int cdcdd_runs_init(cdcdd_server *srv, char *err, size_t errlen);
-void cdcdd_runs_free(cdcdd_server *srv);
-cdcdd_run *cdcdd_runs_find(cdcdd_server *srv, int64_t id);
-/* Starts queued runs while fewer than max_runs are running. */
-void cdcdd_runs_schedule(cdcdd_server *srv);
+/* Iteration over the visible runs, oldest first: for (r = first; r; r = cdcdd_runs_next(r)). */
+cdcdd_run *cdcdd_runs_first(cdcdd_runs *runs);
+cdcdd_run *cdcdd_runs_next(cdcdd_run *r);
+cdcdd_run *cdcdd_runs_find(cdcdd_runs *runs, int64_t id);
 /* Counts by state (array of CDCDD_RUN_STATE_COUNT). */
-void cdcdd_runs_count(cdcdd_server *srv, int *by_state);
+void cdcdd_runs_count(cdcdd_runs *runs, int *by_state);
 /* Trainer threads alive (including those winding down). */
-int cdcdd_runs_threads(cdcdd_server *srv);
-/* Graceful shutdown: every trainer checkpoints and exits; runs stay `running` on disk. */
-void cdcdd_runs_shutdown(cdcdd_server *srv);
+int cdcdd_runs_threads(cdcdd_runs *runs);
+/* The BLAS threads one run gets: threads_per_run, auto = online CPUs / max_runs. */
+int cdcdd_runs_thread_budget(const cdcdd_runs *runs);
 
-/* Writes the run as JSON; with_config adds the "config" object. */
-void cdcdd_run_json(cdcdd_buf *b, const cdcdd_run *r, int with_config);
+/* Starts queued runs while fewer than max_runs are running. */
+void cdcdd_runs_schedule(cdcdd_runs *runs);
+/* Shutdown: every trainer checkpoints and exits; runs stay `running` on disk. */
+void cdcdd_runs_request_stop(cdcdd_runs *runs);
+/* 1 when no trainer thread is left. */
+int cdcdd_runs_is_drained(cdcdd_runs *runs);
 
-/* ---- HTTP handlers (api.c routes these) ---- */
-void cdcdd_runs_http_create(cdcdd_req *req);
-void cdcdd_runs_http_list(cdcdd_req *req);
-void cdcdd_runs_http_get(cdcdd_req *req);
-void cdcdd_runs_http_pause(cdcdd_req *req);
-void cdcdd_runs_http_resume(cdcdd_req *req);
-void cdcdd_runs_http_stop(cdcdd_req *req);
-void cdcdd_runs_http_delete(cdcdd_req *req);
-void cdcdd_runs_http_events(cdcdd_req *req);
-
-/* ---- sampling on a live trainer ---- */
-/* Hands a job to the run's trainer thread, served between optimiser steps. 0 accepted,
- * -1 when the run has no trainer accepting jobs (the caller uses a sampler thread). */
-int cdcdd_runs_enqueue_job(cdcdd_server *srv, cdcdd_run *r, struct cdcdd_job *job);
+/* ---- changes asked for over the API ---- */
+/* A new run from a validated config (ownership of cfg passes). threads_given: the request
+ * named train.threads; more than the daemon's budget is clamped, and the run's note says
+ * so. done is called on the loop once the row is committed (r set) or could not be
+ * (r NULL, error set). */
+typedef void (*cdcdd_run_created_fn)(void *ctx, cdcdd_run *r, const char *error);
+void cdcdd_runs_create(cdcdd_runs *runs, cdcd_run_config *cfg, int threads_given, cdcdd_run_created_fn done,
+                       void *ctx);
+/* Pause (CDCDD_RUN_EV_PAUSE) or stop (CDCDD_RUN_EV_STOP). 0: done now (w unused);
+ * 1: the trainer winds down and w->fn runs when it has exited; -1: not in this state. */
+int cdcdd_runs_wind_down(cdcdd_runs *runs, cdcdd_run *r, cdcdd_run_event ev, cdcdd_run_waiter *w);
+/* Queues a paused, stopped or failed run again. 0, or -1: not in this state. */
+int cdcdd_runs_resume(cdcdd_runs *runs, cdcdd_run *r);
+/* Deletes a run without a trainer or sampling jobs: rows first (one transaction), then
+ * its directory. done(ctx, NULL) when gone, done(ctx, why) when the rows could not be
+ * deleted. -1 (done not called) when out of memory. */
+typedef void (*cdcdd_run_deleted_fn)(void *ctx, const char *error);
+int cdcdd_runs_delete(cdcdd_runs *runs, cdcdd_run *r, cdcdd_run_deleted_fn done, void *ctx);
+/* Hands a task to the run's trainer. 0, or -1 when it has no trainer taking tasks. */
+int cdcdd_runs_submit_task(cdcdd_runs *runs, cdcdd_run *r, cdcdd_task *task);
 
 #endif

@@ -8,44 +8,61 @@
 #include "log.h"
 
 struct cdcdd_sse_client {
-    cdcdd_server *srv;
-    struct MHD_Connection *conn;
+    cdcdd_sse_hub *hub;
+    cdcdd_sse_transport t;
+    void *arg;     /* the transport's (a cdcdd_req, or NULL once the request completed) */
     cdcdd_topic topic;
     int64_t id;
     char *buf;
     size_t len, off, cap;
-    int suspended; /* the connection waits for data */
+    int parked;    /* the connection waits for data */
     int closing;   /* end the stream once the buffer is drained */
     struct cdcdd_sse_client *prev, *next;
 };
 
-typedef struct cdcdd_sse_hub {
+struct cdcdd_sse_hub {
     cdcdd_sse_client *head;
     int count;
+    int closed;    /* shutdown: every stream ends */
+    double heartbeat_s;
     double last_beat;
-} cdcdd_sse_hub;
+};
 
-int cdcdd_sse_hub_init(cdcdd_server *srv) {
-    srv->sse = calloc(1, sizeof *srv->sse);
-    if (!srv->sse) return -1;
-    srv->sse->last_beat = cdcd_now_s();
-    return 0;
+cdcdd_sse_hub *cdcdd_sse_hub_new(double heartbeat_s) {
+    cdcdd_sse_hub *hub = calloc(1, sizeof *hub);
+    if (!hub) return NULL;
+    hub->heartbeat_s = heartbeat_s;
+    hub->last_beat = cdcd_now_s();
+    return hub;
 }
 
-void cdcdd_sse_hub_free(cdcdd_server *srv) {
-    if (!srv->sse) return;
-    if (srv->sse->head) cdcd_warn("sse: %d clients left at shutdown", srv->sse->count);
-    free(srv->sse);
-    srv->sse = NULL;
+void cdcdd_sse_hub_free(cdcdd_sse_hub *hub) {
+    if (!hub) return;
+    if (hub->head) cdcd_warn("sse: %d clients left at shutdown", hub->count);
+    for (cdcdd_sse_client *c = hub->head; c; c = c->next) c->hub = NULL; /* freed by their transports */
+    free(hub);
 }
 
 static void client_wake(cdcdd_sse_client *c) {
-    if (c->suspended) {
-        c->suspended = 0;
-        c->srv->suspended--;
-        MHD_resume_connection(c->conn);
-        cdcdd_http_kick(c->srv);
+    if (!c->parked) return;
+    c->parked = 0;
+    if (c->arg) c->t.unpark(c->arg);
+}
+
+static int client_grow(cdcdd_sse_client *c, size_t n) {
+    if (c->off) { /* compact before growing */
+        memmove(c->buf, c->buf + c->off, c->len - c->off);
+        c->len -= c->off;
+        c->off = 0;
     }
+    if (c->len + n <= c->cap) return 0;
+    size_t cap = c->cap ? c->cap : 4096;
+    while (cap < c->len + n) cap *= 2;
+    char *nb = realloc(c->buf, cap);
+    if (!nb) return -1;
+    c->buf = nb;
+    c->cap = cap;
+    return 0;
 }
 
 static void client_append(cdcdd_sse_client *c, const char *p, size_t n) {
@@ -58,24 +75,10 @@ static void client_append(cdcdd_sse_client *c, const char *p, size_t n) {
         client_wake(c);
         return;
     }
-    if (c->len + n > c->cap) {
-        if (c->off) { /* compact before growing */
-            memmove(c->buf, c->buf + c->off, c->len - c->off);
-            c->len -= c->off;
-            c->off = 0;
-        }
-        if (c->len + n > c->cap) {
-            size_t cap = c->cap ? c->cap : 4096;
-            while (cap < c->len + n) cap *= 2;
-            char *nb = realloc(c->buf, cap);
-            if (!nb) {
-                c->closing = 1;
-                client_wake(c);
-                return;
-            }
-            c->buf = nb;
-            c->cap = cap;
-        }
+    if (c->len + n > c->cap && client_grow(c, n) != 0) {
+        c->closing = 1;
+        client_wake(c);
+        return;
     }
     memcpy(c->buf + c->len, p, n);
     c->len += n;
@@ -107,16 +110,14 @@ void cdcdd_sse_send(cdcdd_sse_client *c, const char *event, const char *data, si
     cdcdd_buf_free(&b);
 }
 
-void cdcdd_sse_publish(cdcdd_server *srv, cdcdd_topic topic, int64_t id, const char *event,
-                       const char *data, size_t len) {
-    if (!srv->sse) return;
-    for (cdcdd_sse_client *c = srv->sse->head; c; c = c->next)
+void cdcdd_sse_publish(cdcdd_sse_hub *hub, cdcdd_topic topic, int64_t id, const char *event, const char *data,
+                       size_t len) {
+    if (!hub) return;
+    for (cdcdd_sse_client *c = hub->head; c; c = c->next)
         if (c->topic == topic && c->id == id) cdcdd_sse_send(c, event, data, len);
 }
 
-static ssize_t reader(void *cls, uint64_t pos, char *out, size_t max) {
-    (void)pos;
-    cdcdd_sse_client *c = cls;
+ssize_t cdcdd_sse_read(cdcdd_sse_client *c, char *out, size_t max) {
     if (c->off < c->len) {
         size_t n = c->len - c->off;
         if (n > max) n = max;
@@ -125,93 +126,116 @@ static ssize_t reader(void *cls, uint64_t pos, char *out, size_t max) {
         if (c->off == c->len) c->off = c->len = 0;
         return (ssize_t)n;
     }
-    if (c->closing || c->srv->stopping) return MHD_CONTENT_READER_END_OF_STREAM;
+    if (c->closing || !c->hub || c->hub->closed) return -1;
     /* nothing to send: park the connection until client_append wakes it */
-    c->suspended = 1;
-    c->srv->suspended++;
-    MHD_suspend_connection(c->conn);
+    c->parked = 1;
+    if (c->arg) c->t.park(c->arg);
     return 0;
 }
 
-static void reader_free(void *cls) {
-    cdcdd_sse_client *c = cls;
-    cdcdd_server *srv = c->srv;
-    if (c->suspended) srv->suspended--;
-    if (srv->sse) {
+cdcdd_sse_client *cdcdd_sse_attach(cdcdd_sse_hub *hub, cdcdd_topic topic, int64_t id,
+                                   const cdcdd_sse_transport *t, void *arg) {
+    cdcdd_sse_client *c = calloc(1, sizeof *c);
+    if (!c) return NULL;
+    c->hub = hub;
+    c->t = *t;
+    c->arg = arg;
+    c->topic = topic;
+    c->id = id;
+    c->next = hub->head;
+    if (c->next) c->next->prev = c;
+    hub->head = c;
+    hub->count++;
+    char retry[48];
+    int n = snprintf(retry, sizeof retry, "retry: %d\n\n", CDCDD_SSE_RETRY_MS);
+    client_append(c, retry, (size_t)n);
+    if (hub->closed) c->closing = 1;
+    return c;
+}
+
+void cdcdd_sse_detach(cdcdd_sse_client *c) {
+    cdcdd_sse_hub *hub = c->hub;
+    if (hub) {
         if (c->prev) c->prev->next = c->next;
-        else srv->sse->head = c->next;
+        else hub->head = c->next;
         if (c->next) c->next->prev = c->prev;
-        srv->sse->count--;
+        hub->count--;
     }
     free(c->buf);
     free(c);
 }
 
-cdcdd_sse_client *cdcdd_sse_open(cdcdd_req *req, cdcdd_topic topic, int64_t id) {
-    cdcdd_server *srv = req->srv;
-    cdcdd_sse_client *c = calloc(1, sizeof *c);
-    if (!c) goto oom;
-    c->srv = srv;
-    c->conn = req->conn;
-    c->topic = topic;
-    c->id = id;
+/* ---- the HTTP transport ---- */
+
+static void req_park(void *arg) { cdcdd_req_park(arg); }
+static void req_unpark(void *arg) { cdcdd_req_unpark(arg); }
+static const cdcdd_sse_transport http_transport = {req_park, req_unpark};
+
+static ssize_t mhd_reader(void *cls, uint64_t pos, char *out, size_t max) {
+    (void)pos;
+    ssize_t n = cdcdd_sse_read(cls, out, max);
+    return n < 0 ? (ssize_t)MHD_CONTENT_READER_END_OF_STREAM : n;
+}
+
+/* The response is freed: the connection is gone. */
+static void mhd_reader_free(void *cls) {
+    cdcdd_sse_client *c = cls;
+    if (c->arg) ((cdcdd_req *)c->arg)->on_complete = NULL;
+    cdcdd_sse_detach(c);
+}
+
+/* The request completed before the response was freed: forget it. */
+static void on_req_complete(void *arg) { ((cdcdd_sse_client *)arg)->arg = NULL; }
+
+cdcdd_sse_client *cdcdd_sse_open(cdcdd_sse_hub *hub, cdcdd_req *req, cdcdd_topic topic, int64_t id) {
+    cdcdd_sse_client *c = cdcdd_sse_attach(hub, topic, id, &http_transport, req);
     struct MHD_Response *resp =
-        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, reader, c, reader_free);
+        c ? MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, CDCDD_SSE_READ_CHUNK, mhd_reader, c, mhd_reader_free)
+          : NULL;
     if (!resp) {
-        free(c);
-        goto oom;
+        if (c) cdcdd_sse_detach(c);
+        cdcdd_reply_error(req, 500, "out_of_memory", NULL, "out of memory opening the event stream");
+        return NULL;
     }
     cdcdd_http_add_common_headers(resp, "text/event-stream; charset=utf-8");
     MHD_add_response_header(resp, "X-Accel-Buffering", "no");
-    c->next = srv->sse->head;
-    if (c->next) c->next->prev = c;
-    srv->sse->head = c;
-    srv->sse->count++;
-    char retry[48];
-    int n = snprintf(retry, sizeof retry, "retry: %d\n\n", CDCDD_SSE_RETRY_MS);
-    client_append(c, retry, (size_t)n);
     req->is_stream = 1;
+    req->on_complete = on_req_complete;
+    req->on_complete_arg = c;
     cdcdd_reply_response(req, 200, resp);
     return c;
-oom:
-    cdcdd_reply_error(req, 500, "out_of_memory", NULL, "out of memory opening the event stream");
-    return NULL;
 }
 
-void cdcdd_sse_close_topic(cdcdd_server *srv, cdcdd_topic topic, int64_t id) {
-    if (!srv->sse) return;
-    for (cdcdd_sse_client *c = srv->sse->head; c; c = c->next)
+void cdcdd_sse_close_topic(cdcdd_sse_hub *hub, cdcdd_topic topic, int64_t id) {
+    if (!hub) return;
+    for (cdcdd_sse_client *c = hub->head; c; c = c->next)
         if (c->topic == topic && c->id == id) {
             c->closing = 1;
             client_wake(c);
         }
 }
 
-void cdcdd_sse_close_all(cdcdd_server *srv) {
-    if (!srv->sse) return;
-    for (cdcdd_sse_client *c = srv->sse->head; c; c = c->next) {
+void cdcdd_sse_close_all(cdcdd_sse_hub *hub) {
+    if (!hub) return;
+    hub->closed = 1;
+    for (cdcdd_sse_client *c = hub->head; c; c = c->next) {
         c->closing = 1;
         client_wake(c);
     }
 }
 
-void cdcdd_sse_tick(cdcdd_server *srv) {
-    if (!srv->sse || !srv->sse->head) return;
-    double period = CDCDD_SSE_HEARTBEAT_MS / 1e3;
-    double half_timeout = srv->opts.limits.request_timeout_s / 2.0;
-    if (half_timeout > 0 && half_timeout < period) period = half_timeout;
-    double now = cdcd_now_s();
-    if (now - srv->sse->last_beat < period) return;
-    srv->sse->last_beat = now;
+void cdcdd_sse_tick(cdcdd_sse_hub *hub, double now) {
+    if (!hub || !hub->head) return;
+    if (now - hub->last_beat < hub->heartbeat_s) return;
+    hub->last_beat = now;
     static const char beat[] = ": heartbeat\n\n";
-    for (cdcdd_sse_client *c = srv->sse->head; c; c = c->next) client_append(c, beat, sizeof beat - 1);
+    for (cdcdd_sse_client *c = hub->head; c; c = c->next) client_append(c, beat, sizeof beat - 1);
 }
 
-int cdcdd_sse_client_count(cdcdd_server *srv) { return srv->sse ? srv->sse->count : 0; }
+int cdcdd_sse_client_count(const cdcdd_sse_hub *hub) { return hub ? hub->count : 0; }
 
-int cdcdd_sse_suspended_count(cdcdd_server *srv) {
+int cdcdd_sse_parked_count(const cdcdd_sse_hub *hub) {
     int n = 0;
-    if (srv->sse)
-        for (cdcdd_sse_client *c = srv->sse->head; c; c = c->next) n += c->suspended;
+    for (const cdcdd_sse_client *c = hub ? hub->head : NULL; c; c = c->next) n += c->parked;
     return n;
 }

@@ -76,8 +76,6 @@ int cdcdd_static_path_ok(const char *path) {
 }
 
 typedef struct {
-    uv_work_t work;
-    cdcdd_req *req;
     char web_dir[1100];
     char path[CDCDD_STATIC_PATH_MAX + 16];
     int fd;
@@ -86,9 +84,8 @@ typedef struct {
     unsigned status;
 } static_job;
 
-static void static_work(uv_work_t *w) {
-    static_job *j = w->data;
-    cdcdd_pool_thread_deprioritise();
+static void static_work(void *arg) {
+    static_job *j = arg;
     j->fd = -1;
     j->status = 404;
     char root[PATH_MAX], full[PATH_MAX + 600], real[PATH_MAX];
@@ -136,35 +133,34 @@ static const char no_dashboard[] =
     "(build it with <code>make web</code>); the API is described at "
     "<a href=\"/openapi.yaml\">/openapi.yaml</a>.</p>\n";
 
-static void static_done(uv_work_t *w, int status) {
-    static_job *j = w->data;
-    cdcdd_server *srv = j->req->srv;
-    srv->pending_work--;
-    if (status == UV_ECANCELED) {
-        cdcdd_reply_error(j->req, 503, "shutting_down", NULL, "the daemon is shutting down");
+static void static_done(cdcdd_req *req, void *arg, int cancelled) {
+    static_job *j = arg;
+    if (cancelled) {
+        cdcdd_reply_error(req, 503, "shutting_down", NULL, "the daemon is shutting down");
     } else if (j->status == 200) {
         struct MHD_Response *resp = MHD_create_response_from_fd64(j->size, j->fd);
         if (!resp) {
             close(j->fd);
-            cdcdd_reply_error(j->req, 500, "internal", NULL, "cannot send the file");
+            cdcdd_reply_error(req, 500, "internal", NULL, "cannot send the file");
         } else {
             MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, j->type);
             MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
             MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
-            cdcdd_reply_response(j->req, 200, resp);
+            cdcdd_reply_response(req, 200, resp);
         }
     } else if (strcmp(j->path, "/") == 0) {
         char *body = strdup(no_dashboard);
-        cdcdd_reply_raw(j->req, 200, "text/html; charset=utf-8", body, body ? strlen(body) : 0);
+        cdcdd_reply_raw(req, 200, "text/html; charset=utf-8", body, body ? strlen(body) : 0);
     } else if (j->status == 403) {
-        cdcdd_reply_error(j->req, 403, "forbidden", NULL, "%s is outside the web directory", j->path);
+        cdcdd_reply_error(req, 403, "forbidden", NULL, "%s is outside the web directory", j->path);
     } else {
-        cdcdd_reply_error(j->req, 404, "not_found", NULL, "no route or file for GET %s", j->path);
+        cdcdd_reply_error(req, 404, "not_found", NULL, "no route or file for GET %s", j->path);
     }
     free(j);
 }
 
-void cdcdd_static_serve(cdcdd_req *req, const char *path) {
+void cdcdd_static_serve(cdcdd_req *req) {
+    const char *path = req->url;
     if (!cdcdd_static_path_ok(path)) {
         cdcdd_reply_error(req, 404, "not_found", NULL, "no route or file for GET %.200s", path);
         return;
@@ -174,15 +170,11 @@ void cdcdd_static_serve(cdcdd_req *req, const char *path) {
         cdcdd_reply_error(req, 500, "out_of_memory", NULL, "out of memory");
         return;
     }
-    j->req = req;
-    snprintf(j->web_dir, sizeof j->web_dir, "%s", req->srv->opts.web_dir[0] ? req->srv->opts.web_dir : "/nonexistent");
+    const cdcdd_options *o = cdcdd_req_opts(req);
+    snprintf(j->web_dir, sizeof j->web_dir, "%s", o->web_dir[0] ? o->web_dir : "/nonexistent");
     snprintf(j->path, sizeof j->path, "%s", path);
-    j->work.data = j;
-    cdcdd_req_suspend(req);
-    if (uv_queue_work(req->srv->loop, &j->work, static_work, static_done) != 0) {
+    if (cdcdd_req_defer(req, static_work, static_done, j) != 0) {
         free(j);
         cdcdd_reply_error(req, 500, "internal", NULL, "cannot queue the file read");
-        return;
     }
-    req->srv->pending_work++;
 }

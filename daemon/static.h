@@ -4,8 +4,9 @@
 
 #include "http.h"
 
-/* Serves path from the web directory (GET / HEAD without an API route). */
-void cdcdd_static_serve(cdcdd_req *req, const char *path);
+/* Serves the request's path from the web directory: http's fallback for GET / HEAD
+ * without an API route. "/" without a dashboard gets a short page pointing at the API. */
+void cdcdd_static_serve(cdcdd_req *req);
 /* MIME type from the file extension; application/octet-stream when unknown. */
 const char *cdcdd_mime_type(const char *path);
 /* 1 when path ("/a/b.js") has no ".", ".." or empty segments, backslashes or control bytes. */

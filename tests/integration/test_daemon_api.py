@@ -503,7 +503,6 @@ def run_all(d):
             (b'{"data":{"train":"/etc/passwd"}}', 400, "invalid_config", "data.train"),
             (b'{"data":{"train":"../data/train.tok"}}', 400, "invalid_config", "data.train"),
             (b'{"data":{"train":"missing.tok"}}', 400, "invalid_config", "data.train"),
-            (b'{"train":{"threads":64}}', 400, "invalid_config", "train.threads"),
             (b'{"name":' + b'"' + b"x" * 5000 + b'"}', 400, "invalid_config", "name"),
         ]
         for body, status, code, field in cases:
@@ -514,6 +513,20 @@ def run_all(d):
             e = r.json()["error"]
             assert set(e) == {"code", "message", "field"} and e["message"], e
     check("invalid_run_configs_name_the_field", bad_runs)
+
+    def threads_clamped():
+        """More threads than the daemon gives one run is clamped and noted, never refused
+        (cdcd train accepts it). The run is tiny and deleted again."""
+        r = d.post("/runs", tiny_config(name="greedy", train={"threads": 64, "max_steps": 2, "checkpoint_every": 0}))
+        assert r.status == 201, r
+        run = r.json()
+        assert run["config"]["train"]["threads"] == 1, run["config"]["train"]
+        assert run["note"] and "clamped to 1" in run["note"], run["note"]
+        assert d.get(f"/runs/{run['id']}").json()["note"] == run["note"]
+        done = d.wait_run(run["id"], lambda x: x["state"] in ("finished", "failed"), 120, "greedy run ends")
+        assert done["state"] == "finished", done
+        assert d.request("DELETE", f"/runs/{run['id']}").status == 204
+    check("threads_above_budget_clamped_and_noted", threads_clamped)
 
     def bad_samples():
         a = st["a"]

@@ -6,6 +6,7 @@
 
 #include "buf.h"
 #include "embed.h"
+#include "api.h"
 #include "http.h"
 #include "json.h"
 #include "static.h"
@@ -75,25 +76,25 @@ TEST(test_route_match) {
     int64_t params[CDCDD_ROUTE_PARAMS] = {0};
     int known = 0;
     char allow[64];
-    const cdcdd_route *r = cdcdd_route_match("GET", "/runs/42/metrics", params, &known, allow, sizeof allow);
+    const cdcdd_route *r = cdcdd_route_match(cdcdd_routes, cdcdd_route_count, "GET", "/runs/42/metrics", params, &known, allow, sizeof allow);
     ASSERT(r != NULL);
     EXPECT_STREQ(r->pattern, "/runs/{id}/metrics");
     EXPECT(params[0] == 42);
-    r = cdcdd_route_match("GET", "/runs/7/checkpoints/1200", params, &known, allow, sizeof allow);
+    r = cdcdd_route_match(cdcdd_routes, cdcdd_route_count, "GET", "/runs/7/checkpoints/1200", params, &known, allow, sizeof allow);
     ASSERT(r != NULL);
     EXPECT(params[0] == 7 && params[1] == 1200);
-    r = cdcdd_route_match("HEAD", "/health", params, &known, allow, sizeof allow);
+    r = cdcdd_route_match(cdcdd_routes, cdcdd_route_count, "HEAD", "/health", params, &known, allow, sizeof allow);
     EXPECT(r != NULL);
-    r = cdcdd_route_match("PUT", "/runs/1", params, &known, allow, sizeof allow);
+    r = cdcdd_route_match(cdcdd_routes, cdcdd_route_count, "PUT", "/runs/1", params, &known, allow, sizeof allow);
     EXPECT(r == NULL && known == 1);
     EXPECTF(strstr(allow, "GET") && strstr(allow, "DELETE"), "allow = %s", allow);
-    r = cdcdd_route_match("GET", "/runs/abc", params, &known, allow, sizeof allow);
+    r = cdcdd_route_match(cdcdd_routes, cdcdd_route_count, "GET", "/runs/abc", params, &known, allow, sizeof allow);
     EXPECT(r == NULL && known == 0);
-    r = cdcdd_route_match("GET", "/runs/1/", params, &known, allow, sizeof allow);
+    r = cdcdd_route_match(cdcdd_routes, cdcdd_route_count, "GET", "/runs/1/", params, &known, allow, sizeof allow);
     EXPECT(r == NULL);
-    r = cdcdd_route_match("GET", "/runs/1234567890123456789012/metrics", params, &known, allow, sizeof allow);
+    r = cdcdd_route_match(cdcdd_routes, cdcdd_route_count, "GET", "/runs/1234567890123456789012/metrics", params, &known, allow, sizeof allow);
     EXPECT(r == NULL); /* ids beyond 18 digits do not match */
-    r = cdcdd_route_match("GET", "/runs/-1", params, &known, allow, sizeof allow);
+    r = cdcdd_route_match(cdcdd_routes, cdcdd_route_count, "GET", "/runs/-1", params, &known, allow, sizeof allow);
     EXPECT(r == NULL);
 }
 

@@ -2,7 +2,7 @@
  * metrics (with downsampling), entropy samples, schedule fits, checkpoints (list and
  * download). Every answer is built without holding a read transaction longer than its
  * query. */
-#include "queries.h"
+#include "api.h"
 
 #include <cJSON.h>
 #include <errno.h>
@@ -16,7 +16,6 @@
 
 #include "downsample.h"
 #include "log.h"
-#include "runs.h"
 
 static void store_error(sqlite3 *db, unsigned *status, cdcdd_buf *out) {
     cdcdd_buf_free(out);
@@ -29,11 +28,6 @@ static double col_d(sqlite3_stmt *st, int i) {
     return sqlite3_column_type(st, i) == SQLITE_NULL ? NAN : sqlite3_column_double(st, i);
 }
 
-static cdcdd_run *run_or_404(cdcdd_req *req) {
-    cdcdd_run *r = cdcdd_runs_find(req->srv, req->params[0]);
-    if (!r) cdcdd_reply_error(req, 404, "run_not_found", NULL, "no run %lld", (long long)req->params[0]);
-    return r;
-}
 
 /* ------------------------------------------------------------------ metrics */
 
@@ -150,10 +144,10 @@ static void metrics_free(void *arg) {
     free(a);
 }
 
-void cdcdd_q_http_metrics(cdcdd_req *req) {
-    cdcdd_run *r = run_or_404(req);
+void cdcdd_api_metrics(cdcdd_req *req) {
+    cdcdd_run *r = cdcdd_api_run_or_404(req);
     if (!r) return;
-    int64_t max = req->srv->opts.limits.max_points;
+    int64_t max = cdcdd_req_opts(req)->limits.max_points;
     int64_t after = -1, before = INT64_MAX, points = 0;
     if (cdcdd_req_query_int(req, "after_step", -1, INT64_MAX - 1, &after) < 0) return;
     if (cdcdd_req_query_int(req, "before_step", 0, INT64_MAX, &before) < 0) return;
@@ -240,10 +234,10 @@ sqlfail:
     free(loss);
 }
 
-void cdcdd_q_http_entropy(cdcdd_req *req) {
-    cdcdd_run *r = run_or_404(req);
+void cdcdd_api_entropy(cdcdd_req *req) {
+    cdcdd_run *r = cdcdd_api_run_or_404(req);
     if (!r) return;
-    int64_t max = req->srv->opts.limits.max_points;
+    int64_t max = cdcdd_req_opts(req)->limits.max_points;
     int64_t since = -1, limit = CDCDD_ENTROPY_DEFAULT_LIMIT < max ? CDCDD_ENTROPY_DEFAULT_LIMIT : max;
     if (cdcdd_req_query_int(req, "since_step", -1, INT64_MAX, &since) < 0) return;
     if (cdcdd_req_query_int(req, "limit", 1, max, &limit) < 0) return;
@@ -346,11 +340,11 @@ sqlfail:
     sqlite3_finalize(st);
 }
 
-void cdcdd_q_http_schedule(cdcdd_req *req) {
-    cdcdd_run *r = run_or_404(req);
+void cdcdd_api_schedule(cdcdd_req *req) {
+    cdcdd_run *r = cdcdd_api_run_or_404(req);
     if (!r) return;
-    int64_t limit = req->srv->opts.limits.max_points;
-    if (cdcdd_req_query_int(req, "limit", 1, req->srv->opts.limits.max_points, &limit) < 0) return;
+    int64_t limit = cdcdd_req_opts(req)->limits.max_points;
+    if (cdcdd_req_query_int(req, "limit", 1, cdcdd_req_opts(req)->limits.max_points, &limit) < 0) return;
     schedule_args *a = calloc(1, sizeof *a);
     if (!a) {
         cdcdd_reply_error(req, 500, "out_of_memory", NULL, "out of memory");
@@ -393,8 +387,8 @@ sqlfail:
     sqlite3_finalize(st);
 }
 
-void cdcdd_q_http_checkpoints(cdcdd_req *req) {
-    cdcdd_run *r = run_or_404(req);
+void cdcdd_api_checkpoints(cdcdd_req *req) {
+    cdcdd_run *r = cdcdd_api_run_or_404(req);
     if (!r) return;
     int64_t *a = malloc(sizeof *a);
     if (!a) {
@@ -408,8 +402,6 @@ void cdcdd_q_http_checkpoints(cdcdd_req *req) {
 /* Download: the path comes from the database (never from the URL), the file is opened on
  * the pool and sent by MHD from the descriptor. */
 typedef struct {
-    uv_work_t work;
-    cdcdd_req *req;
     cdcdd_store *store;
     int64_t run, step;
     int fd;
@@ -420,9 +412,8 @@ typedef struct {
     const char *code;
 } download_job;
 
-static void download_work(uv_work_t *w) {
-    download_job *j = w->data;
-    cdcdd_pool_thread_deprioritise();
+static void download_work(void *arg) {
+    download_job *j = arg;
     j->fd = -1;
     sqlite3 *db = cdcdd_store_reader(j->store);
     if (!db) {
@@ -467,19 +458,17 @@ static void download_work(uv_work_t *w) {
     j->status = 200;
 }
 
-static void download_done(uv_work_t *w, int status) {
-    download_job *j = w->data;
-    cdcdd_server *srv = j->req->srv;
-    srv->pending_work--;
-    if (status == UV_ECANCELED) {
-        cdcdd_reply_error(j->req, 503, "shutting_down", NULL, "the daemon is shutting down");
+static void download_done(cdcdd_req *req, void *arg, int cancelled) {
+    download_job *j = arg;
+    if (cancelled) {
+        cdcdd_reply_error(req, 503, "shutting_down", NULL, "the daemon is shutting down");
     } else if (j->status != 200) {
-        cdcdd_reply_error(j->req, j->status, j->code, NULL, "%s", j->error);
+        cdcdd_reply_error(req, j->status, j->code, NULL, "%s", j->error);
     } else {
         struct MHD_Response *resp = MHD_create_response_from_fd64(j->size, j->fd);
         if (!resp) {
             close(j->fd);
-            cdcdd_reply_error(j->req, 500, "internal", NULL, "cannot send the file");
+            cdcdd_reply_error(req, 500, "internal", NULL, "cannot send the file");
         } else {
             char disp[128];
             snprintf(disp, sizeof disp, "attachment; filename=\"run-%lld-step-%08lld.ckpt\"", (long long)j->run,
@@ -487,30 +476,26 @@ static void download_done(uv_work_t *w, int status) {
             cdcdd_http_add_common_headers(resp, "application/octet-stream");
             MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_DISPOSITION, disp);
             if (j->sha[0]) MHD_add_response_header(resp, "X-Checkpoint-SHA256", j->sha);
-            cdcdd_reply_response(j->req, 200, resp);
+            cdcdd_reply_response(req, 200, resp);
         }
     }
     free(j);
 }
 
-void cdcdd_q_http_checkpoint_file(cdcdd_req *req) {
-    cdcdd_run *r = run_or_404(req);
+void cdcdd_api_checkpoint_file(cdcdd_req *req) {
+    cdcdd_run *r = cdcdd_api_run_or_404(req);
     if (!r) return;
     download_job *j = calloc(1, sizeof *j);
     if (!j) {
         cdcdd_reply_error(req, 500, "out_of_memory", NULL, "out of memory");
         return;
     }
-    j->req = req;
-    j->store = req->srv->store;
+    cdcdd_app *app = req->ctx;
+    j->store = app->store;
     j->run = r->id;
     j->step = req->params[1];
-    j->work.data = j;
-    cdcdd_req_suspend(req);
-    if (uv_queue_work(req->srv->loop, &j->work, download_work, download_done) != 0) {
+    if (cdcdd_req_defer(req, download_work, download_done, j) != 0) {
         free(j);
         cdcdd_reply_error(req, 500, "internal", NULL, "cannot queue the download");
-        return;
     }
-    req->srv->pending_work++;
 }

@@ -1,0 +1,181 @@
+/* /runs: create, list, get, pause, resume, stop, delete, and the run's event stream. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api.h"
+#include "json.h"
+#include "run_json.h"
+
+static void reply_run(cdcdd_req *req, unsigned status, const cdcdd_run *r, int with_config) {
+    cdcdd_buf b;
+    cdcdd_buf_init(&b);
+    cdcdd_run_json(&b, r, with_config);
+    cdcdd_reply_buf(req, status, &b);
+}
+
+static void conflict(cdcdd_req *req, const cdcdd_run *r, const char *action) {
+    cdcdd_reply_error(req, 409, "invalid_state", NULL, "cannot %s run %lld: it is %s%s%s", action, (long long)r->id,
+                      cdcdd_run_state_name(r->state), r->pending ? " and about to " : "", r->pending ? r->pending : "");
+}
+
+/* ---- POST /runs ---- */
+
+static void on_created(void *ctx, cdcdd_run *r, const char *error) {
+    cdcdd_req *req = ctx;
+    if (!r) cdcdd_reply_error(req, 500, "store_error", NULL, "the run could not be stored: %s", error);
+    else reply_run(req, 201, r, 1);
+}
+
+/* Has the config JSON an explicit train.threads? */
+static int has_threads_key(const cJSON *root) {
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(root, "train");
+    return cJSON_IsObject(t) && cJSON_GetObjectItemCaseSensitive(t, "threads") != NULL;
+}
+
+void cdcdd_api_runs_create(cdcdd_req *req) {
+    cdcdd_app *app = req->ctx;
+    cJSON *root = NULL;
+    cdcdd_json_error je;
+    if (!cdcdd_json_parse(req->body, req->body_len, app->opts->limits.max_json_depth, &root, &je)) {
+        cdcdd_reply_json_error(req, &je);
+        return;
+    }
+    if (!cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        cdcdd_reply_error(req, 400, "invalid_config", NULL, "the run config must be a JSON object");
+        return;
+    }
+    int threads_given = has_threads_key(root);
+    cJSON_Delete(root);
+    cdcd_config_env env = {0};
+    env.data_dir = app->opts->data_dir;
+    env.confine_to_data_dir = 1;
+    env.max_memory_bytes = app->opts->limits.max_run_memory;
+    cdcd_config_error cerr;
+    memset(&cerr, 0, sizeof cerr);
+    cdcd_run_config *cfg = cdcd_run_config_parse(req->body, req->body_len, &env, &cerr);
+    if (!cfg) {
+        cdcdd_reply_error(req, 400, "invalid_config", cerr.field, "%s%s%s", cerr.field, cerr.field[0] ? ": " : "",
+                          cerr.message[0] ? cerr.message : "invalid run config");
+        return;
+    }
+    cdcdd_req_suspend(req); /* answered by on_created once the row is committed */
+    cdcdd_runs_create(app->runs, cfg, threads_given, on_created, req);
+}
+
+/* ---- GET /runs, GET /runs/{id} ---- */
+
+void cdcdd_api_runs_list(cdcdd_req *req) {
+    cdcdd_app *app = req->ctx;
+    const char *filter = cdcdd_req_query(req, "state");
+    int want = -1;
+    if (filter && *filter) {
+        want = cdcdd_run_state_parse(filter);
+        if (want < 0) {
+            cdcdd_reply_error(req, 400, "invalid_parameter", "state",
+                              "state must be one of queued, running, paused, stopped, finished, failed");
+            return;
+        }
+    }
+    cdcdd_buf b;
+    cdcdd_buf_init(&b);
+    cdcdd_buf_puts(&b, "{\"runs\":[");
+    int n = 0;
+    for (cdcdd_run *r = cdcdd_runs_first(app->runs); r; r = cdcdd_runs_next(r)) {
+        if (want >= 0 && (int)r->state != want) continue;
+        if (n++) cdcdd_buf_putc(&b, ',');
+        cdcdd_run_json(&b, r, 0);
+    }
+    cdcdd_buf_printf(&b, "],\"count\":%d}", n);
+    cdcdd_reply_buf(req, 200, &b);
+}
+
+void cdcdd_api_run_get(cdcdd_req *req) {
+    cdcdd_run *r = cdcdd_api_run_or_404(req);
+    if (r) reply_run(req, 200, r, 1);
+}
+
+/* ---- pause, stop, resume ---- */
+
+static void on_wound_down(cdcdd_run_waiter *w, cdcdd_run *r) {
+    reply_run(w->ctx, 200, r, 0);
+    free(w);
+}
+
+static void wind_down(cdcdd_req *req, cdcdd_run_event ev) {
+    cdcdd_app *app = req->ctx;
+    cdcdd_run *r = cdcdd_api_run_or_404(req);
+    if (!r) return;
+    cdcdd_run_waiter *w = calloc(1, sizeof *w);
+    if (!w) {
+        cdcdd_reply_error(req, 500, "out_of_memory", NULL, "out of memory");
+        return;
+    }
+    w->fn = on_wound_down;
+    w->ctx = req;
+    int rc = cdcdd_runs_wind_down(app->runs, r, ev, w);
+    if (rc == 1) {
+        cdcdd_req_suspend(req); /* answered when the trainer has checkpointed and exited */
+        return;
+    }
+    free(w);
+    if (rc == 0) reply_run(req, 200, r, 0);
+    else conflict(req, r, ev == CDCDD_RUN_EV_PAUSE ? "pause" : "stop");
+}
+
+void cdcdd_api_run_pause(cdcdd_req *req) { wind_down(req, CDCDD_RUN_EV_PAUSE); }
+void cdcdd_api_run_stop(cdcdd_req *req) { wind_down(req, CDCDD_RUN_EV_STOP); }
+
+void cdcdd_api_run_resume(cdcdd_req *req) {
+    cdcdd_app *app = req->ctx;
+    cdcdd_run *r = cdcdd_api_run_or_404(req);
+    if (!r) return;
+    if (cdcdd_runs_resume(app->runs, r) != 0) conflict(req, r, "resume");
+    else reply_run(req, 200, r, 0);
+}
+
+/* ---- DELETE /runs/{id} ---- */
+
+static void on_deleted(void *ctx, const char *error) {
+    cdcdd_req *req = ctx;
+    if (error) cdcdd_reply_error(req, 500, "store_error", NULL, "could not delete run %lld: %s",
+                                 (long long)req->params[0], error);
+    else cdcdd_reply_raw(req, 204, NULL, NULL, 0);
+}
+
+void cdcdd_api_run_delete(cdcdd_req *req) {
+    cdcdd_app *app = req->ctx;
+    cdcdd_run *r = cdcdd_api_run_or_404(req);
+    if (!r) return;
+    if (r->ctl || r->state == CDCDD_RUN_RUNNING) {
+        cdcdd_reply_error(req, 409, "invalid_state", NULL, "run %lld is running: pause or stop it before deleting it",
+                          (long long)r->id);
+        return;
+    }
+    if (r->sample_jobs) {
+        cdcdd_reply_error(req, 409, "busy", NULL, "run %lld has %d sampling jobs in progress", (long long)r->id,
+                          r->sample_jobs);
+        return;
+    }
+    if (cdcdd_runs_delete(app->runs, r, on_deleted, req) != 0) {
+        cdcdd_reply_error(req, 500, "out_of_memory", NULL, "out of memory");
+        return;
+    }
+    cdcdd_req_suspend(req);
+}
+
+/* ---- GET /runs/{id}/events ---- */
+
+void cdcdd_api_run_events(cdcdd_req *req) {
+    cdcdd_app *app = req->ctx;
+    cdcdd_run *r = cdcdd_api_run_or_404(req);
+    if (!r) return;
+    cdcdd_sse_client *c = cdcdd_sse_open(app->hub, req, CDCDD_TOPIC_RUN, r->id);
+    if (!c) return;
+    cdcdd_buf b;
+    cdcdd_buf_init(&b);
+    cdcdd_run_json(&b, r, 0);
+    if (cdcdd_buf_ok(&b)) cdcdd_sse_send(c, "state", b.data, b.len);
+    cdcdd_buf_free(&b);
+}

@@ -1,0 +1,416 @@
+/* The trainer thread: see trainer.h. */
+#include "trainer.h"
+
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "clock.h"
+#include "log.h"
+#include "notify.h"
+#include "run_store.h"
+#include "runconfig.h"
+#include "schedule.h"
+#include "stories.h"
+
+struct cdcdd_trainer_ctl {
+    cdcdd_trainer_params p;
+    char run_dir[CDCDD_RUN_DIR_MAX];
+    cdcd_run_config *cfg;       /* owned: the config for a fresh start */
+    uv_thread_t thread;
+    pthread_mutex_t mu;
+    cdcdd_trainer_cmd cmd;      /* under mu */
+    cdcdd_taskq tasks;
+    cdcdd_trainer_event *exit_ev; /* allocated with the block: the exit always arrives */
+    /* trainer thread only */
+    cdcd_trainer *t;
+    int hb;
+    int64_t last_ckpt_step;
+    int64_t tokens;
+};
+
+/* ------------------------------------------------------------------ events */
+
+void cdcdd_trainer_event_free(cdcdd_trainer_event *ev) {
+    if (!ev) return;
+    free(ev->path);
+    free(ev->json);
+    free(ev);
+}
+
+static void deliver(cdcdd_loop_msg *m) {
+    cdcdd_trainer_event *ev = (cdcdd_trainer_event *)m;
+    ev->ctl->p.on_event(ev);
+}
+
+static void post(cdcdd_trainer_ctl *ctl, cdcdd_trainer_event *ev) {
+    ev->ctl = ctl;
+    cdcdd_loopq_post(ctl->p.loopq, &ev->msg, deliver);
+}
+
+/* NULL when out of memory: the event (a figure the store already has) is skipped. */
+static cdcdd_trainer_event *event_new(cdcdd_trainer_event_kind kind) {
+    cdcdd_trainer_event *ev = calloc(1, sizeof *ev);
+    if (ev) ev->kind = kind;
+    return ev;
+}
+
+/* ---------------------------------------------------------------- the sink */
+
+static void sink_on_step(void *ctx, const cdcd_step_report *rep) {
+    cdcdd_trainer_ctl *ctl = ctx;
+    cdcdd_notify_heartbeat_beat(ctl->hb);
+    ctl->tokens = rep->tokens;
+    cdcdd_run_store_step(ctl->p.store, ctl->p.run_id, rep);
+    cdcdd_trainer_event *ev = event_new(CDCDD_TEV_STEP);
+    if (!ev) return;
+    ev->step = *rep;
+    post(ctl, ev);
+}
+
+/* The live scatter of the dashboard: {"run","step","sigma":[..],"loss":[..]}. */
+static char *entropy_json(int64_t run, int64_t step, int n, const float *sigma, const float *loss, size_t *len) {
+    cdcdd_buf b;
+    cdcdd_buf_init(&b);
+    cdcdd_buf_printf(&b, "{\"run\":%lld,\"step\":%lld,\"sigma\":[", (long long)run, (long long)step);
+    for (int i = 0; i < n; i++) {
+        if (i) cdcdd_buf_putc(&b, ',');
+        cdcdd_buf_json_num(&b, sigma[i]);
+    }
+    cdcdd_buf_puts(&b, "],\"loss\":[");
+    for (int i = 0; i < n; i++) {
+        if (i) cdcdd_buf_putc(&b, ',');
+        cdcdd_buf_json_num(&b, loss[i]);
+    }
+    cdcdd_buf_puts(&b, "]}");
+    return cdcdd_buf_take(&b, len);
+}
+
+static void sink_on_entropy(void *ctx, int64_t step, int n, const float *sigma, const float *loss) {
+    cdcdd_trainer_ctl *ctl = ctx;
+    cdcdd_run_store_entropy(ctl->p.store, ctl->p.run_id, step, n, sigma, loss);
+    cdcdd_trainer_event *ev = event_new(CDCDD_TEV_ENTROPY);
+    if (!ev) return;
+    ev->json = entropy_json(ctl->p.run_id, step, n, sigma, loss, &ev->json_len);
+    if (!ev->json) {
+        free(ev);
+        return;
+    }
+    post(ctl, ev);
+}
+
+/* The knots of the schedule just fitted, as a JSON array; NULL when unknown. */
+static char *knots_json(cdcdd_trainer_ctl *ctl) {
+    const struct cdcd_schedule *s = ctl->t ? cdcd_trainer_schedule(ctl->t) : NULL;
+    if (!s) return NULL;
+    cdcdd_buf b;
+    cdcdd_buf_init(&b);
+    cdcdd_buf_putc(&b, '[');
+    for (int i = 0; i < CDCD_PWL_KNOTS; i++) {
+        if (i) cdcdd_buf_putc(&b, ',');
+        cdcdd_buf_json_num(&b, s->last.knots[i]);
+    }
+    cdcdd_buf_putc(&b, ']');
+    return cdcdd_buf_take(&b, NULL);
+}
+
+static void sink_on_fit(void *ctx, const cdcd_fit_report *fit) {
+    cdcdd_trainer_ctl *ctl = ctx;
+    char *knots = knots_json(ctl);
+    cdcdd_run_store_fit(ctl->p.store, ctl->p.run_id, fit, knots);
+    cdcdd_trainer_event *ev = event_new(CDCDD_TEV_FIT);
+    if (!ev) {
+        free(knots);
+        return;
+    }
+    ev->fit = *fit;
+    ev->json = knots; /* the knots travel along for the SSE event */
+    post(ctl, ev);
+}
+
+static void sink_on_valid(void *ctx, int64_t step, double valid_loss) {
+    cdcdd_trainer_ctl *ctl = ctx;
+    cdcdd_notify_heartbeat_beat(ctl->hb);
+    cdcdd_run_store_valid(ctl->p.store, ctl->p.run_id, step, valid_loss);
+    cdcdd_trainer_event *ev = event_new(CDCDD_TEV_VALID);
+    if (!ev) return;
+    ev->at_step = step;
+    ev->value = valid_loss;
+    post(ctl, ev);
+}
+
+static void sink_on_checkpoint(void *ctx, int64_t step, const char *path, uint64_t bytes, const char *sha256_hex) {
+    cdcdd_trainer_ctl *ctl = ctx;
+    cdcdd_notify_heartbeat_beat(ctl->hb);
+    ctl->last_ckpt_step = step;
+    cdcdd_run_store_checkpoint(ctl->p.store, ctl->p.run_id, step, path, bytes, sha256_hex, ctl->tokens);
+    cdcdd_trainer_event *ev = event_new(CDCDD_TEV_CHECKPOINT);
+    if (!ev) return;
+    ev->at_step = step;
+    ev->bytes = bytes;
+    snprintf(ev->sha, sizeof ev->sha, "%s", sha256_hex ? sha256_hex : "");
+    ev->path = path ? strdup(path) : NULL;
+    post(ctl, ev);
+}
+
+/* The refit's window comes from the store, as the design says. */
+static int sink_recent_samples(void *ctx, int n, float *sigma, float *loss) {
+    cdcdd_trainer_ctl *ctl = ctx;
+    return cdcdd_run_store_recent_samples(ctl->p.store, ctl->p.run_id, n, sigma, loss);
+}
+
+/* ------------------------------------------------------------------ opening */
+
+static int mkdir_p(const char *path) {
+    char tmp[CDCDD_RUN_DIR_MAX];
+    snprintf(tmp, sizeof tmp, "%s", path);
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = '\0';
+        if (mkdir(tmp, 0750) != 0 && errno != EEXIST) return -1;
+        *p = '/';
+    }
+    if (mkdir(tmp, 0750) != 0 && errno != EEXIST) return -1;
+    struct stat st;
+    if (stat(tmp, &st) != 0) return -1;
+    if (!S_ISDIR(st.st_mode)) {
+        errno = ENOTDIR;
+        return -1;
+    }
+    return 0;
+}
+
+/* Resumes from the newest checkpoint that loads, dropping the rows logged after it.
+ * 1 resumed, 0 none usable, -1 the store cannot say. */
+static int trainer_resume(cdcdd_trainer_ctl *ctl, const cdcd_train_sink *sink, int64_t *from_step) {
+    cdcdd_store *store = ctl->p.store;
+    int64_t run = ctl->p.run_id;
+    cdcdd_ckpt_row cands[CDCDD_RESUME_CANDIDATES];
+    int n = cdcdd_run_store_checkpoints(store, run, cands, CDCDD_RESUME_CANDIDATES);
+    if (n < 0) return -1;
+    for (int i = 0; i < n; i++) {
+        if (access(cands[i].path, R_OK) != 0) {
+            cdcd_warn("run %lld: checkpoint %s is gone (%s)", (long long)run, cands[i].path, strerror(errno));
+            cdcdd_run_store_forget_checkpoint(store, run, cands[i].step);
+            continue;
+        }
+        cdcdd_run_store_truncate_after(store, run, cands[i].step);
+        cdcdd_store_sync(store);
+        char e[512] = "";
+        ctl->t = cdcd_trainer_resume(cands[i].path, ctl->run_dir, sink, e, sizeof e);
+        if (ctl->t) {
+            *from_step = cdcd_trainer_step_count(ctl->t);
+            ctl->last_ckpt_step = *from_step;
+            cdcd_info("run %lld: resumed from %s (step %lld)", (long long)run, cands[i].path, (long long)*from_step);
+            return 1;
+        }
+        cdcd_warn("run %lld: cannot resume from %s: %s", (long long)run, cands[i].path, e);
+        cdcdd_run_store_forget_checkpoint(store, run, cands[i].step);
+    }
+    return 0;
+}
+
+/* Creates or resumes the trainer. On success ctl->t is set and *from_step is the step it
+ * starts after. On failure err holds why. Runs on the trainer thread (blocking is fine). */
+static int trainer_open(cdcdd_trainer_ctl *ctl, const cdcd_train_sink *sink, int64_t *from_step, char *err,
+                        size_t errlen) {
+    if (mkdir_p(ctl->run_dir) != 0) {
+        snprintf(err, errlen, "cannot create the run directory %.400s: %s", ctl->run_dir, strerror(errno));
+        return -1;
+    }
+    int resumed = trainer_resume(ctl, sink, from_step);
+    if (resumed < 0) {
+        snprintf(err, errlen, "cannot read the run's checkpoints from the database");
+        return -1;
+    }
+    if (resumed) return 0;
+    /* no usable checkpoint: start from scratch, dropping whatever was logged */
+    cdcdd_run_store_truncate_after(ctl->p.store, ctl->p.run_id, 0);
+    cdcdd_store_sync(ctl->p.store);
+    ctl->t = cdcd_trainer_create(ctl->cfg, ctl->run_dir, sink, err, errlen);
+    if (!ctl->t) return -1;
+    *from_step = 0;
+    ctl->last_ckpt_step = -1;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ the loop */
+
+static cdcdd_trainer_cmd read_cmd(cdcdd_trainer_ctl *ctl) {
+    pthread_mutex_lock(&ctl->mu);
+    cdcdd_trainer_cmd c = ctl->cmd;
+    pthread_mutex_unlock(&ctl->mu);
+    return c;
+}
+
+/* The periodic stories stop when the trainer is asked to wind down. */
+static int winding_down(void *ctx) { return read_cmd(ctx) != CDCDD_TRAINER_CMD_NONE; }
+
+/* Checkpoints unless the last checkpoint is of this step. 0 or -1 with err. */
+static int checkpoint_now(cdcdd_trainer_ctl *ctl, const char *what, char *err, size_t errlen) {
+    int64_t step = cdcd_trainer_step_count(ctl->t);
+    if (step == ctl->last_ckpt_step || step <= 0 || cdcd_trainer_checkpoint(ctl->t) == 0) return 0;
+    snprintf(err, errlen, "%s failed: %s", what, cdcd_trainer_error(ctl->t));
+    return -1;
+}
+
+/* Steps until the run ends or is told to wind down; tasks run between steps. */
+static cdcdd_trainer_exit train_loop(cdcdd_trainer_ctl *ctl, cdcdd_stories *stories, char *err, size_t errlen) {
+    for (;;) {
+        cdcdd_task *task;
+        while ((task = cdcdd_taskq_pop(&ctl->tasks)) != NULL) {
+            task->run(task, ctl->t);
+            cdcdd_notify_heartbeat_beat(ctl->hb);
+        }
+        cdcdd_trainer_cmd cmd = read_cmd(ctl);
+        if (cmd != CDCDD_TRAINER_CMD_NONE) {
+            if (checkpoint_now(ctl, "checkpoint", err, errlen) != 0) return CDCDD_TRAINER_FAILED;
+            return cmd == CDCDD_TRAINER_PAUSE  ? CDCDD_TRAINER_PAUSED
+                   : cmd == CDCDD_TRAINER_STOP ? CDCDD_TRAINER_STOPPED
+                                               : CDCDD_TRAINER_SHUT_DOWN;
+        }
+        int rc = cdcd_trainer_step(ctl->t);
+        cdcdd_notify_heartbeat_beat(ctl->hb);
+        if (rc >= 0) cdcdd_stories_after_step(stories, ctl->t, 0);
+        if (rc == 1) {
+            if (checkpoint_now(ctl, "final checkpoint", err, errlen) != 0) return CDCDD_TRAINER_FAILED;
+            return CDCDD_TRAINER_FINISHED;
+        }
+        if (rc < 0) {
+            const char *e = cdcd_trainer_error(ctl->t);
+            snprintf(err, errlen, "%s", e && *e ? e : "training step failed");
+            cdcd_error("run %lld: %s", (long long)ctl->p.run_id, err);
+            return CDCDD_TRAINER_FAILED;
+        }
+    }
+}
+
+static void trainer_main(void *arg) {
+    cdcdd_trainer_ctl *ctl = arg;
+    char name[CDCDD_HEARTBEAT_NAME_MAX];
+    snprintf(name, sizeof name, "run %lld", (long long)ctl->p.run_id);
+    ctl->hb = cdcdd_notify_heartbeat_register(name);
+    cdcd_train_sink sink = {.ctx = ctl,
+                            .on_step = sink_on_step,
+                            .on_entropy = sink_on_entropy,
+                            .on_fit = sink_on_fit,
+                            .on_valid = sink_on_valid,
+                            .on_checkpoint = sink_on_checkpoint,
+                            .recent_samples = sink_recent_samples};
+    cdcdd_stories *stories = NULL;
+    char err[CDCDD_RUN_ERROR_MAX] = "";
+    cdcdd_trainer_exit reason = CDCDD_TRAINER_FAILED;
+    int64_t from = 0;
+    /* opening reads the token files and maybe a checkpoint: not a stall for the watchdog */
+    cdcdd_notify_heartbeat_idle(ctl->hb, 1);
+    int open_rc = trainer_open(ctl, &sink, &from, err, sizeof err);
+    cdcdd_notify_heartbeat_idle(ctl->hb, 0);
+    if (open_rc != 0) {
+        cdcd_error("run %lld: %s", (long long)ctl->p.run_id, err);
+    } else {
+        cdcdd_trainer_event *ev = event_new(CDCDD_TEV_STARTED);
+        if (ev) {
+            ev->at_step = from;
+            post(ctl, ev);
+        }
+        cdcdd_stories_params sp = {.store = ctl->p.store, .vocab = ctl->p.vocab, .loopq = ctl->p.loopq,
+                                   .hub = ctl->p.hub, .run_id = ctl->p.run_id, .cfg = ctl->cfg, .from_step = from,
+                                   .hb = ctl->hb, .cancelled = winding_down, .cancel_ctx = ctl};
+        stories = cdcdd_stories_new(&sp);
+        /* a restart at a sampling step: the batch the interruption lost (none when stored) */
+        cdcdd_stories_after_step(stories, ctl->t, 1);
+        reason = train_loop(ctl, stories, err, sizeof err);
+    }
+    cdcdd_trainer_event *exit_ev = ctl->exit_ev;
+    exit_ev->leftover = cdcdd_taskq_close(&ctl->tasks); /* no more tasks; the loop cancels these */
+    exit_ev->at_step = ctl->t ? cdcd_trainer_step_count(ctl->t) : from;
+    cdcdd_stories_free(stories);
+    if (ctl->t) {
+        cdcd_trainer_free(ctl->t);
+        ctl->t = NULL;
+    }
+    cdcdd_notify_heartbeat_unregister(ctl->hb);
+    ctl->hb = -1;
+    /* everything this run logged is committed before anyone sees its new state */
+    cdcdd_store_sync(ctl->p.store);
+    exit_ev->reason = reason;
+    snprintf(exit_ev->error, sizeof exit_ev->error, "%s", reason == CDCDD_TRAINER_FAILED ? err : "");
+    post(ctl, exit_ev);
+}
+
+/* ------------------------------------------------------------------ control */
+
+static void ctl_free(cdcdd_trainer_ctl *ctl) {
+    cdcd_run_config_free(ctl->cfg);
+    cdcdd_taskq_destroy(&ctl->tasks);
+    pthread_mutex_destroy(&ctl->mu);
+    free(ctl->exit_ev);
+    free(ctl);
+}
+
+int cdcdd_trainer_start(const cdcdd_trainer_params *p, cdcdd_trainer_ctl **out, char *err, size_t errlen) {
+    *out = NULL;
+    cdcdd_trainer_ctl *ctl = calloc(1, sizeof *ctl);
+    cdcdd_trainer_event *exit_ev = event_new(CDCDD_TEV_EXIT);
+    if (!ctl || !exit_ev) {
+        free(ctl);
+        free(exit_ev);
+        snprintf(err, errlen, "out of memory starting the trainer");
+        return -1;
+    }
+    ctl->p = *p;
+    ctl->p.config_json = NULL; /* parsed below, not kept */
+    ctl->hb = -1;
+    ctl->exit_ev = exit_ev;
+    snprintf(ctl->run_dir, sizeof ctl->run_dir, "%.1100s/%lld", p->runs_dir, (long long)p->run_id);
+    ctl->p.runs_dir = NULL;
+    pthread_mutex_init(&ctl->mu, NULL);
+    cdcdd_taskq_init(&ctl->tasks);
+    cdcd_config_env env = {0};
+    env.skip_file_checks = 1; /* stored paths are resolved; the trainer reports a missing file */
+    cdcd_config_error cerr;
+    ctl->cfg = cdcd_run_config_parse(p->config_json, strlen(p->config_json), &env, &cerr);
+    if (!ctl->cfg) {
+        snprintf(err, errlen, "stored config no longer parses: %s%s%s", cerr.field, cerr.field[0] ? ": " : "",
+                 cerr.message);
+        ctl_free(ctl);
+        return -1;
+    }
+    if (p->threads > 0) ctl->cfg->train.threads = p->threads;
+    uv_thread_options_t topt = {.flags = UV_THREAD_HAS_STACK_SIZE, .stack_size = CDCDD_TRAINER_STACK};
+    int rc = uv_thread_create_ex(&ctl->thread, &topt, trainer_main, ctl);
+    if (rc != 0) {
+        snprintf(err, errlen, "cannot start a trainer thread: %s", uv_strerror(rc));
+        ctl_free(ctl);
+        return -1;
+    }
+    *out = ctl;
+    return 0;
+}
+
+void *cdcdd_trainer_owner(const cdcdd_trainer_ctl *ctl) { return ctl->p.owner; }
+
+void cdcdd_trainer_command(cdcdd_trainer_ctl *ctl, cdcdd_trainer_cmd cmd) {
+    pthread_mutex_lock(&ctl->mu);
+    if (ctl->cmd == CDCDD_TRAINER_CMD_NONE || cmd == CDCDD_TRAINER_SHUTDOWN) ctl->cmd = cmd;
+    pthread_mutex_unlock(&ctl->mu);
+}
+
+int cdcdd_trainer_submit(cdcdd_trainer_ctl *ctl, cdcdd_task *task) {
+    /* a trainer told to wind down runs no new work: it would hold up the pause */
+    if (read_cmd(ctl) != CDCDD_TRAINER_CMD_NONE) return -1;
+    return cdcdd_taskq_push(&ctl->tasks, task);
+}
+
+void cdcdd_trainer_join(cdcdd_trainer_ctl *ctl) {
+    uv_thread_join(&ctl->thread);
+    ctl->exit_ev = NULL; /* delivered: the owner frees it */
+    ctl_free(ctl);
+}
+
+int64_t cdcdd_trainer_tokens(const cdcdd_trainer_ctl *ctl) { return ctl->tokens; }
