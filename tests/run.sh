@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Runs every test family and ends with one line "N passed, N failed".
+# Runs every test family and ends with one line "N passed, N failed, N skipped".
 #   1. unit tests (build/tests/test_*), normal build
 #   2. the same unit tests under AddressSanitizer + UndefinedBehaviorSanitizer (build-asan/)
 #   3. integration tests (tests/integration/test_*.sh and test_*.py): daemon over HTTP, CLI,
 #      PyTorch parity, systemd, browser
-# Each family prints PASS/FAIL lines; a binary or script that crashes counts as one failure.
+# Each family prints PASS/FAIL/SKIP lines ("SKIP name: reason": a check that could not be made
+# here, e.g. missing data or a quality check the sanitizer pass cannot make); a binary or
+# script that crashes counts as one failure, one that exits 0 with only SKIPs is fine. The
+# failures, then the skips with their reasons, are listed before the summary, and each family
+# ends with its wall time ("== unit tests: 42 s").
 # Options (environment): TESTS_ONLY=unit|asan|integration, TEST_FILTER=substring.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -15,15 +19,23 @@ ART=$ROOT/tests/artifacts
 mkdir -p "$ART"
 passed=0
 failed=0
+skipped=0
 failed_names=()
+skipped_names=()
+family_times=()
+last_skipped=0
 
 count_output() { # $1 = label, $2 = log file, $3 = exit status
-    local p f
+    local p f s
     p=$(grep -c '^PASS ' "$2" || true)
     f=$(grep -c '^FAIL ' "$2" || true)
+    s=$(grep -c '^SKIP ' "$2" || true)
     passed=$((passed + p))
     failed=$((failed + f))
+    skipped=$((skipped + s))
+    last_skipped=$s
     while read -r line; do failed_names+=("$1: ${line#FAIL }"); done < <(grep '^FAIL ' "$2" || true)
+    while read -r line; do skipped_names+=("$1: ${line#SKIP }"); done < <(grep '^SKIP ' "$2" || true)
     if [[ $3 -ne 0 && $f -eq 0 ]]; then
         failed=$((failed + 1))
         failed_names+=("$1: exited with status $3 and no FAIL line (crash?)")
@@ -37,28 +49,41 @@ run_one() { # $1 = label, rest = command
     "$@" >"$log" 2>&1
     local rc=$?
     count_output "$label" "$log" $rc
-    printf '%-48s %s (%ds)\n' "$label" "$([[ $rc -eq 0 ]] && echo ok || echo FAILED)" $((SECONDS - t0))
+    printf '%-48s %s (%ds%s)\n' "$label" "$([[ $rc -eq 0 ]] && echo ok || echo FAILED)" $((SECONDS - t0)) \
+        "$( ((last_skipped)) && echo ", $last_skipped skipped")"
     if [[ $rc -ne 0 ]]; then grep -E '^(FAIL|  )' "$log" | head -40 | sed 's/^/    /'; tail -5 "$log" | sed 's/^/    | /'; fi
 }
 
 want() { [[ -z "${TESTS_ONLY:-}" || "$TESTS_ONLY" == "$1" ]]; }
+family_t0=0
+family_start() { # $1 = title
+    echo "== $1"
+    family_t0=$SECONDS
+}
+family_end() { # $1 = title
+    local s=$((SECONDS - family_t0))
+    echo "== $1: $s s"
+    family_times+=("$1: $s s")
+}
 match() { [[ -z "${TEST_FILTER:-}" || "$1" == *"$TEST_FILTER"* ]]; }
 
 if want unit; then
-    echo "== unit tests"
+    family_start "unit tests"
     for t in build/tests/test_*; do
         [[ -x $t ]] || continue
         match "$t" || continue
         run_one "unit/$(basename "$t")" "$t"
     done
+    family_end "unit tests"
 fi
 
 if want asan; then
-    echo "== unit tests under ASan+UBSan"
+    family_start "unit tests under ASan+UBSan"
     if make --no-print-directory -s BUILD=build-asan OPT=-O1 \
         SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" \
         build-asan/libcdcd.a $(ls tests/unit/test_*.c | sed 's#tests/unit/\(.*\)\.c#build-asan/tests/\1#') \
         >"$ART/asan-build.log" 2>&1; then
+        echo "(sanitizer build: $((SECONDS - family_t0)) s, included in the family's time)"
         for t in build-asan/tests/test_*; do
             [[ -x $t ]] || continue
             match "$t" || continue
@@ -69,10 +94,11 @@ if want asan; then
         failed=$((failed + 1)); failed_names+=("asan: build failed (see tests/artifacts/asan-build.log)")
         tail -20 "$ART/asan-build.log"
     fi
+    family_end "unit tests under ASan+UBSan"
 fi
 
 if want integration; then
-    echo "== integration tests"
+    family_start "integration tests"
     for t in tests/integration/test_*.sh tests/integration/test_*.py; do
         [[ -f $t ]] || continue
         match "$t" || continue
@@ -81,6 +107,7 @@ if want integration; then
             *) run_one "integration/$(basename "$t")" bash "$t" ;;
         esac
     done
+    family_end "integration tests"
 fi
 
 echo
@@ -88,5 +115,13 @@ if ((${#failed_names[@]})); then
     echo "failures:"
     printf '  %s\n' "${failed_names[@]}"
 fi
-echo "$passed passed, $failed failed"
+if ((${#skipped_names[@]})); then
+    echo "skipped:"
+    printf '  %s\n' "${skipped_names[@]}"
+fi
+if ((${#family_times[@]})); then
+    echo "times:"
+    printf '  %s\n' "${family_times[@]}"
+fi
+echo "$passed passed, $failed failed, $skipped skipped"
 [[ $failed -eq 0 ]]

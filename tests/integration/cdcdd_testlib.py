@@ -5,7 +5,11 @@ Daemon(...) starts a real bin/cdcdd on 127.0.0.1 with an ephemeral port (--liste
 directory holding vocab.txt, train.tok and valid.tok made with `cdcd prep` from the shared
 TinyStories sample ($CDCD_SHARED_DATA). Binaries come from $CDCD_BIN (default bin).
 
-report(name, ok, detail) prints the PASS/FAIL lines tests/run.sh counts.
+report(name, ok, detail) prints the PASS/FAIL lines tests/run.sh counts; skip(name, reason)
+prints "SKIP name: reason", counted as skipped (neither passed nor failed). check(name, fn)
+runs a check body: returning None or True after its asserts is a pass; a body that cannot
+exercise what it checks (the state it needs did not happen) raises Skip("reason") instead of
+returning early, so it is never counted as a pass without having checked anything.
 """
 import http.client
 import json
@@ -38,6 +42,19 @@ TINY = {
 }
 
 failures = 0
+skips = 0
+
+
+class Skip(Exception):
+    """Raised (or returned) by a check body that could not check what it is for."""
+
+
+def skip(name, reason):
+    global skips
+    skips += 1
+    reason = str(reason).replace("\n", " | ")[:600]
+    print(f"SKIP {name}: {reason}", flush=True)
+    return None
 
 
 def report(name, ok, detail=""):
@@ -52,14 +69,21 @@ def report(name, ok, detail=""):
 
 
 def check(name, fn):
-    """Runs fn(); an exception is a failure with its message."""
+    """Runs fn(): None or True = passed, a string or False = failed (with that message), a
+    Skip raised or returned = skipped, any other exception = failed with its message.
+    Returns True (passed), False (failed) or None (skipped): checks that need this one's
+    result should run only when it is true."""
     try:
         r = fn()
+        if isinstance(r, Skip):
+            return skip(name, r)
         if r is None or r is True:
             return report(name, True)
         if isinstance(r, str):
             return report(name, False, r)
         return report(name, bool(r), "returned false")
+    except Skip as e:
+        return skip(name, e)
     except Exception as e:  # noqa: BLE001 - every error is a test failure
         import traceback
         where = traceback.extract_tb(e.__traceback__)[-1]

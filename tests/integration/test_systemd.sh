@@ -87,7 +87,9 @@ if ((have_analyze)); then
         fail systemd_security_exposure "exposure $score > 4.0"
     fi
 else
-    echo "# systemd-analyze not installed: skipping verify and security"
+    for t in systemd_verify_unit systemd_verify_catches_typos systemd_security_exposure; do
+        echo "SKIP $t: systemd-analyze not installed"
+    done
 fi
 
 # ---------------------------------------------------------------- required settings
@@ -117,6 +119,8 @@ if command -v man >/dev/null; then
     if [[ -z $warn ]] && grep -q "WatchdogSec" <<<"$text" && grep -q -- "--max-connections-per-ip" <<<"$text"
     then pass man_page_renders
     else fail man_page_renders "warnings: ${warn:0:300}"; fi
+else
+    echo "SKIP man_page_renders: man not installed"
 fi
 
 # ---------------------------------------------------------------- install / uninstall
@@ -151,7 +155,8 @@ cmp -s "$SRC_WEB/vendor/lib.js" "$P/share/cdcdd/web/vendor/lib.js" || problems+=
 if ((${#problems[@]} == 0)); then pass install_tree
 else fail install_tree "$(printf '%s; ' "${problems[@]}")"; fi
 
-if ((have_analyze)); then verify_unit systemd_verify_installed_unit "$P/lib/systemd/system/cdcdd.service"; fi
+if ((have_analyze)); then verify_unit systemd_verify_installed_unit "$P/lib/systemd/system/cdcdd.service"
+else echo "SKIP systemd_verify_installed_unit: systemd-analyze not installed"; fi
 
 # re-install over an edited config: the config and token are kept, the rest refreshed
 echo "max_runs = 7" >>"$D/etc/cdcdd/cdcdd.conf"

@@ -2,7 +2,7 @@
  * sentence rules, n-grams that must not cross stories, repeated 4-grams, dangling pieces
  * and token entropy on known ids, reference rows (cut, shuffle, seeds), word salad
  * scoring below real text on a synthetic corpus and on TinyStories, and the loaders (text
- * file, token file: the 2-second build budget on data/train.tok). */
+ * file, token file) and the 2-second reference build budget (skipped under the sanitizers). */
 #include <stddef.h>
 #include <stdint.h>
 #include <time.h>
@@ -345,11 +345,8 @@ TEST(test_shuffled_below_real_tinystories) {
     snprintf(train, sizeof train, "%s", test_data_path(TRAIN_TXT_NAME));
     snprintf(valid, sizeof valid, "%s", test_data_path(VALID_TXT_NAME));
     if (!file_exists(train) || !file_exists(valid)) SKIP("no %.200s or %.200s", train, valid);
-    double t0 = now_s();
     cdcd_text_ref *ref = cdcd_text_ref_load(train, err, sizeof err);
-    double secs = now_s() - t0;
     ASSERT(ref);
-    if (!test_fast_mode()) EXPECTF(secs < REF_BUILD_BUDGET_S, "reference from %.200s took %.2f s", train, secs);
     char **held = NULL, *real[REAL_HELD_OUT], *shuf[REAL_HELD_OUT];
     size_t n = 0;
     ASSERT(cdcd_text_stories_load(valid, REAL_HELD_OUT, &held, &n, err, sizeof err) == 0);
@@ -433,19 +430,15 @@ TEST(test_text_loader) {
 }
 
 TEST(test_tokfile_loader) {
-    char tokpath[PATH_LEN], txtpath[PATH_LEN], err[ERR_LEN];
+    char tokpath[PATH_LEN], err[ERR_LEN];
     root_path("data/train.tok", tokpath, sizeof tokpath);
-    root_path("data/tinystories/train.txt", txtpath, sizeof txtpath);
     if (!file_exists(tokpath)) SKIP("no %.200s (make data)", tokpath);
     if (!tok) SKIP("no vocabulary (%s)", test_data_path(VOCAB_NAME));
-    double t0 = now_s();
     cdcd_text_ref *ref = cdcd_text_ref_from_tokfile(tokpath, tok, err, sizeof err);
-    double secs = now_s() - t0;
     EXPECTF(ref != NULL, "%s", err);
     ASSERT(ref);
-    printf("  %.200s: %zu stories, %llu words, %.3f s\n", tokpath, cdcd_text_ref_stories(ref),
-           (unsigned long long)cdcd_text_ref_words(ref), secs);
-    if (!test_fast_mode()) EXPECTF(secs < REF_BUILD_BUDGET_S, "reference from %.200s took %.2f s", tokpath, secs);
+    printf("  %.200s: %zu stories, %llu words\n", tokpath, cdcd_text_ref_stories(ref),
+           (unsigned long long)cdcd_text_ref_words(ref));
     EXPECT(cdcd_text_ref_stories(ref) > 0);
     EXPECT(cdcd_text_ref_words(ref) > 100 * cdcd_text_ref_stories(ref) / 2);
     /* Its own stories are all seen. */
@@ -463,15 +456,52 @@ TEST(test_tokfile_loader) {
     EXPECT(n == 1 && strlen(v[0]) > 0);
     cdcd_text_stories_free(v, n);
     EXPECT(cdcd_text_stories_open(tokpath, NULL, 1, &v, &n, err, sizeof err) == -1);
-    /* The raw text of the same stories gives nearly the same reference. */
-    if (file_exists(txtpath) && !test_fast_mode()) {
-        cdcd_text_ref *raw = cdcd_text_ref_load(txtpath, err, sizeof err);
-        ASSERT(raw);
+    cdcd_text_ref_free(ref);
+}
+
+/* The raw text of the token file's stories gives nearly the same reference. */
+TEST(test_tokfile_matches_raw_text) {
+    char tokpath[PATH_LEN], txtpath[PATH_LEN], err[ERR_LEN];
+    root_path("data/train.tok", tokpath, sizeof tokpath);
+    root_path("data/tinystories/train.txt", txtpath, sizeof txtpath);
+    if (!file_exists(tokpath) || !file_exists(txtpath)) SKIP("no %.200s or %.200s (make data)", tokpath, txtpath);
+    if (!tok) SKIP("no vocabulary (%s)", test_data_path(VOCAB_NAME));
+    cdcd_text_ref *ref = cdcd_text_ref_from_tokfile(tokpath, tok, err, sizeof err);
+    EXPECTF(ref != NULL, "%s", err);
+    ASSERT(ref);
+    cdcd_text_ref *raw = cdcd_text_ref_load(txtpath, err, sizeof err);
+    EXPECTF(raw != NULL, "%s", err);
+    if (raw) {
         EXPECT(cdcd_text_ref_stories(raw) == cdcd_text_ref_stories(ref));
         double a = (double)cdcd_text_ref_words(raw), b = (double)cdcd_text_ref_words(ref);
         EXPECTF(fabs(a - b) < 0.01 * b, "words: text %.0f, token file %.0f", a, b);
         cdcd_text_ref_free(raw);
     }
+    cdcd_text_ref_free(ref);
+}
+
+/* The measure's reference is rebuilt per evaluation: building it from the shared training
+ * text and from data/train.tok must each stay within REF_BUILD_BUDGET_S. */
+TEST(test_ref_build_budget) {
+    char train[PATH_LEN], tokpath[PATH_LEN], err[ERR_LEN];
+    snprintf(train, sizeof train, "%s", test_data_path(TRAIN_TXT_NAME));
+    root_path("data/train.tok", tokpath, sizeof tokpath);
+    if (!file_exists(train) || !file_exists(tokpath)) SKIP("no %.200s or %.200s (make data)", train, tokpath);
+    if (!tok) SKIP("no vocabulary (%s)", test_data_path(VOCAB_NAME));
+    SKIP_IF_FAST("wall-time budgets do not hold under the sanitizers");
+    double t0 = now_s();
+    cdcd_text_ref *ref = cdcd_text_ref_load(train, err, sizeof err);
+    double secs = now_s() - t0;
+    EXPECTF(ref != NULL, "%s", err);
+    EXPECTF(secs < REF_BUILD_BUDGET_S, "reference from %.200s took %.2f s", train, secs);
+    printf("  reference from %.200s: %.3f s\n", train, secs);
+    cdcd_text_ref_free(ref);
+    t0 = now_s();
+    ref = cdcd_text_ref_from_tokfile(tokpath, tok, err, sizeof err);
+    secs = now_s() - t0;
+    EXPECTF(ref != NULL, "%s", err);
+    EXPECTF(secs < REF_BUILD_BUDGET_S, "reference from %.200s took %.2f s", tokpath, secs);
+    printf("  reference from %.200s: %.3f s\n", tokpath, secs);
     cdcd_text_ref_free(ref);
 }
 
@@ -518,6 +548,8 @@ int main(void) {
     RUN(test_shuffled_below_real_tinystories);
     RUN(test_text_loader);
     RUN(test_tokfile_loader);
+    RUN(test_tokfile_matches_raw_text);
+    RUN(test_ref_build_budget);
     RUN(test_empty_input);
     RUN(test_field_table);
     cdcd_tok_free(tok);
