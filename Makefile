@@ -2,9 +2,12 @@
 # Sources are found by wildcard: drop a .c file in core/, cli/ or daemon/ and it is built.
 #   core/*.c            -> $(BUILD)/libcdcd.a   (numeric library: no HTTP, no SQLite)
 #   cli/*.c   + lib     -> bin/cdcd             (offline CLI)
-#   daemon/*.c + lib    -> bin/cdcdd            (the server)
+#   daemon/*.c + lib    -> bin/cdcdd            (the server); all but main.o also -> $(BUILD)/libcdcdd.a
 #   tests/unit/test_*.c -> $(BUILD)/tests/test_*  (one binary each, run by tests/run.sh)
 #   bench/*.c           -> $(BUILD)/bench/*
+# The layers show in the flags: core/ compiles with -Icore and its own packages only (so a
+# core file that includes a daemon header does not build), bin/cdcd links core's packages
+# only (no libmicrohttpd, SQLite or libuv), and only the daemon sees everything.
 SHELL := /bin/bash
 BUILD ?= build
 BIN ?= bin
@@ -12,10 +15,14 @@ PREFIX ?= /usr/local
 DESTDIR ?=
 VERSION := 0.1.0
 
-PKGS := libmicrohttpd libcjson sqlite3 libuv openblas libutf8proc libcrypto
+# pkg-config packages per layer. core: BLAS, Unicode data (tokenizer), SHA-256 (checkpoints),
+# JSON (run configs). cli: core's and nothing else. daemon: everything.
+CORE_PKGS := openblas libutf8proc libcrypto libcjson
+CLI_PKGS := $(CORE_PKGS)
+DAEMON_PKGS := libmicrohttpd sqlite3 libuv $(CORE_PKGS)
 HAVE_SYSTEMD := $(shell pkg-config --exists libsystemd && echo 1)
 ifeq ($(HAVE_SYSTEMD),1)
-PKGS += libsystemd
+DAEMON_PKGS += libsystemd
 SYSTEMD_DEF := -DCDCD_HAVE_SYSTEMD=1
 endif
 
@@ -29,40 +36,73 @@ ifdef WERROR
 WARN += -Werror
 endif
 SAN ?=
-PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 CFLAGS ?= $(OPT) -g $(ARCH)
-ALL_CFLAGS := -std=c11 -D_GNU_SOURCE -DCDCD_VERSION=\"$(VERSION)\" $(SYSTEMD_DEF) \
-  $(WARN) $(CFLAGS) $(SAN) -fno-omit-frame-pointer -pthread -Icore -Idaemon $(PKG_CFLAGS) -MMD -MP
-LDLIBS := $(PKG_LIBS) -lm -lpthread
+BASE_CFLAGS := -std=c11 -D_GNU_SOURCE -DCDCD_VERSION=\"$(VERSION)\" \
+  $(WARN) $(CFLAGS) $(SAN) -fno-omit-frame-pointer -pthread -MMD -MP
+pkg_cflags = $(shell pkg-config --cflags $(1) 2>/dev/null)
+pkg_libs = $(shell pkg-config --libs $(1) 2>/dev/null)
+CORE_CFLAGS := $(BASE_CFLAGS) -Icore $(call pkg_cflags,$(CORE_PKGS))
+CLI_CFLAGS := $(BASE_CFLAGS) -Icore $(call pkg_cflags,$(CLI_PKGS))
+DAEMON_CFLAGS := $(BASE_CFLAGS) $(SYSTEMD_DEF) -Icore -Idaemon $(call pkg_cflags,$(DAEMON_PKGS))
+CORE_LDLIBS := $(call pkg_libs,$(CORE_PKGS)) -lm -lpthread
+CLI_LDLIBS := $(call pkg_libs,$(CLI_PKGS)) -lm -lpthread
+DAEMON_LDLIBS := $(call pkg_libs,$(DAEMON_PKGS)) -lm -lpthread
 LDFLAGS += $(SAN) -pthread
 
 CORE_SRC := $(wildcard core/*.c)
 CLI_SRC := $(wildcard cli/*.c)
 DAEMON_SRC := $(wildcard daemon/*.c)
 TEST_SRC := $(wildcard tests/unit/test_*.c)
+# Unit tests of daemon code: those that include a daemon/ header. The others test core only.
+DAEMON_HEADERS := $(notdir $(wildcard daemon/*.h))
+DAEMON_TEST_SRC := $(if $(DAEMON_HEADERS),$(shell grep -lE \
+  'include "($(subst $(eval) ,|,$(DAEMON_HEADERS)))"' $(TEST_SRC) /dev/null))
+CORE_TEST_SRC := $(filter-out $(DAEMON_TEST_SRC),$(TEST_SRC))
 BENCH_SRC := $(wildcard bench/*.c)
 TOOL_SRC := $(wildcard tests/tools/*.c)
 
 CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/%.o)
 CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/%.o)
 DAEMON_OBJ := $(DAEMON_SRC:%.c=$(BUILD)/%.o)
+DAEMON_LIB_OBJ := $(filter-out $(BUILD)/daemon/main.o,$(DAEMON_OBJ))
 TEST_BIN := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+CORE_TEST_BIN := $(CORE_TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+DAEMON_TEST_BIN := $(DAEMON_TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 TOOL_BIN := $(TOOL_SRC:tests/tools/%.c=$(BUILD)/tests/tools/%)
 LIB := $(BUILD)/libcdcd.a
+DAEMON_LIB := $(BUILD)/libcdcdd.a
 
-.PHONY: all deps data run test unit-tests bench clean install uninstall web check-deps
+.PHONY: all deps deps-build data run test unit-tests bench clean install uninstall web check-deps
 all: $(BIN)/cdcd $(BIN)/cdcdd web
 
+# Everything: build, run, tests and benchmarks (PyTorch, Chromium, wrk...).
 deps:
 	@scripts/deps.sh
+# Only what building and running need (`make run`).
+deps-build:
+	@scripts/deps.sh --build-only
 
-$(BUILD)/%.o: %.c
+$(BUILD)/core/%.o: core/%.c
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -c $< -o $@
+	$(CC) $(CORE_CFLAGS) -c $< -o $@
+
+$(BUILD)/cli/%.o: cli/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CLI_CFLAGS) -c $< -o $@
+
+$(BUILD)/daemon/%.o: daemon/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(DAEMON_CFLAGS) -c $< -o $@
 
 $(LIB): $(CORE_OBJ)
+	@mkdir -p $(dir $@)
+	@rm -f $@
+	$(AR) rcs $@ $^
+
+# The daemon's objects but main.o, for the unit tests of daemon code: the linker takes from
+# the archive only the objects a test uses.
+$(DAEMON_LIB): $(DAEMON_LIB_OBJ)
 	@mkdir -p $(dir $@)
 	@rm -f $@
 	$(AR) rcs $@ $^
@@ -72,26 +112,30 @@ $(BUILD)/daemon/embed.o: $(wildcard sql/*.sql) openapi.yaml
 
 $(BIN)/cdcd: $(CLI_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) -o $@ $(CLI_OBJ) $(LIB) $(LDLIBS)
+	$(CC) $(LDFLAGS) -o $@ $(CLI_OBJ) $(LIB) $(CLI_LDLIBS)
 
 $(BIN)/cdcdd: $(DAEMON_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) -o $@ $(DAEMON_OBJ) $(LIB) $(LDLIBS)
+	$(CC) $(LDFLAGS) -o $@ $(DAEMON_OBJ) $(LIB) $(DAEMON_LDLIBS)
 
-# Unit tests may use daemon objects (store, http helpers) but never main().
-DAEMON_LIB_OBJ := $(filter-out $(BUILD)/daemon/main.o,$(DAEMON_OBJ))
-$(BUILD)/tests/%: tests/unit/%.c $(LIB) $(DAEMON_LIB_OBJ) tests/unit/test.h
+# Unit tests of core: core's flags, core's library. Tests of daemon code (store, http
+# helpers...) also get the daemon's flags and archive, never main().
+$(CORE_TEST_BIN): $(BUILD)/tests/%: tests/unit/%.c $(LIB) tests/unit/test.h
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -Itests/unit -o $@ $< $(DAEMON_LIB_OBJ) $(LIB) $(LDFLAGS) $(LDLIBS)
+	$(CC) $(CORE_CFLAGS) -Itests/unit -o $@ $< $(LIB) $(LDFLAGS) $(CORE_LDLIBS)
+
+$(DAEMON_TEST_BIN): $(BUILD)/tests/%: tests/unit/%.c $(DAEMON_LIB) $(LIB) tests/unit/test.h
+	@mkdir -p $(dir $@)
+	$(CC) $(DAEMON_CFLAGS) -Itests/unit -o $@ $< $(DAEMON_LIB) $(LIB) $(LDFLAGS) $(DAEMON_LDLIBS)
 
 $(BUILD)/bench/%: bench/%.c $(LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -o $@ $< $(LIB) $(LDFLAGS) $(LDLIBS)
+	$(CC) $(CORE_CFLAGS) -o $@ $< $(LIB) $(LDFLAGS) $(CORE_LDLIBS)
 
 # Test helper programs (e.g. the parity dumper used by the PyTorch comparison).
 $(BUILD)/tests/tools/%: tests/tools/%.c $(LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -Itests/unit -o $@ $< $(LIB) $(LDFLAGS) $(LDLIBS)
+	$(CC) $(CORE_CFLAGS) -Itests/unit -o $@ $< $(LIB) $(LDFLAGS) $(CORE_LDLIBS)
 
 unit-tests: $(TEST_BIN) $(TOOL_BIN)
 bench-bins: $(BENCH_BIN)
@@ -105,7 +149,7 @@ data: $(BIN)/cdcd
 	@scripts/fetch-data.sh data
 	@scripts/prep-data.sh data $(BIN)/cdcd
 
-run: deps
+run: deps-build
 	@$(MAKE) --no-print-directory all
 	@$(MAKE) --no-print-directory data
 	@mkdir -p var
@@ -119,6 +163,10 @@ bench: deps
 	@$(MAKE) --no-print-directory all bench-bins
 	@bench/run.sh
 
+# `make print-CORE_CFLAGS` prints a variable (tests/integration/test_layers.sh uses it).
+print-%:
+	@printf '%s\n' '$($*)'
+
 install: all
 	@CDCD_BIN=$(BIN) scripts/install.sh "$(DESTDIR)" "$(PREFIX)"
 
@@ -128,4 +176,5 @@ uninstall:
 clean:
 	rm -rf $(BUILD) build-asan $(BIN) web/dist
 
--include $(CORE_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(DAEMON_OBJ:.o=.d)
+-include $(CORE_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(DAEMON_OBJ:.o=.d) $(TEST_BIN:=.d) $(BENCH_BIN:=.d) \
+  $(TOOL_BIN:=.d)

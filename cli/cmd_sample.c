@@ -1,7 +1,13 @@
 /* cdcd sample --checkpoint C [--n 4] [--steps 200] [--seed 1] [--prompt TEXT | --infill TEXT]
  *             [--guidance G] [--temperature T] [--score-temp S] [--length L] [--heun]
  *             [--self-cond] [--no-ema] [--threads N] [--vocab V] [--json] [--progress K]
- * Prints stories (or one JSON object {"samples":[{"text","ids"}...], ...} with --json). */
+ * Prints stories (or one JSON object {"samples":[{"text","ids"}...], ...} with --json).
+ *
+ * The vocabulary: the one embedded in the checkpoint (section "vocab", written by the
+ * trainer), so sampling works from any directory. --vocab FILE must then be that same
+ * vocabulary (checksum and size) or it is refused (exit status 2): a different file would
+ * silently turn the model's ids into other words. A checkpoint written before vocabularies
+ * were embedded needs --vocab, or data/vocab.txt in the working directory. */
 #include <cJSON.h>
 #include <getopt.h>
 #include <stdio.h>
@@ -31,6 +37,58 @@ static int on_progress(void *ctx, int step, int n_steps, double t, double entrop
     return 0;
 }
 
+/* The tokenizer to sample with (the policy in the header comment). NULL with a message
+ * printed; *status is the exit status then. */
+static cdcd_tokenizer *sample_tokenizer(const cdcd_inference_bundle *ib, const char *ckpt, const char *vocab,
+                                        int *status) {
+    char err[512], name[64];
+    cdcd_tokenizer *embedded = NULL, *file = NULL;
+    *status = 1;
+    if (ib->vocab) {
+        snprintf(name, sizeof name, "(embedded in the checkpoint)");
+        embedded = cdcd_tok_load_from_buffer(ib->vocab, ib->vocab_len, name, 0, err, sizeof err);
+        if (!embedded) {
+            fprintf(stderr, "cdcd sample: %s: %s\n", ckpt, err);
+            return NULL;
+        }
+        if (!vocab) return embedded;
+        file = cdcd_tok_load_sized(vocab, 0, err, sizeof err);
+        if (!file) {
+            fprintf(stderr, "cdcd sample: --vocab: %s\n", err);
+            cdcd_tok_free(embedded);
+            return NULL;
+        }
+        uint64_t a = cdcd_tok_checksum(file), b = cdcd_tok_checksum(embedded);
+        int na = cdcd_tok_vocab_size(file), nb = cdcd_tok_vocab_size(embedded);
+        cdcd_tok_free(embedded);
+        if (a != b || na != nb) {
+            fprintf(stderr,
+                    "cdcd sample: --vocab %s (%d tokens, checksum %016llx) is not the vocabulary embedded in %s "
+                    "(%d tokens, checksum %016llx), the one the model was trained with; leave --vocab out to "
+                    "use the embedded one\n",
+                    vocab, na, (unsigned long long)a, ckpt, nb, (unsigned long long)b);
+            cdcd_tok_free(file);
+            *status = 2;
+            return NULL;
+        }
+        return file;
+    }
+    /* A checkpoint without the section: the file named, or the default one. */
+    const char *path = vocab ? vocab : SAMPLE_DEFAULT_VOCAB;
+    file = cdcd_tok_load(path, err, sizeof err);
+    if (!file) {
+        if (vocab)
+            fprintf(stderr, "cdcd sample: --vocab: %s\n", err);
+        else
+            fprintf(stderr,
+                    "cdcd sample: %s has no embedded vocabulary (written before checkpoints carried one) and "
+                    "the default %s cannot be used (%s): give the vocab.txt the model was trained with as "
+                    "--vocab FILE\n",
+                    ckpt, SAMPLE_DEFAULT_VOCAB, err);
+    }
+    return file;
+}
+
 static void usage(FILE *out) {
     fprintf(out,
             "usage: cdcd sample --checkpoint C [options]\n"
@@ -52,7 +110,9 @@ static void usage(FILE *out) {
             "                    before each step (0 = deterministic ODE, the default; at most 1)\n"
             "  --no-ema          use the raw weights even when the checkpoint has an EMA\n"
             "  --threads N       threads (default 2)\n"
-            "  --vocab FILE      vocab.txt (default data/vocab.txt)\n"
+            "  --vocab FILE      vocab.txt (default: the one embedded in the checkpoint; a\n"
+            "                    different FILE is refused; older checkpoints without one:\n"
+            "                    data/vocab.txt)\n"
             "  --progress K      print t, entropy and the argmax text every K steps\n"
             "  --json            one JSON object on stdout\n");
 }
@@ -60,7 +120,7 @@ static void usage(FILE *out) {
 int cdcd_cmd_sample(int argc, char **argv) {
     cdcd_sample_params p;
     cdcd_sample_params_default(&p);
-    const char *ckpt = NULL, *vocab = SAMPLE_DEFAULT_VOCAB;
+    const char *ckpt = NULL, *vocab = NULL;
     int threads = 2, json = 0, use_ema = 1;
     progress_ctx pc = {0};
     static const struct option opts[] = {
@@ -124,17 +184,17 @@ int cdcd_cmd_sample(int argc, char **argv) {
     }
     p.preview_every = pc.every;
     char err[512];
-    cdcd_tokenizer *tok = cdcd_tok_load(vocab, err, sizeof err);
-    if (!tok) {
-        fprintf(stderr, "cdcd sample: %s\n", err);
-        return 1;
-    }
     cdcd_inference_bundle ib;
     int batch = p.n < 64 ? (p.n > 0 ? p.n : 1) : 64;
     if (cdcd_load_for_inference(ckpt, threads, batch, use_ema, &ib, err, sizeof err) != 0) {
         fprintf(stderr, "cdcd sample: %s\n", err);
-        cdcd_tok_free(tok);
         return 1;
+    }
+    int status;
+    cdcd_tokenizer *tok = sample_tokenizer(&ib, ckpt, vocab, &status);
+    if (!tok) {
+        cdcd_inference_bundle_free(&ib);
+        return status;
     }
     p.vmap = ib.vmap;
     cdcd_sample_result res;

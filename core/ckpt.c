@@ -95,31 +95,6 @@ static int write_all(int fd, const void *buf, size_t len) {
     return 0;
 }
 
-int cdcd_write_file_atomic(const char *path, const void *buf, size_t len) {
-    char tmp[PATH_MAX];
-    int fd = -1, saved;
-    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp) {
-        errno = ENAMETOOLONG;
-        return -1;
-    }
-    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) return -1;
-    if (write_all(fd, buf, len) < 0 || fsync(fd) < 0) goto fail;
-    if (close(fd) < 0) {
-        fd = -1;
-        goto fail;
-    }
-    fd = -1;
-    if (rename(tmp, path) < 0) goto fail;
-    return fsync_dir_of(path);
-fail:
-    saved = errno;
-    if (fd >= 0) close(fd);
-    unlink(tmp);
-    errno = saved;
-    return -1;
-}
-
 cdcd_ckpt_writer *cdcd_ckpt_writer_new(const char *path) {
     cdcd_ckpt_writer *w = calloc(1, sizeof *w);
     if (!w) return NULL;

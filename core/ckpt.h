@@ -8,7 +8,10 @@
  * Written atomically: path.tmp, fsync, rename over path, fsync of the directory, so a
  * crash leaves either the old file or the new one. Loading checks magic, version, every
  * offset and size against the file size, and the SHA-256, so a truncated or corrupt file
- * is refused with a message saying which check failed. */
+ * is refused with a message saying which check failed.
+ * Sections are found by name and a reader ignores the ones it does not know, so adding an
+ * optional section (the trainer's "vocab", say) keeps the version; the version changes only
+ * when a reader of the previous one could not read the file. */
 #ifndef CDCD_CKPT_H
 #define CDCD_CKPT_H
 
@@ -43,8 +46,6 @@ int cdcd_ckpt_get(const cdcd_ckpt_reader *r, const char *name, const void **data
 int cdcd_ckpt_read_exact(const cdcd_ckpt_reader *r, const char *name, void *dst, size_t bytes);
 void cdcd_ckpt_close(cdcd_ckpt_reader *r);
 
-/* Writes buf to path atomically (tmp, fsync, rename, fsync dir). 0 or -1 with errno set. */
-int cdcd_write_file_atomic(const char *path, const void *buf, size_t len);
 /* SHA-256 of a buffer, as 64 hex digits plus NUL. */
 void cdcd_sha256_hex(const void *buf, size_t len, char out[65]);
 

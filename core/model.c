@@ -670,7 +670,6 @@ void cdcd_model_free(cdcd_model *m) {
 const cdcd_model_config *cdcd_model_get_config(const cdcd_model *m) { return &m->cfg; }
 int cdcd_model_max_batch(const cdcd_model *m) { return m->max_batch; }
 int cdcd_model_max_seq(const cdcd_model *m) { return m->max_seq; }
-int cdcd_model_threads(const cdcd_model *m) { return m->n_threads; }
 int cdcd_model_trainable(const cdcd_model *m) { return m->trainable; }
 size_t cdcd_model_param_count(const cdcd_model *m) { return m->n_params; }
 float *cdcd_model_params(cdcd_model *m) {
@@ -690,12 +689,6 @@ int cdcd_model_find_tensor(const cdcd_model *m, const char *name) {
     for (int i = 0; i < m->n_tensors; i++)
         if (strcmp(m->table[i].name, name) == 0) return i;
     return -1;
-}
-
-void cdcd_model_reset_adam(cdcd_model *m) {
-    if (!m->trainable) return;
-    memset(m->adam_m, 0, m->n_params * sizeof(float));
-    memset(m->adam_v, 0, m->n_params * sizeof(float));
 }
 
 void cdcd_model_memory_report(const cdcd_model *m, cdcd_model_memory *out) {

@@ -130,7 +130,6 @@ void cdcd_model_free(cdcd_model *m);
 const cdcd_model_config *cdcd_model_get_config(const cdcd_model *m);
 int cdcd_model_max_batch(const cdcd_model *m);
 int cdcd_model_max_seq(const cdcd_model *m);
-int cdcd_model_threads(const cdcd_model *m);
 void cdcd_model_memory_report(const cdcd_model *m, cdcd_model_memory *out);
 
 /* Flat arrays of cdcd_model_param_count() floats each, in table order. Writable: a
@@ -147,8 +146,6 @@ int cdcd_model_num_tensors(const cdcd_model *m);
 const cdcd_param_info *cdcd_model_tensor(const cdcd_model *m, int i); /* NULL out of range */
 /* Index of a tensor by name, or -1. */
 int cdcd_model_find_tensor(const cdcd_model *m, const char *name);
-/* Zeroes the moments (a fresh optimiser). */
-void cdcd_model_reset_adam(cdcd_model *m);
 
 /* -------------------------------------------------------------- training */
 

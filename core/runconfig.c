@@ -115,6 +115,7 @@ static const field_spec fields[] = {
     {"model", "init_std", F_FLOAT, OFF(model.init_std), 1e-8, 10, 0, NULL},
     {"data", "train", F_STRING, OFF(data.train), 0, 0, CDCD_RUN_PATH_MAX, NULL},
     {"data", "valid", F_STRING, OFF(data.valid), 0, 0, CDCD_RUN_PATH_MAX, NULL},
+    {"data", "vocab_file", F_STRING, OFF(data.vocab_file), 0, 0, CDCD_RUN_PATH_MAX, NULL},
     {"data", "seq_len", F_INT, OFF(data.seq_len), 4, RUN_MAX_SEQ, 0, NULL},
     {"data", "mode", F_ENUM, OFF(data.mode), 0, 0, 0, mode_names},
     {"data", "vocab", F_ENUM, OFF(data.vocab), 0, 0, 0, vocab_names},
@@ -266,8 +267,8 @@ static int set_field(cdcd_run_config *c, const field_spec *f, const cJSON *v, cd
 
 /* Resolves a data path. In confined mode only relative paths without ".." components are
  * accepted, so an HTTP client cannot make the daemon read files outside its data dir. */
-static int resolve_data_path(char *path, size_t cap, const char *key, const cdcd_config_env *env,
-                             cdcd_config_error *err) {
+static int resolve_data_path(char *path, size_t cap, const char *key, const char *what,
+                             const cdcd_config_env *env, cdcd_config_error *err) {
     if (env && env->confine_to_data_dir && !env->skip_file_checks) {
         if (path[0] == '/') return set_error(err, "data", key, "must be a path relative to the data directory");
         const char *p = path;
@@ -287,8 +288,8 @@ static int resolve_data_path(char *path, size_t cap, const char *key, const cdcd
         snprintf(path, cap, "%s", joined);
     }
     if (!(env && env->skip_file_checks) && access(path, R_OK) != 0)
-        return set_error(err, "data", key, "cannot read token file %s: %s (run `make data` or `cdcd prep`)",
-                         path, strerror(errno));
+        return set_error(err, "data", key, "cannot read %s %s: %s (run `make data` or `cdcd prep`)",
+                         what, path, strerror(errno));
     return 0;
 }
 
@@ -321,8 +322,11 @@ static int validate(cdcd_run_config *c, int self_cond_given, int prior_given, co
         return set_error(err, "cond", "p_self_cond", "needs model.self_cond = true");
     if (!c->data.train[0]) snprintf(c->data.train, sizeof c->data.train, "train.tok");
     if (!c->data.valid[0]) snprintf(c->data.valid, sizeof c->data.valid, "valid.tok");
-    if (resolve_data_path(c->data.train, sizeof c->data.train, "train", env, err) < 0) return -1;
-    if (resolve_data_path(c->data.valid, sizeof c->data.valid, "valid", env, err) < 0) return -1;
+    if (resolve_data_path(c->data.train, sizeof c->data.train, "train", "token file", env, err) < 0) return -1;
+    if (resolve_data_path(c->data.valid, sizeof c->data.valid, "valid", "token file", env, err) < 0) return -1;
+    if (c->data.vocab_file[0] &&
+        resolve_data_path(c->data.vocab_file, sizeof c->data.vocab_file, "vocab_file", "vocabulary", env, err) < 0)
+        return -1;
     if (env && env->max_memory_bytes) {
         uint64_t need = cdcd_run_config_memory_estimate(c);
         if (need > env->max_memory_bytes)
@@ -446,7 +450,12 @@ char *cdcd_run_config_to_json(const cdcd_run_config *c) {
                 break;
             }
             case F_BOOL: cJSON_AddBoolToObject(obj, f->key, *(const int *)base); break;
-            case F_STRING: cJSON_AddStringToObject(obj, f->key, base); break;
+            case F_STRING:
+                /* data.vocab_file at its default ("") is left out, so builds that predate the
+                 * key still read the config (of a checkpoint, say). */
+                if (base[0] || f->offset != offsetof(cdcd_run_config, data.vocab_file))
+                    cJSON_AddStringToObject(obj, f->key, base);
+                break;
             case F_ENUM: cJSON_AddStringToObject(obj, f->key, f->enum_names[*(const int *)base]); break;
             }
         }
@@ -456,16 +465,8 @@ char *cdcd_run_config_to_json(const cdcd_run_config *c) {
     return out;
 }
 
-cdcd_run_config *cdcd_run_config_clone(const cdcd_run_config *c) {
-    cdcd_run_config *d = malloc(sizeof *d);
-    if (d) memcpy(d, c, sizeof *d);
-    return d;
-}
-
 void cdcd_run_config_free(cdcd_run_config *c) { free(c); }
-int cdcd_run_config_threads(const cdcd_run_config *c) { return c->train.threads; }
 int64_t cdcd_run_config_max_steps(const cdcd_run_config *c) { return c->train.max_steps; }
-const char *cdcd_run_config_name(const cdcd_run_config *c) { return c->name; }
 
 uint64_t cdcd_run_config_memory_estimate(const cdcd_run_config *c) {
     cdcd_model_memory mem;

@@ -26,6 +26,10 @@ typedef struct cdcd_run_config {
     cdcd_model_config model; /* the "model" section, as core/model.h takes it */
     struct {
         char train[CDCD_RUN_PATH_MAX], valid[CDCD_RUN_PATH_MAX]; /* resolved paths */
+        /* The vocab.txt the token files were made with (resolved), or "" for vocab.txt
+         * beside data.train when there is one. The trainer embeds it in every checkpoint
+         * (section "vocab") so sampling needs nothing but the checkpoint. */
+        char vocab_file[CDCD_RUN_PATH_MAX];
         int seq_len;
         cdcd_data_mode mode;
         cdcd_vocab_kind vocab;
@@ -81,13 +85,10 @@ cdcd_run_config *cdcd_run_config_parse(const char *json, size_t len, const cdcd_
                                        cdcd_config_error *err);
 /* The normalised config (every default filled) as a malloc'd JSON string, or NULL. */
 char *cdcd_run_config_to_json(const cdcd_run_config *cfg);
-cdcd_run_config *cdcd_run_config_clone(const cdcd_run_config *cfg);
 void cdcd_run_config_free(cdcd_run_config *cfg);
 
 /* Accessors the daemon needs without seeing the struct. */
-int cdcd_run_config_threads(const cdcd_run_config *cfg);
 int64_t cdcd_run_config_max_steps(const cdcd_run_config *cfg);
 uint64_t cdcd_run_config_memory_estimate(const cdcd_run_config *cfg);
-const char *cdcd_run_config_name(const cdcd_run_config *cfg);
 
 #endif

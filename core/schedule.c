@@ -784,22 +784,6 @@ double cdcd_schedule_quantile(const cdcd_schedule *s, double p) {
     return clampd(sigma, s->tmin, s->tmax);
 }
 
-double cdcd_schedule_cdf(const cdcd_schedule *s, double sigma) {
-    if (!(sigma > s->tmin)) return 0.0; /* also NaN */
-    if (sigma >= s->tmax) return 1.0;
-    double p;
-    if (cdcd_schedule_degenerate(s)) {
-        p = log(sigma / s->tmin) / log(s->tmax / s->tmin);
-    } else if (s->kind == CDCD_SCHEDULE_PWL) {
-        double f0 = s->knots[0], f1 = s->knots[CDCD_PWL_BINS];
-        p = (cdcd_schedule_eval(s, sigma) - f0) / (f1 - f0);
-    } else {
-        double a0 = atan((s->tmin - s->mu) / s->s), a1 = atan((s->tmax - s->mu) / s->s);
-        p = (atan((sigma - s->mu) / s->s) - a0) / (a1 - a0);
-    }
-    return clampd(p, 0.0, 1.0);
-}
-
 double cdcd_schedule_inverse(const cdcd_schedule *s, double u) {
     double fa = cdcd_schedule_eval(s, s->tmin), fb = cdcd_schedule_eval(s, s->tmax);
     double p = fb > fa ? (u - fa) / (fb - fa) : 0.5;

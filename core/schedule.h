@@ -159,10 +159,9 @@ double cdcd_schedule_eval(const cdcd_schedule *s, double sigma);
 /* F^-1(u) for u in F units, u clamped to [F(tmin), F(tmax)]; the result is in
  * [tmin, tmax]. Degenerate F: the log-uniform quantile of the clamped position. */
 double cdcd_schedule_inverse(const cdcd_schedule *s, double u);
-/* The distribution sampling draws from: cdf(sigma) = (F(sigma) - F(tmin)) / (F(tmax) -
- * F(tmin)) clamped to [0, 1] (log-uniform for a degenerate F), and its quantile function
- * (p in [0, 1] -> sigma in [tmin, tmax]). */
-double cdcd_schedule_cdf(const cdcd_schedule *s, double sigma);
+/* The quantile function of the distribution sampling draws from, whose cdf is
+ * (F(sigma) - F(tmin)) / (F(tmax) - F(tmin)) (log-uniform for a degenerate F):
+ * p in [0, 1] -> sigma in [tmin, tmax]. */
 double cdcd_schedule_quantile(const cdcd_schedule *s, double p);
 /* 1 when F cannot be inverted over [tmin, tmax] (flat, h ~ 0, non-finite): sampling and
  * timesteps then use log-uniform sigma. */

@@ -253,12 +253,40 @@ cdcd_tokenizer *cdcd_tok_load(const char *vocab_path, char *err, size_t errlen) 
     return cdcd_tok_load_sized(vocab_path, CDCD_TOK_BERT_VOCAB_SIZE, err, errlen);
 }
 
+/* Parses the vocabulary text (size bytes, NUL-terminated, malloc'd: taken over in every
+ * case). vocab_path names it in messages. */
+static cdcd_tokenizer *tok_parse(char *text, size_t size, const char *vocab_path, int expect_size,
+                                 char *err, size_t errlen);
+
 cdcd_tokenizer *cdcd_tok_load_sized(const char *vocab_path, int expect_size, char *err,
                                     size_t errlen) {
-    cdcd_tokenizer *t = NULL;
     size_t size = 0;
     char *text = read_file(vocab_path, CDCD_TOK_MAX_VOCAB_FILE_BYTES, &size, err, errlen);
     if (!text) return NULL;
+    return tok_parse(text, size, vocab_path, expect_size, err, errlen);
+}
+
+cdcd_tokenizer *cdcd_tok_load_from_buffer(const void *buf, size_t len, const char *name,
+                                          int expect_size, char *err, size_t errlen) {
+    if (!name) name = "(buffer)";
+    if (len > CDCD_TOK_MAX_VOCAB_FILE_BYTES) {
+        cdcd_errf(err, errlen, "vocab %s: %zu bytes, more than the %u accepted", name, len,
+                  (unsigned)CDCD_TOK_MAX_VOCAB_FILE_BYTES);
+        return NULL;
+    }
+    char *text = malloc(len + 1);
+    if (!text) {
+        cdcd_errf(err, errlen, "vocab %s: out of memory", name);
+        return NULL;
+    }
+    if (len) memcpy(text, buf, len);
+    text[len] = '\0';
+    return tok_parse(text, len, name, expect_size, err, errlen);
+}
+
+static cdcd_tokenizer *tok_parse(char *text, size_t size, const char *vocab_path, int expect_size,
+                                 char *err, size_t errlen) {
+    cdcd_tokenizer *t = NULL;
     if (size == 0) {
         cdcd_errf(err, errlen, "vocab %s: the file is empty", vocab_path);
         goto fail;

@@ -47,6 +47,11 @@ cdcd_tokenizer *cdcd_tok_load(const char *vocab_path, char *err, size_t errlen);
 /* The same with another required size; expect_size 0 accepts any size (small test vocabs). */
 cdcd_tokenizer *cdcd_tok_load_sized(const char *vocab_path, int expect_size, char *err,
                                     size_t errlen);
+/* The same from vocab.txt's bytes in memory (e.g. the "vocab" section of a checkpoint): the
+ * same checks, the same tokenizer and checksum as loading a file with those bytes. buf is
+ * copied. name labels messages (NULL: "(buffer)"); expect_size as for load_sized. */
+cdcd_tokenizer *cdcd_tok_load_from_buffer(const void *buf, size_t len, const char *name,
+                                          int expect_size, char *err, size_t errlen);
 void cdcd_tok_free(cdcd_tokenizer *t);
 
 int cdcd_tok_vocab_size(const cdcd_tokenizer *t);

@@ -20,6 +20,7 @@
 #include "rng.h"
 #include "runconfig.h"
 #include "schedule.h"
+#include "tokenizer.h"
 #include "tokfile.h"
 #include "vocab_map.h"
 
@@ -69,6 +70,8 @@ struct cdcd_trainer {
     float *fit_sigma, *fit_loss;   /* (window) scratch for a refit */
     float *ema;                    /* (n_params) or NULL */
     cdcd_vocab_map *vmap;          /* data.vocab = corpus: token id <-> model id; else NULL */
+    char *vocab;                   /* vocab.txt's bytes, the "vocab" section; NULL when unknown */
+    size_t vocab_len;
     char err[512];
 };
 
@@ -150,23 +153,100 @@ void cdcd_trainer_free(cdcd_trainer *t) {
     cdcd_tokfile_close(t->valid_tf);
     cdcd_model_free(t->model);
     cdcd_vmap_free(t->vmap);
+    free(t->vocab);
     free_buffers(t);
     free(t);
 }
 
+/* Reads a whole vocabulary file. malloc'd bytes, or NULL with a message. */
+static char *read_vocab_file(const char *path, size_t *len, char *err, size_t errlen) {
+    FILE *f = fopen(path, "rb");
+    char *buf = NULL;
+    long size;
+    if (!f || fseek(f, 0, SEEK_END) != 0 || (size = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) {
+        snprintf(err, errlen, "data.vocab_file: cannot read %s: %s", path, strerror(errno));
+        if (f) fclose(f);
+        return NULL;
+    }
+    if ((unsigned long)size > CDCD_TOK_MAX_VOCAB_FILE_BYTES) {
+        snprintf(err, errlen, "data.vocab_file: %s is %ld bytes, more than a vocabulary", path, size);
+    } else if (!(buf = malloc((size_t)size + 1))) {
+        snprintf(err, errlen, "data.vocab_file: out of memory");
+    } else if (fread(buf, 1, (size_t)size, f) != (size_t)size) {
+        snprintf(err, errlen, "data.vocab_file: cannot read %s", path);
+        free(buf);
+        buf = NULL;
+    }
+    fclose(f);
+    *len = (size_t)size;
+    return buf;
+}
+
+/* The vocabulary the trainer embeds in its checkpoints: t->vocab when given (the "vocab"
+ * section of the checkpoint being resumed), else data.vocab_file, else vocab.txt beside
+ * data.train when it exists (else none: a warning, and checkpoints without the section).
+ * Whatever its source, it must be the vocabulary the training file was made with (checksum
+ * and size), so a checkpoint never carries a wrong one. 0, or -1 with err set. */
+static int trainer_vocab(cdcd_trainer *t, char *err, size_t errlen) {
+    char path[CDCD_RUN_PATH_MAX + 16], what[CDCD_RUN_PATH_MAX + 64];
+    const char *train = t->cfg.data.train;
+    if (t->vocab) {
+        snprintf(what, sizeof what, "the checkpoint's vocabulary");
+    } else {
+        if (t->cfg.data.vocab_file[0]) {
+            snprintf(path, sizeof path, "%s", t->cfg.data.vocab_file);
+            snprintf(what, sizeof what, "%s", path);
+        } else {
+            const char *slash = strrchr(train, '/');
+            int dir_len = slash ? (int)(slash - train) + 1 : 0;
+            snprintf(path, sizeof path, "%.*svocab.txt", dir_len, train);
+            if (access(path, F_OK) != 0) {
+                cdcd_warn("no data.vocab_file and no %s beside data.train: checkpoints will not carry the "
+                          "vocabulary (sampling them will need --vocab)", path);
+                return 0;
+            }
+            snprintf(what, sizeof what, "%s (beside data.train)", path);
+        }
+        t->vocab = read_vocab_file(path, &t->vocab_len, err, errlen);
+        if (!t->vocab) return -1;
+    }
+    char e[512];
+    cdcd_tokenizer *tok = cdcd_tok_load_from_buffer(t->vocab, t->vocab_len, what, 0, e, sizeof e);
+    if (!tok) {
+        snprintf(err, errlen, "data.vocab_file: %s", e);
+        return -1;
+    }
+    uint64_t sum = cdcd_tok_checksum(tok);
+    int n = cdcd_tok_vocab_size(tok);
+    cdcd_tok_free(tok);
+    if (sum != t->train_tf->h.vocab_checksum || n != (int)t->train_tf->h.vocab_size) {
+        snprintf(err, errlen,
+                 "data.vocab_file: %s (%d tokens, checksum %016llx) is not the vocabulary %s was made with "
+                 "(%u tokens, checksum %016llx)",
+                 what, n, (unsigned long long)sum, train, t->train_tf->h.vocab_size,
+                 (unsigned long long)t->train_tf->h.vocab_checksum);
+        return -1;
+    }
+    return 0;
+}
+
 /* vmap: the resumed run's vocabulary map (taken over), or NULL to build one from the
- * training file when data.vocab is "corpus". */
+ * training file when data.vocab is "corpus". vocab: the resumed run's vocabulary bytes
+ * (taken over), or NULL to read them from data.vocab_file (trainer_vocab). */
 static cdcd_trainer *trainer_build(const cdcd_run_config *cfg, const char *run_dir,
-                                   const cdcd_train_sink *sink, cdcd_vocab_map *vmap, char *err,
-                                   size_t errlen) {
+                                   const cdcd_train_sink *sink, cdcd_vocab_map *vmap, char *vocab,
+                                   size_t vocab_len, char *err, size_t errlen) {
     cdcd_trainer *t = calloc(1, sizeof *t);
     if (!t) {
         snprintf(err, errlen, "out of memory");
         cdcd_vmap_free(vmap);
+        free(vocab);
         return NULL;
     }
     t->cfg = *cfg;
     t->vmap = vmap;
+    t->vocab = vocab;
+    t->vocab_len = vocab_len;
     snprintf(t->run_dir, sizeof t->run_dir, "%s", run_dir ? run_dir : ".");
     if (sink) t->sink = *sink;
     t->B = cfg->train.batch_size;
@@ -186,6 +266,7 @@ static cdcd_trainer *trainer_build(const cdcd_run_config *cfg, const char *run_d
         snprintf(err, errlen, "data.valid: %s", merr);
         goto fail;
     }
+    if (trainer_vocab(t, err, errlen) != 0) goto fail;
     if (cfg->data.vocab == CDCD_VOCAB_CORPUS) {
         if (!t->vmap) t->vmap = cdcd_vmap_from_tokfile(t->train_tf, merr, sizeof merr);
         if (!t->vmap) {
@@ -264,7 +345,7 @@ fail:
 
 cdcd_trainer *cdcd_trainer_create(const cdcd_run_config *cfg, const char *run_dir,
                                   const cdcd_train_sink *sink, char *err, size_t errlen) {
-    return trainer_build(cfg, run_dir, sink, NULL, err, errlen);
+    return trainer_build(cfg, run_dir, sink, NULL, NULL, 0, err, errlen);
 }
 
 const struct cdcd_vocab_map *cdcd_trainer_vocab_map(const cdcd_trainer *t) { return t->vmap; }
@@ -510,7 +591,11 @@ int cdcd_trainer_checkpoint(cdcd_trainer *t) {
     st.fits_failed = (int32_t)t->sched.n_failures;
 
     cdcd_trainer_checkpoint_path(t, t->step, path, sizeof path);
-    json = cdcd_run_config_to_json(&t->cfg);
+    /* The config without data.vocab_file: the "vocab" section replaces it (and when there
+     * is none, no file was named), and builds that predate the key can read the file. */
+    cdcd_run_config stored = t->cfg;
+    stored.data.vocab_file[0] = 0;
+    json = cdcd_run_config_to_json(&stored);
     w = cdcd_ckpt_writer_new(path);
     if (!json || !w || (t->vmap && cdcd_vmap_serialise(t->vmap, &vmap_blob, &vmap_len) != 0)) {
         set_err(t, "checkpoint: out of memory");
@@ -529,6 +614,7 @@ int cdcd_trainer_checkpoint(cdcd_trainer *t) {
     rc |= cdcd_ckpt_add(w, "ring_sigma", t->ring_sigma, (size_t)t->cfg.schedule.window * sizeof(float));
     rc |= cdcd_ckpt_add(w, "ring_loss", t->ring_loss, (size_t)t->cfg.schedule.window * sizeof(float));
     if (vmap_blob) rc |= cdcd_ckpt_add(w, "vocab_map", vmap_blob, vmap_len);
+    if (t->vocab) rc |= cdcd_ckpt_add(w, "vocab", t->vocab, t->vocab_len);
     if (rc) {
         set_err(t, "checkpoint: too many sections");
         goto fail;
@@ -598,6 +684,19 @@ static int ckpt_vmap(const cdcd_ckpt_reader *r, const cdcd_run_config *cfg, cons
     return 0;
 }
 
+/* A copy of the checkpoint's "vocab" section (vocab.txt's bytes), or NULL when it has none
+ * (written before vocabularies were embedded, or trained without one). 0, or -1 (memory). */
+static int ckpt_vocab(const cdcd_ckpt_reader *r, char **out, size_t *len) {
+    const void *data;
+    *out = NULL;
+    *len = 0;
+    if (cdcd_ckpt_get(r, "vocab", &data, len) != 0) return 0;
+    *out = malloc(*len ? *len : 1);
+    if (!*out) return -1;
+    memcpy(*out, data, *len);
+    return 0;
+}
+
 /* Reads the "state" section: version 2, or version 1 (no training clock: it restarts at 0). */
 static int read_state(const cdcd_ckpt_reader *r, train_state_blob *st) {
     const void *data;
@@ -623,7 +722,14 @@ cdcd_trainer *cdcd_trainer_resume(const char *checkpoint_path, const char *run_d
     if (!cfg) goto fail;
     cdcd_vocab_map *vmap;
     if (ckpt_vmap(r, cfg, checkpoint_path, &vmap, err, errlen) != 0) goto fail;
-    t = trainer_build(cfg, run_dir, sink, vmap, err, errlen);
+    char *vocab;
+    size_t vocab_len;
+    if (ckpt_vocab(r, &vocab, &vocab_len) != 0) {
+        snprintf(err, errlen, "out of memory");
+        cdcd_vmap_free(vmap);
+        goto fail;
+    }
+    t = trainer_build(cfg, run_dir, sink, vmap, vocab, vocab_len, err, errlen);
     if (!t) goto fail;
     train_state_blob st;
     size_t n = cdcd_model_param_count(t->model);
@@ -680,6 +786,10 @@ int cdcd_load_for_inference(const char *path, int threads, int max_batch, int us
     cdcd_run_config *cfg = ckpt_config(r, path, err, errlen);
     if (!cfg) goto fail;
     if (ckpt_vmap(r, cfg, path, &out->vmap, err, errlen) != 0) goto fail;
+    if (ckpt_vocab(r, &out->vocab, &out->vocab_len) != 0) {
+        snprintf(err, errlen, "%s: out of memory", path);
+        goto fail;
+    }
     const cdcd_model_config mc = cfg->model;
     char merr[256];
     out->model = cdcd_model_create_ex(&mc, max_batch, mc.max_seq_len, threads, 0, CDCD_MODEL_INFERENCE,
@@ -722,6 +832,7 @@ fail:
 void cdcd_inference_bundle_free(cdcd_inference_bundle *b) {
     cdcd_model_free(b->model);
     cdcd_vmap_free(b->vmap);
+    free(b->vocab);
     free(b->sched);
     cdcd_run_config_free(b->cfg);
     memset(b, 0, sizeof *b);

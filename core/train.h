@@ -63,7 +63,11 @@ cdcd_trainer *cdcd_trainer_resume(const char *checkpoint_path, const char *run_d
  * Returns 0 to go on, 1 when the budget is spent (max_steps, or train.minutes of training
  * time), -1 on error (cdcd_trainer_error). */
 int cdcd_trainer_step(cdcd_trainer *t);
-/* Writes run_dir/step-NNNNNNNN.ckpt atomically and reports it. 0 or -1. */
+/* Writes run_dir/step-NNNNNNNN.ckpt atomically and reports it. 0 or -1. Besides the
+ * config, weights, optimiser, schedule, RNG and data position, the checkpoint carries the
+ * run's vocabulary (section "vocab": the bytes of data.vocab_file, or of vocab.txt beside
+ * data.train; checked at create/resume against the checksum the training file records)
+ * when one was found, so it can be sampled from any directory. */
 int cdcd_trainer_checkpoint(cdcd_trainer *t);
 const char *cdcd_trainer_error(const cdcd_trainer *t);
 /* Changes the step budget (e.g. to continue a finished run); the lr schedule follows it. */
@@ -101,6 +105,12 @@ typedef struct {
     int64_t step;
     int used_ema; /* 1 when the EMA weights were loaded */
     struct cdcd_vocab_map *vmap; /* token id <-> model id, or NULL (full vocabulary) */
+    /* The vocabulary the model was trained with: vocab.txt's bytes from the checkpoint's
+     * "vocab" section (cdcd_tok_load_from_buffer parses them), or NULL for a checkpoint
+     * written without one (before vocabularies were embedded): then the caller must find
+     * the vocabulary file itself. */
+    char *vocab;
+    size_t vocab_len;
 } cdcd_inference_bundle;
 
 /* Loads a checkpoint for inference with a model sized for max_batch sequences of the

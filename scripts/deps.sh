@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Installs the Debian packages cdcdd needs, only those that are missing.
 # Fast path: when everything is present it does no apt work at all.
-# Usage: scripts/deps.sh [--all]   (--all also installs the test/bench extras: default)
+# Usage: scripts/deps.sh [--build-only]
+#   --build-only  what building and running need (`make run`): compiler, libraries,
+#                 nodejs/npm for the dashboard build (scripts/build-web.sh), curl for
+#                 `make data`
+#   (default)     also the test and benchmark extras (`make test`, `make bench`, .ci/run)
 set -euo pipefail
 
 # Build and run time.
@@ -9,13 +13,15 @@ BUILD_PKGS=(
   build-essential pkg-config
   libmicrohttpd-dev libcjson-dev libsqlite3-dev libuv1-dev
   libopenblas-pthread-dev libutf8proc-dev libsystemd-dev libssl-dev
-  ca-certificates curl sqlite3
+  ca-certificates curl
+  nodejs npm
 )
-# Tests, benchmarks and the dashboard build.
+# Tests and benchmarks: PyTorch (parity test), Chromium (dashboard test), systemd (unit-file test), wrk,
+# jq, the sanitizer runtime, and the sqlite3 shell.
 TEST_PKGS=(
   python3 python3-torch python3-numpy
-  nodejs npm chromium
-  systemd wrk jq
+  chromium
+  systemd wrk jq sqlite3
   libclang-rt-14-dev
 )
 

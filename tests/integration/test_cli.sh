@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The offline CLI end to end on real TinyStories tokens: prep, train (with checkpoints),
-# bit-exact resume, SIGINT with a final checkpoint, eval, sample, and clear errors.
+# bit-exact resume, SIGINT with a final checkpoint, eval, sample (from any directory: the
+# checkpoint carries its vocabulary), and clear errors.
 set -uo pipefail
 ROOT=${CDCD_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
 BIN=${CDCD_BIN:-$ROOT/bin}
@@ -22,10 +23,11 @@ else
   fail cli_prep "$(tail -3 "$T/prep.log")"
 fi
 
-# A small model so a step takes a fraction of a second on 2 cores.
+# A small model so a step takes a fraction of a second on 2 cores. The vocabulary is not
+# beside the token files here, so the config names it (data.vocab_file): checkpoints embed it.
 cat >"$T/run.json" <<JSON
 {"preset":"tiny","seed":3,"model":{"d_model":64,"n_heads":2,"n_layers":2,"cond_dim":16},
- "data":{"train":"$T/train.tok","valid":"$T/valid.tok","seq_len":32},
+ "data":{"train":"$T/train.tok","valid":"$T/valid.tok","seq_len":32,"vocab_file":"$VOCAB"},
  "train":{"batch_size":4,"max_steps":8,"threads":2,"checkpoint_every":4,"valid_every":4,"valid_batches":1,"keep_checkpoints":0},
  "schedule":{"refit_every":3,"window":16}}
 JSON
@@ -91,6 +93,51 @@ for s in d["samples"]:
     assert s["text"].startswith("once upon a time"), s["text"]
     assert s["ids"][:5] == [101, 2320, 2588, 1037, 2051], s["ids"][:5]
 '; then pass cli_sample_prompt_reproducible; else fail cli_sample_prompt_reproducible "$(cat "$T/s.err") $s1"; fi
+
+# Sampling needs nothing but the checkpoint: copied to an empty directory and sampled from
+# there (no data/vocab.txt, no --vocab), it gives the very stories --vocab gave above.
+mkdir -p "$T/elsewhere"
+cp "$T/a/step-00000008.ckpt" "$T/elsewhere/"
+s3=$(cd "$T/elsewhere" && "$CDCD" sample --checkpoint step-00000008.ckpt --n 2 --steps 5 --seed 9 --length 32 \
+  --prompt "once upon a time" --json 2>"$T/s3.err")
+rc=$?
+if [[ $rc -eq 0 && -n $s3 ]] && printf '%s\n%s\n' "$s1" "$s3" | /usr/bin/python3 -c '
+import json, sys
+a, b = [json.loads(l) for l in sys.stdin.read().splitlines()]
+assert a["samples"] == b["samples"], (a["samples"], b["samples"])
+'; then pass cli_sample_from_any_directory; else fail cli_sample_from_any_directory "rc $rc: $(cat "$T/s3.err") $s3"; fi
+
+# --vocab that is not the embedded vocabulary is refused (status 2), naming both; here two
+# lines of the real vocab.txt swapped: same size, other ids.
+awk 'NR==2000 {held=$0; next} NR==2001 {print; print held; next} {print}' "$VOCAB" >"$T/swapped-vocab.txt"
+(cd "$T/elsewhere" && "$CDCD" sample --checkpoint step-00000008.ckpt --vocab "$T/swapped-vocab.txt" --n 1 --steps 2 \
+  >/dev/null 2>"$T/e6"); rc=$?
+[[ $rc -eq 2 ]] && grep -q "swapped-vocab.txt" "$T/e6" && grep -q "not the vocabulary embedded" "$T/e6" &&
+  pass cli_sample_vocab_mismatch_refused || fail cli_sample_vocab_mismatch_refused "rc $rc: $(cat "$T/e6")"
+
+# A checkpoint written before vocabularies were embedded (the same file without its "vocab"
+# section): from an empty directory it needs --vocab, and says so; with --vocab it samples.
+/usr/bin/python3 - "$T/elsewhere/step-00000008.ckpt" "$T/elsewhere/old.ckpt" <<'PY'
+import hashlib, struct, sys
+b = open(sys.argv[1], "rb").read()
+assert b[:8] == b"CDCDCKPT"
+version, n, toc = struct.unpack_from("<IIQ", b, 8)
+entries = [b[toc + 64 * i: toc + 64 * (i + 1)] for i in range(n)]
+kept = [e for e in entries if e[:48].rstrip(b"\0") != b"vocab"]
+assert len(kept) == n - 1, "no vocab section to drop"
+body = b[:8] + struct.pack("<IIQ", version, len(kept), toc) + b[24:toc] + b"".join(kept)
+open(sys.argv[2], "wb").write(body + hashlib.sha256(body).digest() + b"CKPTEND\0")
+PY
+(cd "$T/elsewhere" && "$CDCD" sample --checkpoint old.ckpt --n 1 --steps 2 >/dev/null 2>"$T/e7"); rc=$?
+[[ $rc -eq 1 ]] && grep -q -- "--vocab" "$T/e7" && grep -q "no embedded vocabulary" "$T/e7" &&
+  pass cli_sample_old_checkpoint_needs_vocab || fail cli_sample_old_checkpoint_needs_vocab "rc $rc: $(cat "$T/e7")"
+s4=$(cd "$T/elsewhere" && "$CDCD" sample --checkpoint old.ckpt --vocab "$VOCAB" --n 2 --steps 5 --seed 9 --length 32 \
+  --prompt "once upon a time" --json 2>"$T/s4.err")
+if [[ -n $s4 ]] && printf '%s\n%s\n' "$s1" "$s4" | /usr/bin/python3 -c '
+import json, sys
+a, b = [json.loads(l) for l in sys.stdin.read().splitlines()]
+assert a["samples"] == b["samples"]
+'; then pass cli_sample_old_checkpoint_with_vocab; else fail cli_sample_old_checkpoint_with_vocab "$(cat "$T/s4.err") $s4"; fi
 
 # Eval --samples: story statistics of JSON Lines against the training text, with the real
 # and word-shuffled reference rows; `cdcd sample --json` output is read as is; bad input

@@ -372,6 +372,53 @@ static char *dec(const char *text, unsigned flags) {
         free(s_);                               \
     } while (0)
 
+/* A vocabulary from memory (a checkpoint's "vocab" section) is the tokenizer the same bytes
+ * give from a file: size, checksum, specials, every piece, encode and decode; bad bytes are
+ * refused with the same checks, named by the caller's label. */
+TEST(test_load_from_buffer_equals_file) {
+    ASSERT(tok);
+    const char *path = test_data_path(VOCAB_NAME);
+    FILE *f = fopen(path, "rb");
+    ASSERT(f != NULL);
+    static char bytes[1 << 20];
+    size_t len = fread(bytes, 1, sizeof bytes, f);
+    fclose(f);
+    ASSERT(len > 0 && len < sizeof bytes);
+    char err[400] = "";
+    cdcd_tokenizer *b = cdcd_tok_load_from_buffer(bytes, len, "embedded", CDCD_TOK_BERT_VOCAB_SIZE, err, sizeof err);
+    ASSERT(b != NULL);
+    EXPECT(cdcd_tok_vocab_size(b) == cdcd_tok_vocab_size(tok));
+    EXPECT(cdcd_tok_checksum(b) == cdcd_tok_checksum(tok));
+    EXPECT(memcmp(cdcd_tok_specials(b), cdcd_tok_specials(tok), sizeof(cdcd_tok_special)) == 0);
+    int same = 1;
+    for (int32_t id = 0; id < cdcd_tok_vocab_size(tok); id++)
+        same &= strcmp(cdcd_tok_piece(b, id), cdcd_tok_piece(tok, id)) == 0 && cdcd_tok_lookup(b, cdcd_tok_piece(tok, id)) == id;
+    EXPECT(same);
+    const char *text = "Once upon a time, Lily's cat found a SHINY stone. Caf\xc3\xa9 \xe4\xb8\xad unbelievable!";
+    cdcd_tok_ids x, y;
+    cdcd_tok_ids_init(&x);
+    cdcd_tok_ids_init(&y);
+    EXPECT(cdcd_tok_encode(tok, text, strlen(text), &x) == 0 && cdcd_tok_encode(b, text, strlen(text), &y) == 0);
+    EXPECT(x.n > 10 && x.n == y.n && memcmp(x.ids, y.ids, x.n * sizeof *x.ids) == 0);
+    char *dx = cdcd_tok_decode(tok, x.ids, x.n, 0), *dy = cdcd_tok_decode(b, y.ids, y.n, 0);
+    EXPECT(dx && dy && strcmp(dx, dy) == 0);
+    free(dx);
+    free(dy);
+    cdcd_tok_ids_free(&x);
+    cdcd_tok_ids_free(&y);
+    cdcd_tok_free(b);
+    /* The buffer is copied: the caller may reuse it at once. */
+    cdcd_tokenizer *s = cdcd_tok_load_from_buffer(SMALL_VOCAB, strlen(SMALL_VOCAB), NULL, 0, err, sizeof err);
+    cdcd_tokenizer *sf = cdcd_tok_load_sized(write_tmp("buf.txt", SMALL_VOCAB, strlen(SMALL_VOCAB)), 0, err, sizeof err);
+    EXPECT(s && sf && cdcd_tok_checksum(s) == cdcd_tok_checksum(sf) && cdcd_tok_vocab_size(s) == 8);
+    cdcd_tok_free(s);
+    cdcd_tok_free(sf);
+    EXPECT(cdcd_tok_load_from_buffer(SMALL_VOCAB "cat\n", strlen(SMALL_VOCAB) + 4, "ckpt vocab", 0, err, sizeof err) == NULL);
+    EXPECTF(strstr(err, "ckpt vocab") && strstr(err, "line 9 duplicates line 8"), "%s", err);
+    EXPECT(cdcd_tok_load_from_buffer(bytes, len, "x", 8, err, sizeof err) == NULL && strstr(err, "expected 8"));
+    EXPECT(cdcd_tok_load_from_buffer("", 0, "x", 0, err, sizeof err) == NULL && strstr(err, "empty"));
+}
+
 TEST(test_decode) {
     ASSERT(tok);
     const cdcd_tok_special *sp = cdcd_tok_specials(tok);
@@ -621,6 +668,7 @@ int main(void) {
     RUN(test_wordpiece_limits);
     RUN(test_invalid_utf8);
     RUN(test_bad_vocab);
+    RUN(test_load_from_buffer_equals_file);
     RUN(test_decode);
     RUN(test_fast_path_matches_unicode_path);
     RUN(test_round_trip);

@@ -101,6 +101,25 @@ static cdcd_run_config *config(int self_cond, const char *head) {
     return config_ex(self_cond, head, "", ",\"vocab\":\"full\"");
 }
 
+/* The bundle holds vocab.txt's bytes, which give the tokenizer the file gives. */
+static void expect_vocab_carried(const cdcd_inference_bundle *ib) {
+    char path[4400], err[512];
+    static char bytes[4096];
+    snprintf(path, sizeof path, "%s/vocab.txt", dir);
+    FILE *f = fopen(path, "rb");
+    ASSERT(f != NULL);
+    size_t len = fread(bytes, 1, sizeof bytes, f);
+    fclose(f);
+    ASSERT(ib->vocab != NULL);
+    EXPECT(ib->vocab_len == len && memcmp(ib->vocab, bytes, len) == 0);
+    cdcd_tokenizer *a = cdcd_tok_load_from_buffer(ib->vocab, ib->vocab_len, "ckpt", 0, err, sizeof err);
+    cdcd_tokenizer *b = cdcd_tok_load_sized(path, NW, err, sizeof err);
+    EXPECTF(a && b, "%s", err);
+    if (a && b) EXPECT(cdcd_tok_checksum(a) == cdcd_tok_checksum(b) && cdcd_tok_vocab_size(a) == NW);
+    cdcd_tok_free(a);
+    cdcd_tok_free(b);
+}
+
 static void run_and_resume_ex(int self_cond, const char *head, int corpus_prior) {
     char run_a[4400], run_b[4400], ck[4500], err[1024];
     snprintf(run_a, sizeof run_a, "%s/a-%d-%s", dir, self_cond, head);
@@ -152,6 +171,9 @@ static void run_and_resume_ex(int self_cond, const char *head, int corpus_prior)
     if (ib.model) {
         EXPECT(ib.used_ema == 1 && ib.step == STEPS);
         EXPECT(ib.sched->tmax > ib.sched->tmin);
+        /* It carries the vocabulary (vocab.txt beside train.tok, through the resume too):
+         * the same bytes, so the same tokenizer as the file. */
+        expect_vocab_carried(&ib);
     }
     if (ib.model && corpus_prior) {
         /* The softmax covers the ids of the training file only, and the map came back
@@ -268,9 +290,26 @@ static void rewrite_as_state_v1(const char *path, const char *run) {
     }
     EXPECTF(w && cdcd_ckpt_commit(w, NULL, NULL, err, sizeof err) == 0, "%s", err);
     cdcd_ckpt_close(r);
-    cdcd_trainer *t = cdcd_trainer_resume(out, run, NULL, err, sizeof err);
+    char sub[4600]; /* its checkpoints must not replace the caller's */
+    snprintf(sub, sizeof sub, "%s/v1-resumed", run);
+    mkdir(sub, 0755);
+    cdcd_trainer *t = cdcd_trainer_resume(out, sub, NULL, err, sizeof err);
     EXPECTF(t != NULL, "a version-1 state must resume: %.300s", err);
     if (t) EXPECT(cdcd_trainer_train_seconds(t) == 0.0);
+    /* Written before checkpoints carried the vocabulary (no "vocab" section): it loads
+     * without one, and the resumed run finds vocab.txt beside train.tok again. */
+    cdcd_inference_bundle ib;
+    EXPECTF(cdcd_load_for_inference(out, 1, 1, 0, &ib, err, sizeof err) == 0, "%.300s", err);
+    EXPECT(ib.vocab == NULL && ib.vocab_len == 0);
+    cdcd_inference_bundle_free(&ib);
+    if (t) {
+        EXPECT(cdcd_trainer_checkpoint(t) == 0);
+        char ck[4600];
+        cdcd_trainer_checkpoint_path(t, cdcd_trainer_step_count(t), ck, sizeof ck);
+        EXPECTF(cdcd_load_for_inference(ck, 1, 1, 0, &ib, err, sizeof err) == 0, "%.300s", err);
+        if (ib.model) expect_vocab_carried(&ib);
+        cdcd_inference_bundle_free(&ib);
+    }
     cdcd_trainer_free(t);
 }
 
@@ -318,6 +357,51 @@ TEST(test_train_time_budget_stops_and_resumes) {
     cdcd_run_config_free(c);
 }
 
+/* data.vocab_file must be the vocabulary the token files were made with: another one is
+ * refused at create (a checkpoint never carries a wrong vocabulary); the right one, named
+ * explicitly, is what the checkpoint carries. */
+TEST(test_train_vocab_file_checked) {
+    char other[4400], err[1024] = "", json_extra[4600];
+    snprintf(other, sizeof other, "%s/other-vocab.txt", dir);
+    FILE *f = fopen(other, "w");
+    ASSERT(f != NULL);
+    for (int i = NW - 1; i >= 0; i--) fprintf(f, "%s\n", words[i]); /* same words, other ids */
+    fclose(f);
+    snprintf(json_extra, sizeof json_extra, ",\"vocab\":\"full\",\"vocab_file\":\"%s\"", other);
+    cdcd_run_config *c = config_ex(0, "logits", "", json_extra);
+    ASSERT(c != NULL);
+    EXPECT(strcmp(c->data.vocab_file, other) == 0);
+    cdcd_trainer *t = cdcd_trainer_create(c, dir, NULL, err, sizeof err);
+    EXPECT(t == NULL);
+    EXPECTF(strstr(err, "data.vocab_file") && strstr(err, "other-vocab.txt") && strstr(err, "checksum"), "%s", err);
+    cdcd_trainer_free(t);
+    cdcd_run_config_free(c);
+    /* A missing explicit file is a config error. */
+    snprintf(json_extra, sizeof json_extra, ",\"vocab_file\":\"nope.txt\"");
+    EXPECT(config_ex(0, "logits", "", json_extra) == NULL);
+    /* The right one, relative to the data directory. */
+    char run[4400];
+    snprintf(run, sizeof run, "%s/explicit-vocab", dir);
+    mkdir(run, 0755);
+    snprintf(json_extra, sizeof json_extra, ",\"vocab\":\"full\",\"vocab_file\":\"vocab.txt\"");
+    c = config_ex(0, "logits", "", json_extra);
+    ASSERT(c != NULL);
+    c->train.max_steps = 1;
+    t = cdcd_trainer_create(c, run, NULL, err, sizeof err);
+    EXPECTF(t != NULL, "%.300s", err);
+    if (t) {
+        EXPECT(cdcd_trainer_step(t) == 1 && cdcd_trainer_checkpoint(t) == 0);
+        char ck[4600];
+        cdcd_trainer_checkpoint_path(t, 1, ck, sizeof ck);
+        cdcd_inference_bundle ib;
+        EXPECTF(cdcd_load_for_inference(ck, 1, 1, 0, &ib, err, sizeof err) == 0, "%.300s", err);
+        if (ib.model) expect_vocab_carried(&ib);
+        cdcd_inference_bundle_free(&ib);
+    }
+    cdcd_trainer_free(t);
+    cdcd_run_config_free(c);
+}
+
 TEST(test_train_bad_data_is_an_error) {
     cdcd_run_config *c = config(0, "logits");
     ASSERT(c != NULL);
@@ -341,6 +425,7 @@ int main(void) {
     RUN(test_train_resume_bit_exact_self_cond_embedding_head);
     RUN(test_train_resume_bit_exact_corpus_vocab_output_prior);
     RUN(test_self_conditioning_trains);
+    RUN(test_train_vocab_file_checked);
     RUN(test_train_bad_data_is_an_error);
     return test_summary();
 }
