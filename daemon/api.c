@@ -25,10 +25,3 @@ const cdcdd_route cdcdd_routes[] = {
     {"GET", "/jobs/{id}", cdcdd_api_job_get},
 };
 const int cdcdd_route_count = (int)(sizeof cdcdd_routes / sizeof cdcdd_routes[0]);
-
-cdcdd_run *cdcdd_api_run_or_404(cdcdd_req *req) {
-    cdcdd_app *app = req->ctx;
-    cdcdd_run *r = cdcdd_runs_find(app->runs, req->params[0]);
-    if (!r) cdcdd_reply_error(req, 404, "run_not_found", NULL, "no run %lld", (long long)req->params[0]);
-    return r;
-}

@@ -33,7 +33,7 @@ typedef struct cdcdd_app {
 extern const cdcdd_route cdcdd_routes[];
 extern const int cdcdd_route_count;
 
-/* The run named by the path's first parameter, or NULL after answering 404. */
+/* The run named by the path's first parameter, or NULL after answering 404 (api_runs.c). */
 cdcdd_run *cdcdd_api_run_or_404(cdcdd_req *req);
 
 void cdcdd_api_health(cdcdd_req *req);

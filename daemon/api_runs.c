@@ -7,6 +7,13 @@
 #include "json.h"
 #include "run_json.h"
 
+cdcdd_run *cdcdd_api_run_or_404(cdcdd_req *req) {
+    cdcdd_app *app = req->ctx;
+    cdcdd_run *r = cdcdd_runs_find(app->runs, req->params[0]);
+    if (!r) cdcdd_reply_error(req, 404, "run_not_found", NULL, "no run %lld", (long long)req->params[0]);
+    return r;
+}
+
 static void reply_run(cdcdd_req *req, unsigned status, const cdcdd_run *r, int with_config) {
     cdcdd_buf b;
     cdcdd_buf_init(&b);

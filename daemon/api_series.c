@@ -43,6 +43,41 @@ static void collect_point(void *ctx, const cdcdd_metric_point *p) {
     a->pts[a->n++] = *p;
 }
 
+/* The answer: {"run","total","points","downsampled","truncated","next_after_step", and
+ * one array per column}. */
+static void metrics_json(cdcdd_buf *out, const metrics_args *a, int64_t total, int downsampled, int truncated) {
+    cdcdd_buf_printf(out, "{\"run\":%lld,\"total\":%lld,\"points\":%lld,\"downsampled\":%s,\"truncated\":%s,"
+                          "\"next_after_step\":",
+                     (long long)a->run, (long long)total, (long long)a->n, downsampled ? "true" : "false",
+                     truncated ? "true" : "false");
+    if (truncated && a->n > 0) cdcdd_buf_json_int(out, a->pts[a->n - 1].step);
+    else cdcdd_buf_puts(out, "null");
+#define COLUMN(name, expr, fmt_fn)                                 \
+    do {                                                           \
+        cdcdd_buf_puts(out, ",\"" name "\":[");                    \
+        for (int64_t i = 0; i < a->n; i++) {                       \
+            const cdcdd_metric_point *p = &a->pts[i];              \
+            if (i) cdcdd_buf_putc(out, ',');                       \
+            fmt_fn(out, (expr));                                   \
+        }                                                          \
+        cdcdd_buf_putc(out, ']');                                  \
+    } while (0)
+    COLUMN("step", p->step, cdcdd_buf_json_int);
+    COLUMN("step_first", p->step_first, cdcdd_buf_json_int);
+    COLUMN("time", p->time, cdcdd_buf_json_num17);
+    COLUMN("loss", p->loss, cdcdd_buf_json_num);
+    COLUMN("loss_min", p->loss_min, cdcdd_buf_json_num);
+    COLUMN("loss_max", p->loss_max, cdcdd_buf_json_num);
+    COLUMN("lr", p->lr, cdcdd_buf_json_num);
+    COLUMN("grad_norm", p->grad_norm, cdcdd_buf_json_num);
+    COLUMN("tokens_per_s", p->tokens_per_s, cdcdd_buf_json_num);
+    COLUMN("valid_loss", p->valid_loss, cdcdd_buf_json_num);
+    COLUMN("nonfinite", p->nonfinite, cdcdd_buf_json_int);
+    COLUMN("rows", p->rows, cdcdd_buf_json_int);
+#undef COLUMN
+    cdcdd_buf_putc(out, '}');
+}
+
 static void metrics_read(sqlite3 *db, void *arg, unsigned *status, cdcdd_buf *out) {
     metrics_args *a = arg;
     sqlite3_stmt *st = NULL;
@@ -101,36 +136,7 @@ static void metrics_read(sqlite3 *db, void *arg, unsigned *status, cdcdd_buf *ou
     st = NULL;
     sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
 
-    cdcdd_buf_printf(out, "{\"run\":%lld,\"total\":%lld,\"points\":%lld,\"downsampled\":%s,\"truncated\":%s,"
-                          "\"next_after_step\":",
-                     (long long)a->run, (long long)total, (long long)a->n, downsampled ? "true" : "false",
-                     truncated ? "true" : "false");
-    if (truncated && a->n > 0) cdcdd_buf_json_int(out, a->pts[a->n - 1].step);
-    else cdcdd_buf_puts(out, "null");
-#define COLUMN(name, expr, fmt_fn)                                 \
-    do {                                                           \
-        cdcdd_buf_puts(out, ",\"" name "\":[");                    \
-        for (int64_t i = 0; i < a->n; i++) {                       \
-            const cdcdd_metric_point *p = &a->pts[i];              \
-            if (i) cdcdd_buf_putc(out, ',');                       \
-            fmt_fn(out, (expr));                                   \
-        }                                                          \
-        cdcdd_buf_putc(out, ']');                                  \
-    } while (0)
-    COLUMN("step", p->step, cdcdd_buf_json_int);
-    COLUMN("step_first", p->step_first, cdcdd_buf_json_int);
-    COLUMN("time", p->time, cdcdd_buf_json_num17);
-    COLUMN("loss", p->loss, cdcdd_buf_json_num);
-    COLUMN("loss_min", p->loss_min, cdcdd_buf_json_num);
-    COLUMN("loss_max", p->loss_max, cdcdd_buf_json_num);
-    COLUMN("lr", p->lr, cdcdd_buf_json_num);
-    COLUMN("grad_norm", p->grad_norm, cdcdd_buf_json_num);
-    COLUMN("tokens_per_s", p->tokens_per_s, cdcdd_buf_json_num);
-    COLUMN("valid_loss", p->valid_loss, cdcdd_buf_json_num);
-    COLUMN("nonfinite", p->nonfinite, cdcdd_buf_json_int);
-    COLUMN("rows", p->rows, cdcdd_buf_json_int);
-#undef COLUMN
-    cdcdd_buf_putc(out, '}');
+    metrics_json(out, a, total, downsampled, truncated);
     return;
 sqlfail:
     store_error(db, status, out);

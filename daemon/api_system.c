@@ -51,6 +51,43 @@ static void prom_value(cdcdd_buf *b, double v) {
     else cdcdd_buf_printf(b, "%.9g", v);
 }
 
+static void prom_http(cdcdd_buf *b, const cdcdd_http_stats *h) {
+    prom_help(b, "cdcdd_http_requests_total", "counter", "Completed HTTP requests by status class.");
+    for (int c = 1; c <= 5; c++)
+        cdcdd_buf_printf(b, "cdcdd_http_requests_total{code=\"%dxx\"} %llu\n", c, (unsigned long long)h->by_class[c]);
+    prom_help(b, "cdcdd_http_request_duration_seconds_sum", "counter",
+              "Total time from first byte to completion of non-streaming requests.");
+    cdcdd_buf_printf(b, "cdcdd_http_request_duration_seconds_sum %.6f\n", h->latency_sum_s);
+    prom_help(b, "cdcdd_http_connections", "gauge", "Open HTTP connections.");
+    cdcdd_buf_printf(b, "cdcdd_http_connections %lld\n", (long long)h->connections);
+    prom_help(b, "cdcdd_http_auth_failures_total", "counter", "Requests refused for a missing or wrong token.");
+    cdcdd_buf_printf(b, "cdcdd_http_auth_failures_total %llu\n", (unsigned long long)h->auth_failures);
+    prom_help(b, "cdcdd_http_limit_rejections_total", "counter", "Requests refused by a limit.");
+    cdcdd_buf_printf(b, "cdcdd_http_limit_rejections_total{limit=\"body\"} %llu\n",
+                     (unsigned long long)h->rejected_body);
+    cdcdd_buf_printf(b, "cdcdd_http_limit_rejections_total{limit=\"sample_jobs\"} %llu\n",
+                     (unsigned long long)h->rejected_limit);
+    cdcdd_buf_printf(b, "cdcdd_http_limit_rejections_total{limit=\"connections\"} %llu\n",
+                     (unsigned long long)h->rejected_connections);
+}
+
+static void prom_store(cdcdd_buf *b, cdcdd_store *store) {
+    cdcdd_store_stats ss;
+    cdcdd_store_get_stats(store, &ss);
+    prom_help(b, "cdcdd_store_writes_total", "counter", "Store writes by outcome.");
+    cdcdd_buf_printf(b, "cdcdd_store_writes_total{result=\"committed\"} %llu\n", (unsigned long long)ss.committed);
+    cdcdd_buf_printf(b, "cdcdd_store_writes_total{result=\"failed\"} %llu\n", (unsigned long long)ss.failed);
+    cdcdd_buf_printf(b, "cdcdd_store_writes_total{result=\"dropped\"} %llu\n", (unsigned long long)ss.dropped);
+    prom_help(b, "cdcdd_store_queue_depth", "gauge", "Writes waiting for the next commit.");
+    cdcdd_buf_printf(b, "cdcdd_store_queue_depth %llu\n", (unsigned long long)ss.queued);
+    prom_help(b, "cdcdd_store_commits_total", "counter", "Store transactions committed or failed.");
+    cdcdd_buf_printf(b, "cdcdd_store_commits_total %llu\n", (unsigned long long)ss.commits);
+    prom_help(b, "cdcdd_store_commit_errors_total", "counter", "Store transactions that failed.");
+    cdcdd_buf_printf(b, "cdcdd_store_commit_errors_total %llu\n", (unsigned long long)ss.commit_errors);
+    prom_help(b, "cdcdd_store_last_commit_seconds", "gauge", "Duration of the last store transaction.");
+    cdcdd_buf_printf(b, "cdcdd_store_last_commit_seconds %.6f\n", ss.last_commit_ms / 1e3);
+}
+
 void cdcdd_api_prometheus(cdcdd_req *req) {
     cdcdd_app *app = req->ctx;
     cdcdd_buf b;
@@ -102,39 +139,8 @@ void cdcdd_api_prometheus(cdcdd_req *req) {
     prom_help(&b, "cdcdd_sse_clients", "gauge", "Open event streams.");
     cdcdd_buf_printf(&b, "cdcdd_sse_clients %d\n", cdcdd_sse_client_count(app->hub));
 
-    const cdcdd_http_stats *h = cdcdd_http_get_stats(app->http);
-    prom_help(&b, "cdcdd_http_requests_total", "counter", "Completed HTTP requests by status class.");
-    for (int c = 1; c <= 5; c++)
-        cdcdd_buf_printf(&b, "cdcdd_http_requests_total{code=\"%dxx\"} %llu\n", c, (unsigned long long)h->by_class[c]);
-    prom_help(&b, "cdcdd_http_request_duration_seconds_sum", "counter",
-              "Total time from first byte to completion of non-streaming requests.");
-    cdcdd_buf_printf(&b, "cdcdd_http_request_duration_seconds_sum %.6f\n", h->latency_sum_s);
-    prom_help(&b, "cdcdd_http_connections", "gauge", "Open HTTP connections.");
-    cdcdd_buf_printf(&b, "cdcdd_http_connections %lld\n", (long long)h->connections);
-    prom_help(&b, "cdcdd_http_auth_failures_total", "counter", "Requests refused for a missing or wrong token.");
-    cdcdd_buf_printf(&b, "cdcdd_http_auth_failures_total %llu\n", (unsigned long long)h->auth_failures);
-    prom_help(&b, "cdcdd_http_limit_rejections_total", "counter", "Requests refused by a limit.");
-    cdcdd_buf_printf(&b, "cdcdd_http_limit_rejections_total{limit=\"body\"} %llu\n",
-                     (unsigned long long)h->rejected_body);
-    cdcdd_buf_printf(&b, "cdcdd_http_limit_rejections_total{limit=\"sample_jobs\"} %llu\n",
-                     (unsigned long long)h->rejected_limit);
-    cdcdd_buf_printf(&b, "cdcdd_http_limit_rejections_total{limit=\"connections\"} %llu\n",
-                     (unsigned long long)h->rejected_connections);
-
-    cdcdd_store_stats ss;
-    cdcdd_store_get_stats(app->store, &ss);
-    prom_help(&b, "cdcdd_store_writes_total", "counter", "Store writes by outcome.");
-    cdcdd_buf_printf(&b, "cdcdd_store_writes_total{result=\"committed\"} %llu\n", (unsigned long long)ss.committed);
-    cdcdd_buf_printf(&b, "cdcdd_store_writes_total{result=\"failed\"} %llu\n", (unsigned long long)ss.failed);
-    cdcdd_buf_printf(&b, "cdcdd_store_writes_total{result=\"dropped\"} %llu\n", (unsigned long long)ss.dropped);
-    prom_help(&b, "cdcdd_store_queue_depth", "gauge", "Writes waiting for the next commit.");
-    cdcdd_buf_printf(&b, "cdcdd_store_queue_depth %llu\n", (unsigned long long)ss.queued);
-    prom_help(&b, "cdcdd_store_commits_total", "counter", "Store transactions committed or failed.");
-    cdcdd_buf_printf(&b, "cdcdd_store_commits_total %llu\n", (unsigned long long)ss.commits);
-    prom_help(&b, "cdcdd_store_commit_errors_total", "counter", "Store transactions that failed.");
-    cdcdd_buf_printf(&b, "cdcdd_store_commit_errors_total %llu\n", (unsigned long long)ss.commit_errors);
-    prom_help(&b, "cdcdd_store_last_commit_seconds", "gauge", "Duration of the last store transaction.");
-    cdcdd_buf_printf(&b, "cdcdd_store_last_commit_seconds %.6f\n", ss.last_commit_ms / 1e3);
+    prom_http(&b, cdcdd_http_get_stats(app->http));
+    prom_store(&b, app->store);
 
     size_t len = 0;
     char *body = cdcdd_buf_take(&b, &len);

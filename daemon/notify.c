@@ -158,11 +158,6 @@ uint64_t cdcdd_notify_watchdog_period_ms(void) {
     return ms ? ms : 1;
 }
 
-int cdcdd_notify_watchdog_ping(void) {
-    if (!cdcdd_notify_watchdog_usec()) return -1;
-    return cdcdd_notify_send("WATCHDOG=1") == 1 ? 1 : -1;
-}
-
 int cdcdd_notify_watchdog_tick(void) {
     if (!cdcdd_notify_watchdog_usec()) return -1;
     int stuck = 0;

@@ -62,8 +62,6 @@ int cdcdd_notify_status(const char *fmt, ...) __attribute__((format(printf, 1, 2
 uint64_t cdcdd_notify_watchdog_usec(void);
 /* Recommended timer period: watchdog interval / CDCDD_WATCHDOG_TICK_DIVISOR, >= 1 ms; 0 = off. */
 uint64_t cdcdd_notify_watchdog_period_ms(void);
-/* Sends WATCHDOG=1 unconditionally (prefer _tick). */
-int cdcdd_notify_watchdog_ping(void);
 /* The guarded ping (see the rule above). Returns 1 pinged, 0 withheld because a heartbeat is
  * stuck, -1 watchdog off or send failed. Call from the event-loop thread only. */
 int cdcdd_notify_watchdog_tick(void);

@@ -42,7 +42,8 @@
 #define CDCDD_DEFAULT_STATE_DIR "var"            /* `make run`; systemd passes /var/lib/cdcdd */
 #define CDCDD_DEFAULT_DATA_DIR "data"
 #define CDCDD_DEFAULT_WEB_DIR "web/dist"
-#define CDCDD_DEFAULT_MAX_RUNS 2                 /* runs training at once; more are queued */
+#define CDCDD_DEFAULT_MAX_RUNS 1                 /* runs training at once (a lone run gets every
+                                                    core); more are queued */
 #define CDCDD_DEFAULT_THREADS_PER_RUN 0          /* 0 = auto: online CPUs / max_runs, >= 1 */
 #define CDCDD_DEFAULT_MAX_BODY_BYTES (1u << 20)  /* request body cap, 1 MiB */
 #define CDCDD_DEFAULT_MAX_JSON_DEPTH 32          /* nesting depth of request JSON */

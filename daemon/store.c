@@ -74,7 +74,6 @@ int cdcdd_store_schema_version(void) {
     return cdcdd_migration_count ? cdcdd_migrations[cdcdd_migration_count - 1].version : 0;
 }
 
-const char *cdcdd_store_path(const cdcdd_store *s) { return s->path; }
 
 /* ------------------------------------------------------------------ write ops */
 

@@ -41,7 +41,6 @@ int cdcdd_store_open(const char *path, cdcdd_store **out, char *err, size_t errl
 /* Commits everything queued, stops the writer, closes every connection (readers must have
  * been returned). NULL is fine. */
 void cdcdd_store_close(cdcdd_store *s);
-const char *cdcdd_store_path(const cdcdd_store *s);
 
 /* A write of nrows rows of ncols values each through one prepared statement. sql must be a
  * string with static storage (its address keys the statement cache). Values are appended

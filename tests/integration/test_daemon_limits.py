@@ -145,7 +145,17 @@ def run_all(d):
 
     # ---------------------------------------------------------- connections
     def per_ip_limit():
+        # connections of earlier checks count until the daemon has seen them close
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            m = re.search(r"^cdcdd_http_connections (\d+)$", d.get("/metrics").body.decode(), re.M)
+            if m and int(m.group(1)) <= 1:  # the metrics request itself
+                break
+            time.sleep(0.1)
+        time.sleep(0.5)  # and the metrics request's own connection has closed
         socks = [raw_connect(d.port) for _ in range(3)]
+        # each of the three answered (kept alive) before the fourth: all are counted by then
+        assert all(served(s) for s in socks), "a connection within the limit was not served"
         extra = raw_connect(d.port)
         ok_extra = served(extra)
         extra.close()

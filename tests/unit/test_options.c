@@ -50,6 +50,11 @@ TEST(test_options_defaults) {
     EXPECT_STREQ(o.token, "");
     EXPECT_STREQ(o.config_path, "");
     EXPECT(o.max_runs == CDCDD_DEFAULT_MAX_RUNS);
+    /* a lone run uses the whole machine: one run at a time, every online core */
+    EXPECT(o.max_runs == 1);
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    EXPECTF(cdcdd_options_threads_per_run(&o) == (cpus > 0 ? cpus : 1), "threads per run %d, online CPUs %ld",
+            cdcdd_options_threads_per_run(&o), cpus);
     EXPECT(o.limits.max_body_bytes == CDCDD_DEFAULT_MAX_BODY_BYTES);
     EXPECT(o.limits.max_json_depth == CDCDD_DEFAULT_MAX_JSON_DEPTH);
     EXPECT(o.limits.max_connections == CDCDD_DEFAULT_MAX_CONNECTIONS);
