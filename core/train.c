@@ -279,6 +279,8 @@ static cdcd_trainer *trainer_build(const cdcd_run_config *cfg, const char *run_d
             goto fail;
         }
         t->cfg.model.vocab_size = t->vmap->n_model; /* the model's softmax covers the map */
+        cdcd_info("corpus vocabulary: model vocabulary %d ids (of %u in the tokenizer)", t->vmap->n_model,
+                  t->train_tf->h.vocab_size);
     } else if ((int)t->train_tf->h.vocab_size > cfg->model.vocab_size) {
         snprintf(err, errlen, "data.train: made with a %u-token vocabulary, the model has %d",
                  t->train_tf->h.vocab_size, cfg->model.vocab_size);
