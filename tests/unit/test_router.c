@@ -73,6 +73,8 @@ TEST(test_router_auth) {
     EXPECT(d.kind == CDCDD_DISPATCH_UNAUTHORIZED);
     cdcdd_dispatch_decide(&in, "POST", "/runs", "bearer s3cret", &d); /* the scheme is case-insensitive */
     EXPECT(d.kind == CDCDD_DISPATCH_ROUTE && d.route->fn == h_create);
+    cdcdd_dispatch_decide(&in, "DELETE", "/runs/3", NULL, &d); /* every mutating method */
+    EXPECT(d.kind == CDCDD_DISPATCH_UNAUTHORIZED);
     cdcdd_dispatch_decide(&in, "DELETE", "/runs/3", "Bearer s3cret", &d);
     EXPECT(d.kind == CDCDD_DISPATCH_ROUTE && d.params[0] == 3);
     cdcdd_dispatch_decide(&in, "GET", "/runs/3", NULL, &d); /* reads stay open */
