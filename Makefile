@@ -157,6 +157,7 @@ run: deps-build
 
 test: deps
 	@$(MAKE) --no-print-directory all unit-tests
+	@$(MAKE) --no-print-directory data
 	@tests/run.sh
 
 bench: deps

@@ -373,7 +373,7 @@ TEST(test_train_vocab_file_checked) {
     EXPECT(strcmp(c->data.vocab_file, other) == 0);
     cdcd_trainer *t = cdcd_trainer_create(c, dir, NULL, err, sizeof err);
     EXPECT(t == NULL);
-    EXPECTF(strstr(err, "data.vocab_file") && strstr(err, "other-vocab.txt") && strstr(err, "checksum"), "%s", err);
+    EXPECTF(strstr(err, "data.vocab_file") && strstr(err, "other-vocab.txt") && strstr(err, "checksum"), "%.400s", err);
     cdcd_trainer_free(t);
     cdcd_run_config_free(c);
     /* A missing explicit file is a config error. */
