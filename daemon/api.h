@@ -8,6 +8,8 @@
 #ifndef CDCDD_API_H
 #define CDCDD_API_H
 
+#include <uv.h>
+
 #include "http.h"
 #include "jobs.h"
 #include "options.h"
@@ -18,6 +20,7 @@
 
 /* What handlers reach: the modules the root wired together. */
 typedef struct cdcdd_app {
+    uv_loop_t *loop;
     const cdcdd_options *opts;  /* live settings */
     cdcdd_store *store;
     cdcdd_runs *runs;

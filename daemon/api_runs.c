@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "api.h"
+#include "api_wait.h"
 #include "json.h"
 #include "run_json.h"
 
@@ -105,28 +106,49 @@ void cdcdd_api_run_get(cdcdd_req *req) {
 
 /* ---- pause, stop, resume ---- */
 
+/* A pause or stop waiting for the trainer to checkpoint and exit. */
+typedef struct {
+    cdcdd_run_waiter w; /* first: the run's waiter node */
+    cdcdd_req *req;
+    cdcdd_api_wait *deadline;
+    const char *verb;
+} wind_down_wait;
+
 static void on_wound_down(cdcdd_run_waiter *w, cdcdd_run *r) {
-    reply_run(w->ctx, 200, r, 0);
-    free(w);
+    wind_down_wait *x = (wind_down_wait *)w;
+    cdcdd_req *req = cdcdd_api_wait_done(x->deadline, x->req);
+    if (req) reply_run(req, 200, r, 0);
+    free(x);
+}
+
+static void on_wind_down_late(cdcdd_req *req, void *ctx) {
+    wind_down_wait *x = ctx;
+    cdcdd_reply_error(req, 504, "timeout", NULL,
+                      "run %lld has not stopped within max_wait (%d s): its trainer is still busy; it will %s once "
+                      "the trainer has checkpointed (watch GET /runs/%lld)",
+                      (long long)req->params[0], cdcdd_req_opts(req)->limits.max_wait_s, x->verb,
+                      (long long)req->params[0]);
 }
 
 static void wind_down(cdcdd_req *req, cdcdd_run_event ev) {
     cdcdd_app *app = req->ctx;
     cdcdd_run *r = cdcdd_api_run_or_404(req);
     if (!r) return;
-    cdcdd_run_waiter *w = calloc(1, sizeof *w);
-    if (!w) {
+    wind_down_wait *x = calloc(1, sizeof *x);
+    if (!x) {
         cdcdd_reply_error(req, 500, "out_of_memory", NULL, "out of memory");
         return;
     }
-    w->fn = on_wound_down;
-    w->ctx = req;
-    int rc = cdcdd_runs_wind_down(app->runs, r, ev, w);
-    if (rc == 1) {
-        cdcdd_req_suspend(req); /* answered when the trainer has checkpointed and exited */
+    x->w.fn = on_wound_down;
+    x->req = req;
+    x->verb = ev == CDCDD_RUN_EV_PAUSE ? "pause" : "stop";
+    int rc = cdcdd_runs_wind_down(app->runs, r, ev, &x->w);
+    if (rc == 1) { /* answered when the trainer has checkpointed and exited, or at the deadline */
+        cdcdd_req_suspend(req);
+        x->deadline = cdcdd_api_wait_start(app->loop, req, app->opts->limits.max_wait_s, on_wind_down_late, x);
         return;
     }
-    free(w);
+    free(x);
     if (rc == 0) reply_run(req, 200, r, 0);
     else conflict(req, r, ev == CDCDD_RUN_EV_PAUSE ? "pause" : "stop");
 }

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "api.h"
+#include "api_wait.h"
 #include "json.h"
 #include "stories.h"
 
@@ -103,9 +104,18 @@ static int admit(cdcdd_req *req, const cdcdd_run *r, const sample_request *sr) {
     return 0;
 }
 
-/* MODE_WAIT: the job's end is the answer. */
+/* MODE_WAIT: the job's end is the answer, unless max_wait passed first. */
+typedef struct {
+    cdcdd_req *req;
+    cdcdd_api_wait *deadline;
+    int64_t job_id;
+} sample_wait;
+
 static void on_job_done(cdcdd_job *job, void *ctx) {
-    cdcdd_req *req = ctx;
+    sample_wait *sw = ctx;
+    cdcdd_req *req = cdcdd_api_wait_done(sw->deadline, sw->req);
+    free(sw);
+    if (!req) return; /* answered 504 at the deadline */
     if (job->state == CDCDD_JOB_DONE) {
         cdcdd_buf b;
         cdcdd_buf_init(&b);
@@ -120,13 +130,24 @@ static void on_job_done(cdcdd_job *job, void *ctx) {
                       job->error);
 }
 
+static void on_sample_late(cdcdd_req *req, void *ctx) {
+    sample_wait *sw = ctx;
+    cdcdd_reply_error(req, 504, "timeout", NULL,
+                      "sampling job %lld is still running after max_wait (%d s); it goes on: GET /jobs/%lld gives "
+                      "its result (or ask with \"async\": true)",
+                      (long long)sw->job_id, cdcdd_req_opts(req)->limits.max_wait_s, (long long)sw->job_id);
+}
+
 /* Answers a started job's request by its mode. */
 static void answer_started(cdcdd_req *req, cdcdd_job *job) {
     cdcdd_app *app = req->ctx;
     cdcdd_buf b;
     cdcdd_buf_init(&b);
     if (job->mode == CDCDD_JOB_WAIT) {
+        sample_wait *sw = job->done_ctx;
+        sw->job_id = job->id;
         cdcdd_req_suspend(req);
+        sw->deadline = cdcdd_api_wait_start(app->loop, req, app->opts->limits.max_wait_s, on_sample_late, sw);
     } else if (job->mode == CDCDD_JOB_ASYNC) {
         cdcdd_job_json(&b, job);
         cdcdd_reply_buf(req, 202, &b);
@@ -161,13 +182,18 @@ void cdcdd_api_samples_create(cdcdd_req *req) {
         cdcdd_job_mode mode = sr.stream ? CDCDD_JOB_STREAM : sr.async ? CDCDD_JOB_ASYNC : CDCDD_JOB_WAIT;
         cdcdd_job *job = cdcdd_job_new(app->jobs, r, mode, &sr.p, sr.ckpt, sr.ema, cdcdd_runs_thread_budget(app->runs));
         int live = 0;
-        if (job && mode == CDCDD_JOB_WAIT) {
+        sample_wait *sw = mode == CDCDD_JOB_WAIT ? calloc(1, sizeof *sw) : NULL;
+        if (job && sw) {
+            sw->req = req;
             job->on_done = on_job_done;
-            job->done_ctx = req;
+            job->done_ctx = sw;
         }
-        if (!job) {
+        if (!job || (mode == CDCDD_JOB_WAIT && !sw)) {
+            free(sw);
+            cdcdd_job_free(job);
             cdcdd_reply_error(req, 500, "out_of_memory", NULL, "out of memory");
         } else if (cdcdd_jobs_start(app->jobs, job, r, &live) != 0) {
+            free(sw);
             cdcdd_job_free(job);
             cdcdd_reply_error(req, 500, "internal", NULL, "cannot start the sampling job");
         } else {

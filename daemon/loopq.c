@@ -26,8 +26,10 @@ void cdcdd_loopq_post(cdcdd_loopq *q, cdcdd_loop_msg *msg, cdcdd_loop_fn fn) {
     if (q->tail) q->tail->next = msg;
     else q->head = msg;
     q->tail = msg;
+    /* under the lock: close cannot slip in between; after close (a forced exit with a
+     * trainer still stuck) the message stays queued and the process ends */
+    if (q->open) uv_async_send(&q->wake);
     uv_mutex_unlock(&q->mu);
-    uv_async_send(&q->wake);
 }
 
 void cdcdd_loopq_drain(cdcdd_loopq *q) {
@@ -48,7 +50,9 @@ void cdcdd_loopq_drain(cdcdd_loopq *q) {
 void cdcdd_loopq_close(cdcdd_loopq *q) {
     if (!q->open) return;
     cdcdd_loopq_drain(q);
+    uv_mutex_lock(&q->mu);
     q->open = 0;
     uv_close((uv_handle_t *)&q->wake, NULL);
-    uv_mutex_destroy(&q->mu); /* every poster (trainer, sampler, writer thread) has exited */
+    uv_mutex_unlock(&q->mu);
+    /* the mutex is not destroyed: after a forced shutdown a stuck thread may still post */
 }

@@ -32,7 +32,8 @@ int cdcdd_loopq_init(cdcdd_loopq *q, uv_loop_t *loop);
 void cdcdd_loopq_post(cdcdd_loopq *q, cdcdd_loop_msg *msg, cdcdd_loop_fn fn);
 /* Loop thread: runs everything queued now (the async callback does this too). */
 void cdcdd_loopq_drain(cdcdd_loopq *q);
-/* Loop thread, at exit: drains, then closes the async handle (run the loop once after). */
+/* Loop thread, at exit: drains, then closes the async handle (run the loop once after).
+ * Posts after it are kept and never run (a thread still stuck at a forced exit). */
 void cdcdd_loopq_close(cdcdd_loopq *q);
 
 #endif

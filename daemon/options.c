@@ -96,6 +96,10 @@ static const opt_def option_table[] = {
      CDCDD_OPT_F_LIMITS_REQ, 0, "N", "sampling requests running at once"},
     {"max_run_memory", OPT_BYTES, OFF(limits.max_run_memory), 0, 0, 1024 * 1024 * GIB,
      CDCDD_OPT_F_RUN_MEMORY, 0, "BYTES", "memory one run may use; 0 = no limit"},
+    {"max_wait", OPT_INT, OFF(limits.max_wait_s), 0, 1, 86400, CDCDD_OPT_F_LIMITS_REQ, 0, "SECONDS",
+     "answer 504 to a pause, stop or sampling request still waiting after this long (the work goes on)"},
+    {"shutdown_grace", OPT_INT, OFF(limits.shutdown_grace_s), 0, 1, 86400, CDCDD_OPT_F_LIMITS_REQ, 0, "SECONDS",
+     "SIGTERM waits this long for trainers to checkpoint, then exits anyway (a second SIGTERM at once)"},
     {"log_level", OPT_LEVEL, OFF(log_level), 0, 0, 0, CDCDD_OPT_F_LOG_LEVEL, 0, "LEVEL",
      "debug, info, warn, error or off"},
     {"log_file", OPT_STR, OFF(log_file), SZ(log_file), 0, 0, CDCDD_OPT_F_LOG_FILE, 0, "FILE",
@@ -152,6 +156,8 @@ void cdcdd_options_defaults(cdcdd_options *o) {
     o->limits.max_sample_work = CDCDD_DEFAULT_MAX_SAMPLE_WORK;
     o->limits.max_sample_jobs = CDCDD_DEFAULT_MAX_SAMPLE_JOBS;
     o->limits.max_run_memory = CDCDD_DEFAULT_MAX_RUN_MEMORY;
+    o->limits.max_wait_s = CDCDD_DEFAULT_MAX_WAIT_S;
+    o->limits.shutdown_grace_s = CDCDD_DEFAULT_SHUTDOWN_GRACE_S;
     o->log_level = CDCDD_DEFAULT_LOG_LEVEL;
 }
 
@@ -627,7 +633,8 @@ unsigned cdcdd_options_diff(const cdcdd_options *a, const cdcdd_options *b) {
         c |= CDCDD_OPT_F_LIMITS_HTTP;
     if (x->max_body_bytes != y->max_body_bytes || x->max_json_depth != y->max_json_depth ||
         x->max_points != y->max_points || x->max_sample_work != y->max_sample_work ||
-        x->max_sample_jobs != y->max_sample_jobs)
+        x->max_sample_jobs != y->max_sample_jobs || x->max_wait_s != y->max_wait_s ||
+        x->shutdown_grace_s != y->shutdown_grace_s)
         c |= CDCDD_OPT_F_LIMITS_REQ;
     if (x->max_run_memory != y->max_run_memory) c |= CDCDD_OPT_F_RUN_MEMORY;
     if (a->log_level != b->log_level) c |= CDCDD_OPT_F_LOG_LEVEL;

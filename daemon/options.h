@@ -54,6 +54,10 @@
 #define CDCDD_DEFAULT_MAX_SAMPLE_WORK 262144     /* samples n x denoising steps per request */
 #define CDCDD_DEFAULT_MAX_SAMPLE_JOBS 2          /* sampling requests running at once */
 #define CDCDD_DEFAULT_MAX_RUN_MEMORY (4ull << 30) /* bytes one run may allocate, 4 GiB */
+#define CDCDD_DEFAULT_MAX_WAIT_S 300             /* a pause, stop or sampling answer waits at most
+                                                    this long (504; the work goes on) */
+#define CDCDD_DEFAULT_SHUTDOWN_GRACE_S 150       /* SIGTERM waits this long for trainers, then
+                                                    exits anyway (the unit's TimeoutStopSec is 180) */
 #define CDCDD_DEFAULT_LOG_LEVEL CDCD_LOG_INFO
 
 /* ---- hard bounds used by validation ---- */
@@ -81,6 +85,8 @@ typedef struct cdcdd_limits {
     int64_t max_sample_work;     /* n x steps of one POST .../sample */
     int max_sample_jobs;
     uint64_t max_run_memory;     /* bytes; 0 = unlimited */
+    int max_wait_s;              /* longest a request waits for a trainer or a sampling job */
+    int shutdown_grace_s;        /* longest a graceful shutdown waits for trainers */
 } cdcdd_limits;
 
 typedef struct cdcdd_options {

@@ -188,6 +188,7 @@ void cdcdd_run_store_checkpoint(cdcdd_store *s, int64_t run, int64_t step, const
         cdcdd_wop_int(op, (int64_t)bytes);
         cdcdd_wop_text(op, sha256_hex);
         cdcdd_wop_double(op, cdcd_wall_s());
+        cdcdd_wop_durable(op); /* synchronous=FULL: older files are pruned once it is committed */
         cdcdd_store_submit(s, op);
     }
     op = cdcdd_wop_new(SQL_RUN_PROGRESS, 4, 1);

@@ -31,6 +31,7 @@ void cdcdd_run_store_entropy(cdcdd_store *s, int64_t run, int64_t step, int n, c
 /* knots_json: the fitted schedule's knots as a JSON array, or NULL. */
 void cdcdd_run_store_fit(cdcdd_store *s, int64_t run, const cdcd_fit_report *fit, const char *knots_json);
 void cdcdd_run_store_valid(cdcdd_store *s, int64_t run, int64_t step, double valid_loss);
+/* The checkpoint's row (durable: committed with synchronous=FULL) and the run's progress. */
 void cdcdd_run_store_checkpoint(cdcdd_store *s, int64_t run, int64_t step, const char *path, uint64_t bytes,
                                 const char *sha256_hex, int64_t tokens);
 /* The newest n entropy samples of the run, oldest first (the refit's window). The count,

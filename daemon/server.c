@@ -8,9 +8,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include "api.h"
+#include "api_wait.h"
 #include "clock.h"
 #include "http.h"
 #include "jobs.h"
@@ -31,6 +33,7 @@ typedef struct {
     void (*request_stop)(void *ctx); /* stop taking work, wind down what runs */
     int (*is_drained)(void *ctx);    /* nothing left in flight */
     void *ctx;
+    int awaited_when_forced;         /* a forced shutdown still waits for it (answers in flight) */
 } cdcdd_component;
 
 typedef struct cdcdd_server {
@@ -44,6 +47,8 @@ typedef struct cdcdd_server {
     uv_timer_t watchdog;
     uv_signal_t sig_term, sig_int, sig_hup;
     uv_prepare_t before_poll; /* per-iteration hook: the drain check */
+    uv_timer_t grace;         /* shutdown_grace: then the shutdown is forced */
+    int forced;               /* trainers or jobs did not stop: exit without them */
     cdcdd_component components[CDCDD_COMPONENTS_MAX];
     int n_components;
     int finished;       /* the drain completed; handles are closing */
@@ -68,9 +73,10 @@ static void update_status(void *ctx) {
 /* ------------------------------------------------------------ components */
 
 static void add_component(cdcdd_server *srv, const char *name, void (*request_stop)(void *),
-                          int (*is_drained)(void *), void *ctx) {
+                          int (*is_drained)(void *), void *ctx, int awaited_when_forced) {
     if (srv->n_components >= CDCDD_COMPONENTS_MAX) abort(); /* a wiring bug, found at the first start */
-    srv->components[srv->n_components++] = (cdcdd_component){name, request_stop, is_drained, ctx};
+    srv->components[srv->n_components++] =
+        (cdcdd_component){name, request_stop, is_drained, ctx, awaited_when_forced};
 }
 
 static void http_stop_taking(void *ctx) { cdcdd_http_quiesce(((cdcdd_server *)ctx)->app.http); }
@@ -104,6 +110,7 @@ static void close_loop_handles(cdcdd_server *srv) {
     close_handle((uv_handle_t *)&srv->sig_int);
     close_handle((uv_handle_t *)&srv->sig_hup);
     close_handle((uv_handle_t *)&srv->before_poll);
+    close_handle((uv_handle_t *)&srv->grace);
     cdcdd_loopq_close(&srv->loopq);
 }
 
@@ -121,15 +128,39 @@ static void finish_shutdown(cdcdd_server *srv) {
 static void on_before_poll(uv_prepare_t *h) {
     cdcdd_server *srv = h->data;
     if (!srv->app.stopping || srv->finished) return;
-    for (int i = 0; i < srv->n_components; i++)
-        if (!srv->components[i].is_drained(srv->components[i].ctx)) return;
+    for (int i = 0; i < srv->n_components; i++) {
+        const cdcdd_component *c = &srv->components[i];
+        if ((!srv->forced || c->awaited_when_forced) && !c->is_drained(c->ctx)) return;
+    }
     finish_shutdown(srv);
+}
+
+/* Trainers or sampling jobs did not stop in time (stuck in I/O, say): answer every request
+ * still waiting, then exit without them. Their runs stay `running` in the store, which the
+ * next start treats as interrupted: they resume from their last checkpoint. */
+static void force_shutdown(cdcdd_server *srv, const char *why) {
+    if (srv->forced || srv->finished) return;
+    srv->forced = 1;
+    cdcd_warn("%s: exiting without waiting for %d trainers and %d sampling jobs", why,
+              cdcdd_runs_threads(srv->app.runs), cdcdd_jobs_active(srv->app.jobs));
+    for (cdcdd_run *r = cdcdd_runs_first(srv->app.runs); r; r = cdcdd_runs_next(r))
+        if (r->ctl) cdcd_warn("run %lld: interrupted at step %lld (its trainer did not stop); the next start resumes it",
+                              (long long)r->id, (long long)r->step);
+    cdcdd_api_wait_expire_all();
+}
+
+static void on_grace_over(uv_timer_t *t) {
+    cdcdd_server *srv = t->data;
+    char why[64];
+    snprintf(why, sizeof why, "shutdown_grace (%d s) is over", srv->opts.limits.shutdown_grace_s);
+    force_shutdown(srv, why);
 }
 
 static void begin_shutdown(cdcdd_server *srv, const char *why) {
     if (srv->app.stopping) {
-        cdcd_warn("%s again: still waiting for %d trainers and %d sampling jobs", why,
-                  cdcdd_runs_threads(srv->app.runs), cdcdd_jobs_active(srv->app.jobs));
+        char again[48];
+        snprintf(again, sizeof again, "%s again", why);
+        force_shutdown(srv, again);
         return;
     }
     cdcd_info("%s: shutting down (checkpointing %d running runs)", why, cdcdd_runs_threads(srv->app.runs));
@@ -137,6 +168,9 @@ static void begin_shutdown(cdcdd_server *srv, const char *why) {
     srv->shutdown_began = cdcd_now_s();
     cdcdd_notify_stopping();
     for (int i = 0; i < srv->n_components; i++) srv->components[i].request_stop(srv->components[i].ctx);
+    uv_timer_init(&srv->loop, &srv->grace);
+    srv->grace.data = srv;
+    uv_timer_start(&srv->grace, on_grace_over, (uint64_t)srv->opts.limits.shutdown_grace_s * 1000u, 0);
     update_status(srv);
 }
 
@@ -155,6 +189,8 @@ static void apply_live_settings(cdcdd_server *srv, const cdcdd_options *next, un
         srv->opts.limits.max_points = next->limits.max_points;
         srv->opts.limits.max_sample_work = next->limits.max_sample_work;
         srv->opts.limits.max_sample_jobs = next->limits.max_sample_jobs;
+        srv->opts.limits.max_wait_s = next->limits.max_wait_s;
+        srv->opts.limits.shutdown_grace_s = next->limits.shutdown_grace_s;
     }
     if (changed & CDCDD_OPT_F_RUN_MEMORY) srv->opts.limits.max_run_memory = next->limits.max_run_memory;
     srv->opts.log_level = next->log_level;
@@ -299,6 +335,7 @@ static int start(cdcdd_server *srv, char *err, size_t errlen) {
         return -1;
     }
     srv->loop.data = srv;
+    srv->app.loop = &srv->loop;
     cdcdd_loopq_init(&srv->loopq, &srv->loop);
     uv_prepare_init(&srv->loop, &srv->before_poll);
     srv->before_poll.data = srv;
@@ -311,10 +348,10 @@ static int start(cdcdd_server *srv, char *err, size_t errlen) {
                             .ctx = &srv->app, .store = srv->app.store};
     if (cdcdd_http_start(&hc, &srv->app.http, err, errlen) != 0) return -1;
     /* the shutdown order: stop taking requests, end streams, cancel jobs, stop trainers */
-    add_component(srv, "http", http_stop_taking, http_drained, srv);
-    add_component(srv, "event streams", streams_end, streams_drained, srv);
-    add_component(srv, "sampling jobs", jobs_stop, jobs_drained, srv);
-    add_component(srv, "trainers", runs_stop, runs_drained, srv);
+    add_component(srv, "http", http_stop_taking, http_drained, srv, 1);
+    add_component(srv, "event streams", streams_end, streams_drained, srv, 1);
+    add_component(srv, "sampling jobs", jobs_stop, jobs_drained, srv, 0);
+    add_component(srv, "trainers", runs_stop, runs_drained, srv, 0);
     start_signals_and_timers(srv);
     srv->app.ready = 1;
     announce(srv);
@@ -336,6 +373,13 @@ int cdcdd_server_main(const cdcdd_options *opts) {
     int exit_code = 1;
     if (start(srv, err, sizeof err) == 0) {
         uv_run(&srv->loop, UV_RUN_DEFAULT);
+        if (srv->forced) {
+            /* threads are still running: commit what is queued and leave at once, freeing
+             * nothing they may still touch */
+            cdcdd_store_sync(srv->app.store);
+            cdcd_warn("shutdown forced: exit status %d", CDCDD_EXIT_FORCED);
+            _exit(CDCDD_EXIT_FORCED);
+        }
         exit_code = 0;
         cdcd_info("shutdown complete");
     } else {

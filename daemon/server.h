@@ -16,7 +16,11 @@
  * is_drained: HTTP stops accepting, event streams end, sampling jobs are cancelled,
  * trainers checkpoint and exit. Once per loop iteration (the before-poll hook, like
  * redis's beforeSleep) the root asks every component whether it is drained; when all are,
- * MHD stops, the store is flushed and the loop's handles close. */
+ * MHD stops, the store is flushed and the loop's handles close. When trainers do not stop
+ * within shutdown_grace (stuck in I/O), or at a second SIGTERM/SIGINT, the shutdown is
+ * forced: waiting requests are answered, the store is flushed, and the process exits with
+ * CDCDD_EXIT_FORCED, leaving those runs `running` in the store (interrupted: the next
+ * start resumes them from their last checkpoint). */
 #ifndef CDCDD_SERVER_H
 #define CDCDD_SERVER_H
 
@@ -25,6 +29,7 @@
 #define CDCDD_CRON_MS 100                 /* period of the housekeeping timer */
 #define CDCDD_SHUTDOWN_STREAM_GRACE_S 5.0 /* event streams that do not drain are cut after */
 #define CDCDD_STATUS_EVERY_S 5.0          /* STATUS= refresh even without state changes */
+#define CDCDD_EXIT_FORCED 3              /* exit status when trainers had to be left behind */
 #define CDCDD_DB_NAME "cdcdd.db"
 #define CDCDD_RUNS_SUBDIR "runs"          /* STATE_DIR/runs/<id>/ holds a run's checkpoints */
 

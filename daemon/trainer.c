@@ -1,6 +1,7 @@
 /* The trainer thread: see trainer.h. */
 #include "trainer.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
@@ -10,6 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "ckpt.h"
 #include "clock.h"
 #include "log.h"
 #include "notify.h"
@@ -149,6 +151,9 @@ static void sink_on_checkpoint(void *ctx, int64_t step, const char *path, uint64
     cdcdd_notify_heartbeat_beat(ctl->hb);
     ctl->last_ckpt_step = step;
     cdcdd_run_store_checkpoint(ctl->p.store, ctl->p.run_id, step, path, bytes, sha256_hex, ctl->tokens);
+    /* committed before returning: core prunes older checkpoint files right after this call,
+     * and a crash in between must leave a row that names a file still on disk */
+    cdcdd_store_sync(ctl->p.store);
     cdcdd_trainer_event *ev = event_new(CDCDD_TEV_CHECKPOINT);
     if (!ev) return;
     ev->at_step = step;
@@ -185,34 +190,94 @@ static int mkdir_p(const char *path) {
     return 0;
 }
 
-/* Resumes from the newest checkpoint that loads, dropping the rows logged after it.
- * 1 resumed, 0 none usable, -1 the store cannot say. */
-static int trainer_resume(cdcdd_trainer_ctl *ctl, const cdcd_train_sink *sink, int64_t *from_step) {
+/* Adds the checkpoint files of the run directory that have no row (a crash between the
+ * file's rename and its row's commit) to cands, newest first overall. */
+static int add_unlisted_files(const char *run_dir, cdcdd_ckpt_row *cands, int n, int cap) {
+    DIR *d = opendir(run_dir);
+    if (!d) return n;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL && n < cap) {
+        long long step = 0;
+        int len = 0;
+        if (sscanf(e->d_name, "step-%lld.ckpt%n", &step, &len) != 1 || e->d_name[len] != '\0' || step <= 0) continue;
+        int listed = 0;
+        for (int i = 0; i < n && !listed; i++) listed = cands[i].step == step;
+        if (listed) continue;
+        cands[n].step = step;
+        snprintf(cands[n].path, sizeof cands[n].path, "%.800s/%.255s", run_dir, e->d_name);
+        n++;
+    }
+    closedir(d);
+    for (int i = 1; i < n; i++) /* insertion sort, newest first */
+        for (int j = i; j > 0 && cands[j].step > cands[j - 1].step; j--) {
+            cdcdd_ckpt_row t = cands[j];
+            cands[j] = cands[j - 1];
+            cands[j - 1] = t;
+        }
+    return n;
+}
+
+/* A checkpoint found on disk without its row: the row is written (durably) as the
+ * trainer's own checkpoints are, so the run's record points at it again. */
+static void record_found_checkpoint(cdcdd_trainer_ctl *ctl, const char *path, int64_t step) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return;
+    char sha[65] = "";
+    uint64_t bytes = 0;
+    if (fseek(f, 0, SEEK_END) == 0) {
+        long n = ftell(f);
+        void *buf = n > 0 ? malloc((size_t)n) : NULL;
+        if (buf && fseek(f, 0, SEEK_SET) == 0 && fread(buf, 1, (size_t)n, f) == (size_t)n) {
+            cdcd_sha256_hex(buf, (size_t)n, sha);
+            bytes = (uint64_t)n;
+        }
+        free(buf);
+    }
+    fclose(f);
+    if (bytes) sink_on_checkpoint(ctl, step, path, bytes, sha);
+}
+
+/* Resumes from the newest checkpoint that loads, then drops the rows logged after it (never
+ * before: a resume that fails deletes nothing). 1 resumed, 0 no checkpoint ever existed,
+ * -1 with err: the store cannot say, or checkpoints exist and none loads (the run keeps its
+ * whole history and can be resumed once a file is back). */
+static int trainer_resume(cdcdd_trainer_ctl *ctl, const cdcd_train_sink *sink, int64_t *from_step, char *err,
+                          size_t errlen) {
     cdcdd_store *store = ctl->p.store;
     int64_t run = ctl->p.run_id;
     cdcdd_ckpt_row cands[CDCDD_RESUME_CANDIDATES];
-    int n = cdcdd_run_store_checkpoints(store, run, cands, CDCDD_RESUME_CANDIDATES);
-    if (n < 0) return -1;
+    int listed = cdcdd_run_store_checkpoints(store, run, cands, CDCDD_RESUME_CANDIDATES);
+    if (listed < 0) {
+        snprintf(err, errlen, "cannot read the run's checkpoints from the database");
+        return -1;
+    }
+    int n = add_unlisted_files(ctl->run_dir, cands, listed, CDCDD_RESUME_CANDIDATES);
+    char why[512] = "";
     for (int i = 0; i < n; i++) {
-        if (access(cands[i].path, R_OK) != 0) {
-            cdcd_warn("run %lld: checkpoint %s is gone (%s)", (long long)run, cands[i].path, strerror(errno));
-            cdcdd_run_store_forget_checkpoint(store, run, cands[i].step);
-            continue;
-        }
-        cdcdd_run_store_truncate_after(store, run, cands[i].step);
-        cdcdd_store_sync(store);
         char e[512] = "";
-        ctl->t = cdcd_trainer_resume(cands[i].path, ctl->run_dir, sink, e, sizeof e);
+        if (access(cands[i].path, R_OK) != 0) snprintf(e, sizeof e, "%s", strerror(errno));
+        else ctl->t = cdcd_trainer_resume(cands[i].path, ctl->run_dir, sink, e, sizeof e);
         if (ctl->t) {
             *from_step = cdcd_trainer_step_count(ctl->t);
             ctl->last_ckpt_step = *from_step;
-            cdcd_info("run %lld: resumed from %s (step %lld)", (long long)run, cands[i].path, (long long)*from_step);
+            cdcdd_run_store_truncate_after(store, run, cands[i].step);
+            cdcdd_store_sync(store);
+            int found = 1;
+            for (int k = 0; k < listed; k++) found &= cands[k].step != cands[i].step;
+            if (found) record_found_checkpoint(ctl, cands[i].path, cands[i].step);
+            cdcd_info("run %lld: resumed from %s (step %lld)%s", (long long)run, cands[i].path, (long long)*from_step,
+                      found ? ", a checkpoint found on disk without its row" : "");
             return 1;
         }
         cdcd_warn("run %lld: cannot resume from %s: %s", (long long)run, cands[i].path, e);
-        cdcdd_run_store_forget_checkpoint(store, run, cands[i].step);
+        if (!why[0]) snprintf(why, sizeof why, "step %lld: %.300s", (long long)cands[i].step, e);
     }
-    return 0;
+    if (n == 0) return 0;
+    snprintf(err, errlen,
+             "none of its %d checkpoints can be loaded (newest, %s); its history is kept: put the file back and "
+             "resume the run",
+             n, why);
+    return -1;
 }
 
 /* Creates or resumes the trainer. On success ctl->t is set and *from_step is the step it
@@ -223,11 +288,8 @@ static int trainer_open(cdcdd_trainer_ctl *ctl, const cdcd_train_sink *sink, int
         snprintf(err, errlen, "cannot create the run directory %.400s: %s", ctl->run_dir, strerror(errno));
         return -1;
     }
-    int resumed = trainer_resume(ctl, sink, from_step);
-    if (resumed < 0) {
-        snprintf(err, errlen, "cannot read the run's checkpoints from the database");
-        return -1;
-    }
+    int resumed = trainer_resume(ctl, sink, from_step, err, errlen);
+    if (resumed < 0) return -1;
     if (resumed) return 0;
     /* no usable checkpoint: start from scratch, dropping whatever was logged */
     cdcdd_run_store_truncate_after(ctl->p.store, ctl->p.run_id, 0);
