@@ -4,12 +4,13 @@
 #   2. the same unit tests under AddressSanitizer + UndefinedBehaviorSanitizer (build-asan/)
 #   3. integration tests (tests/integration/test_*.sh and test_*.py): daemon over HTTP, CLI,
 #      PyTorch parity, systemd, browser
+#   4. the daemon's integration tests (test_daemon_*.py) against cdcdd built with ASan+UBSan
 # Each family prints PASS/FAIL/SKIP lines ("SKIP name: reason": a check that could not be made
 # here, e.g. missing data or a quality check the sanitizer pass cannot make); a binary or
 # script that crashes counts as one failure, one that exits 0 with only SKIPs is fine. The
 # failures, then the skips with their reasons, are listed before the summary, and each family
 # ends with its wall time ("== unit tests: 42 s").
-# Options (environment): TESTS_ONLY=unit|asan|integration, TEST_FILTER=substring.
+# Options (environment): TESTS_ONLY=unit|asan|integration|asan-daemon, TEST_FILTER=substring.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -108,6 +109,36 @@ if want integration; then
         esac
     done
     family_end "integration tests"
+fi
+
+# The daemon suites again, against cdcdd built with ASan+UBSan (bin-asan/): http, sse, runs,
+# jobs and the trainer threads run under the sanitizers, crashes and kill -9 included. A
+# sanitizer report (written under tests/artifacts/asan-daemon/) is a failure even when the
+# test that provoked it passed.
+if want asan-daemon; then
+    family_start "daemon integration tests under ASan+UBSan"
+    SAN_LOGS=$ART/asan-daemon
+    rm -rf "$SAN_LOGS"
+    mkdir -p "$SAN_LOGS"
+    if make --no-print-directory -s BUILD=build-asan BIN=bin-asan OPT=-O1 \
+        SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" bin-asan/cdcdd bin-asan/cdcd \
+        >"$ART/asan-daemon-build.log" 2>&1; then
+        for t in tests/integration/test_daemon_*.py; do
+            match "$t" || continue
+            CDCD_BIN=bin-asan ASAN_OPTIONS=detect_leaks=1:log_path=$SAN_LOGS/asan \
+                UBSAN_OPTIONS=print_stacktrace=1:log_path=$SAN_LOGS/ubsan \
+                run_one "asan-daemon/$(basename "$t")" /usr/bin/python3 "$t"
+        done
+        for f in "$SAN_LOGS"/*; do
+            [[ -f $f ]] || continue
+            failed=$((failed + 1))
+            failed_names+=("asan-daemon: sanitizer report $f: $(grep -m1 -E 'ERROR|runtime error' "$f")")
+        done
+    else
+        failed=$((failed + 1)); failed_names+=("asan-daemon: build failed (see tests/artifacts/asan-daemon-build.log)")
+        tail -20 "$ART/asan-daemon-build.log"
+    fi
+    family_end "daemon integration tests under ASan+UBSan"
 fi
 
 echo

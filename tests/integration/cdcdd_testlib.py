@@ -35,8 +35,11 @@ SHARED = os.environ.get("CDCD_SHARED_DATA", os.path.join(ROOT, "..", "shared", "
 TINY = {
     "model": {"d_emb": 16, "d_model": 32, "n_heads": 2, "n_layers": 1, "cond_dim": 8, "max_seq_len": 32},
     "data": {"seq_len": 32},
+    # "minutes": 0: a step budget only. With a time budget (the tiny preset's 60 minutes) the
+    # learning rate follows the training clock, so a resumed run matches its first life only
+    # to the last bit or so, and the bit-exact resume checks would depend on the machine's load.
     "train": {"batch_size": 4, "max_steps": 40, "checkpoint_every": 10, "valid_every": 10, "valid_batches": 1,
-              "keep_checkpoints": 0},
+              "keep_checkpoints": 0, "minutes": 0},
     "optim": {"warmup_steps": 5},
     "schedule": {"refit_every": 10, "window": 16},
 }

@@ -73,7 +73,18 @@ def kill9(tmp, data):
         cfg = tiny_config(name="crash", train={"max_steps": 1000000, "checkpoint_every": 25, "valid_every": 25})
         st["rid"] = rid = d.create_run(cfg)["id"]
         r = d.wait_run(rid, lambda x: x["step"] >= 60, 90, "step 60")
-        time.sleep(0.7)  # let the store commit some steps past the last checkpoint
+        # kill once the store holds steps past the last checkpoint, and not right before the
+        # next one (checkpoints every 25 steps; their rows commit at once, metrics within 500 ms)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            db = db_connect(d.state)
+            try:
+                top = db.execute("SELECT max(step) FROM metrics WHERE run = ?", (rid,)).fetchone()[0] or 0
+            finally:
+                db.close()
+            if top >= 60 and 3 <= top % 25 <= 20:
+                break
+            time.sleep(0.02)
         d.kill9()
         assert r["state"] == "running", r["state"]
         db = db_connect(d.state)
