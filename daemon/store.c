@@ -336,7 +336,10 @@ static void run_batch(cdcdd_store *s, cdcdd_wop *batch) {
     s->stats.committed += ok_count;
     s->stats.failed += fail_count;
     s->stats.commits++;
-    if (!tx_ok) s->stats.commit_errors++;
+    if (!tx_ok) {
+        s->stats.commit_errors++;
+        snprintf(s->stats.last_error, sizeof s->stats.last_error, "%s", txerr[0] ? txerr : "the transaction failed");
+    }
     s->stats.last_commit_ms = ms;
     pthread_mutex_unlock(&s->mu);
 }

@@ -72,6 +72,7 @@ typedef struct {
     uint64_t submitted, committed, failed, dropped, commits, commit_errors;
     uint64_t queued; /* ops waiting now */
     double last_commit_ms;
+    char last_error[256]; /* why the last failed transaction failed ("" when none has) */
 } cdcdd_store_stats;
 void cdcdd_store_get_stats(cdcdd_store *s, cdcdd_store_stats *out);
 

@@ -34,6 +34,7 @@ struct cdcdd_trainer_ctl {
     int hb;
     int64_t last_ckpt_step;
     int64_t tokens;
+    uint64_t store_errors; /* the store's failed transactions when this trainer began */
 };
 
 /* ------------------------------------------------------------------ events */
@@ -321,6 +322,18 @@ static int checkpoint_now(cdcdd_trainer_ctl *ctl, const char *what, char *err, s
     return -1;
 }
 
+/* 1 (err set) when a store transaction failed since the trainer began (a full disk, an I/O
+ * error): this run's rows may be lost, so it stops rather than train on with holes in its
+ * record. Its last checkpoint stays; it resumes from there once the store writes again. */
+static int rows_lost(cdcdd_trainer_ctl *ctl, char *err, size_t errlen) {
+    cdcdd_store_stats st;
+    cdcdd_store_get_stats(ctl->p.store, &st);
+    if (st.commit_errors == ctl->store_errors) return 0;
+    snprintf(err, errlen, "the database could not store this run's rows (%.300s); resume the run once it can", st.last_error);
+    cdcd_error("run %lld: %s", (long long)ctl->p.run_id, err);
+    return 1;
+}
+
 /* Steps until the run ends or is told to wind down; tasks run between steps. */
 static cdcdd_trainer_exit train_loop(cdcdd_trainer_ctl *ctl, cdcdd_stories *stories, char *err, size_t errlen) {
     for (;;) {
@@ -338,6 +351,7 @@ static cdcdd_trainer_exit train_loop(cdcdd_trainer_ctl *ctl, cdcdd_stories *stor
         }
         int rc = cdcd_trainer_step(ctl->t);
         cdcdd_notify_heartbeat_beat(ctl->hb);
+        if (rows_lost(ctl, err, errlen)) return CDCDD_TRAINER_FAILED;
         if (rc >= 0) cdcdd_stories_after_step(stories, ctl->t, 0);
         if (rc == 1) {
             if (checkpoint_now(ctl, "final checkpoint", err, errlen) != 0) return CDCDD_TRAINER_FAILED;
@@ -369,6 +383,9 @@ static void trainer_main(void *arg) {
     cdcdd_trainer_exit reason = CDCDD_TRAINER_FAILED;
     int64_t from = 0;
     /* opening reads the token files and maybe a checkpoint: not a stall for the watchdog */
+    cdcdd_store_stats st;
+    cdcdd_store_get_stats(ctl->p.store, &st);
+    ctl->store_errors = st.commit_errors;
     cdcdd_notify_heartbeat_idle(ctl->hb, 1);
     int open_rc = trainer_open(ctl, &sink, &from, err, sizeof err);
     cdcdd_notify_heartbeat_idle(ctl->hb, 0);

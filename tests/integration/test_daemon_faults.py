@@ -7,6 +7,9 @@ nothing waits forever.
     rename and the row's commit) is found on disk and resumed from.
   - With keep_checkpoints 1, a kill -9 at any moment leaves the newest checkpoint row
     naming a file that is on disk (the row is durable before older files are pruned).
+  - A full disk (a small tmpfs as the state directory, filled up): the run fails with the
+    reason, the daemon keeps serving, the database passes integrity_check, and the run
+    resumes once space is back. SKIP where mounting a tmpfs is not allowed (not root).
   - A trainer stuck in I/O (its token file is a FIFO nobody writes): a pause answers 504
     after max_wait and the pause stays pending; a sampling request waiting on it answers 504
     with the job to poll; SIGTERM exits after shutdown_grace (status 3, the run left
@@ -17,12 +20,13 @@ import random
 import shutil
 import signal
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cdcdd_testlib import Daemon, check, finish, make_data_dir, tiny_config  # noqa: E402
+from cdcdd_testlib import Daemon, Skip, check, finish, make_data_dir, tiny_config  # noqa: E402
 
 EXIT_FORCED = 3
 
@@ -129,6 +133,58 @@ def prune_after_durable_row(tmp, data):
     d.cleanup()
 
 
+DISK_MB = 48
+
+
+def disk_full(tmp, data):
+    base = os.path.join(tmp, "full")
+    state = os.path.join(base, "state")
+    os.makedirs(state)
+    if os.geteuid() != 0:
+        raise Skip("mounting a tmpfs needs root")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DISK_MB}m", "tmpfs", state], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise Skip(f"cannot mount a tmpfs here: {r.stderr.strip()[:200]}")
+    d = Daemon(["--threads-per-run", "1"], tmp=base, data_dir=data, name="full")
+    d.state = state
+    filler = os.path.join(state, "filler")
+    try:
+        d.start()
+        rid = d.create_run(tiny_config(name="full", train={"max_steps": 1000000, "checkpoint_every": 40,
+                                                           "valid_every": 0, "keep_checkpoints": 2}))["id"]
+        d.wait_run(rid, lambda x: x["step"] >= 45, 120, "step 45")
+        before = rows(state, "SELECT count(*) FROM metrics WHERE run = ?", rid)[0][0]
+        with open(filler, "wb") as f:  # every byte left
+            try:
+                while True:
+                    f.write(b"\0" * (1 << 20))
+                    f.flush()
+            except OSError:
+                pass
+        r = d.wait_run(rid, lambda x: x["state"] == "failed", 120, "failed on the full disk")
+        assert "space" in (r["error"] or "") or "database" in (r["error"] or ""), r["error"]
+        assert d.get("/health").status == 200 and d.get("/runs").status == 200  # still serving
+        assert rows(state, "PRAGMA integrity_check")[0][0] == "ok"
+        assert rows(state, "SELECT count(*) FROM metrics WHERE run = ?", rid)[0][0] >= before  # nothing earlier lost
+        failed_at = r["step"]
+        # at the first lost row, not at the next checkpoint (step 80) after training on with holes
+        assert failed_at < 75, f"failed at step {failed_at}"
+        os.remove(filler)
+        assert d.post(f"/runs/{rid}/resume").status == 200
+        d.wait_run(rid, lambda x: x["state"] == "running" and x["step"] > failed_at + 5, 120, "training again")
+        assert "resumed from" in d.log_text(), d.log_tail()
+        assert d.stop() == 0
+        assert rows(state, "PRAGMA integrity_check")[0][0] == "ok"
+        dup = rows(state, "SELECT step FROM metrics WHERE run = ? GROUP BY step HAVING count(*) > 1", rid)
+        assert not dup, dup
+    finally:
+        d.stop()
+        if os.path.exists(filler):
+            os.remove(filler)
+        subprocess.run(["umount", state], capture_output=True)
+        d.cleanup()
+
+
 def stuck_daemon(tmp, data, name, args):
     """A daemon whose run blocks in its trainer: data.train is a FIFO nobody writes."""
     base = os.path.join(tmp, name)
@@ -195,6 +251,7 @@ def main():
               lambda: failed_resume_keeps_history(tmp, data))
         check("checkpoint_file_without_row_is_found_and_resumed", lambda: unlisted_checkpoint_found(tmp, data))
         check("kill9_never_leaves_the_newest_row_on_a_pruned_file", lambda: prune_after_durable_row(tmp, data))
+        check("disk_full_fails_the_run_keeps_the_store_and_resumes_after", lambda: disk_full(tmp, data))
         check("stuck_trainer_waits_end_504_and_forced_exit_after_grace", lambda: stuck_trainer_waits_end(tmp, data))
         check("second_sigterm_forces_exit", lambda: second_sigterm_forces(tmp, data))
     finally:
