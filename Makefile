@@ -73,7 +73,7 @@ TOOL_BIN := $(TOOL_SRC:tests/tools/%.c=$(BUILD)/tests/tools/%)
 LIB := $(BUILD)/libcdcd.a
 DAEMON_LIB := $(BUILD)/libcdcdd.a
 
-.PHONY: all deps deps-build data run test unit-tests bench clean install uninstall web check-deps
+.PHONY: all deps deps-build data run test unit-tests bench soak clean install uninstall web check-deps
 all: $(BIN)/cdcd $(BIN)/cdcdd web
 
 # Everything: build, run, tests and benchmarks (PyTorch, Chromium, wrk...).
@@ -167,6 +167,11 @@ bench: deps
 # `make print-CORE_CFLAGS` prints a variable (tests/integration/test_layers.sh uses it).
 print-%:
 	@printf '%s\n' '$($*)'
+
+# A 20-minute soak of the daemon under load (SOAK_MINUTES=N to change); not part of make test.
+soak: deps
+	@$(MAKE) --no-print-directory all data
+	@bench/soak.py
 
 install: all
 	@CDCD_BIN=$(BIN) scripts/install.sh "$(DESTDIR)" "$(PREFIX)"
