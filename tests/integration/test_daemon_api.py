@@ -608,7 +608,7 @@ def run_all(d):
         for path in ("/nope.js", "/../secret.txt", "/vendor/../../secret.txt", "/%2e%2e/secret.txt", "/leak.txt",
                      "/vendor/", "//etc/passwd"):
             s = socket.create_connection(("127.0.0.1", d.port), timeout=5)
-            s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
             data = b""
             while True:
                 chunk = s.recv(65536)
