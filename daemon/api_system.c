@@ -173,6 +173,8 @@ void cdcdd_api_prometheus(cdcdd_req *req) {
     cdcdd_buf_printf(&b, "cdcdd_sample_jobs %d\n", cdcdd_jobs_active(app->jobs));
     prom_help(&b, "cdcdd_sse_clients", "gauge", "Open event streams.");
     cdcdd_buf_printf(&b, "cdcdd_sse_clients %d\n", cdcdd_sse_client_count(app->hub));
+    prom_help(&b, "cdcdd_sse_buffered_bytes", "gauge", "Bytes buffered for all event streams (sse_buffer_budget).");
+    cdcdd_buf_printf(&b, "cdcdd_sse_buffered_bytes %zu\n", cdcdd_sse_queued_bytes(app->hub));
 
     prom_http(&b, cdcdd_http_get_stats(app->http));
     prom_store(&b, app->store);

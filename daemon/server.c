@@ -169,6 +169,7 @@ static void apply_live_settings(cdcdd_server *srv, const cdcdd_options *next, un
         srv->opts.limits.header_timeout_s = next->limits.header_timeout_s;
         srv->opts.limits.body_timeout_s = next->limits.body_timeout_s;
         srv->opts.limits.sse_buffer_budget = next->limits.sse_buffer_budget;
+        cdcdd_sse_set_budget(srv->app.hub, (size_t)next->limits.sse_buffer_budget);
     }
     if (changed & CDCDD_OPT_F_RUN_MEMORY) srv->opts.limits.max_run_memory = next->limits.max_run_memory;
     srv->opts.log_level = next->log_level;
@@ -258,6 +259,7 @@ static int open_domain(cdcdd_server *srv, char *err, size_t errlen) {
         snprintf(err, errlen, "out of memory");
         return -1;
     }
+    cdcdd_sse_set_budget(app->hub, (size_t)srv->opts.limits.sse_buffer_budget);
     cdcdd_runs_config rc = {.loop = &srv->loop, .store = app->store, .loopq = &srv->loopq, .hub = app->hub,
                             .vocab = app->vocab, .opts = &srv->opts, .runs_dir = srv->runs_dir,
                             .on_change = update_status, .ctx = srv};
