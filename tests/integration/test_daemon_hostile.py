@@ -98,8 +98,8 @@ class NoDaemon(Exception):
     pass
 
 
-def start(data, args, name):
-    d = Daemon(args, data_dir=data, name=name)
+def start(data, args, name, web=None):
+    d = Daemon(args, data_dir=data, name=name, web_dir=web)
     try:
         d.start()
     except Exception as e:  # noqa: BLE001 - e.g. a flag this binary does not know
@@ -109,7 +109,11 @@ def start(data, args, name):
 
 
 def browser_checks(data):
-    d = start(data, [], "browser")
+    web = os.path.join(os.path.dirname(data), "web")
+    os.makedirs(web, exist_ok=True)
+    with open(os.path.join(web, "index.html"), "w") as f:
+        f.write("<!doctype html><title>cdcd</title>")
+    d = start(data, [], "browser", web=web)
     try:
         cfg = tiny_config(train={"max_steps": 2})
 
@@ -146,6 +150,14 @@ def browser_checks(data):
                 assert d.get("/runs", headers={"Host": host}).status == 200, host
             assert re.search(r"^cdcdd_http_access_rejections_total [1-9]", d.metrics_text(), re.M), "not counted"
         check("dns_rebinding_foreign_host_refused", rebinding)
+
+        def dashboard_not_framable():
+            r = d.get("/index.html")
+            assert r.status == 200, r
+            csp = r.headers.get("content-security-policy", "")
+            assert "frame-ancestors 'none'" in csp and "script-src 'self'" in csp, r.headers
+            assert r.headers.get("x-frame-options") == "DENY", r.headers
+        check("dashboard_csp_and_frame_options", dashboard_not_framable)
     finally:
         d.cleanup()
 

@@ -76,7 +76,9 @@ def run_all(d):
         out = subprocess.run([DAEMON, "--help"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              timeout=10).stdout
         for flag in ("--max-body-bytes", "--max-json-depth", "--max-connections", "--max-connections-per-ip",
-                     "--request-timeout", "--max-points", "--max-sample-work", "--max-sample-jobs"):
+                     "--request-timeout", "--max-points", "--max-sample-work", "--max-sample-jobs",
+                     "--header-timeout", "--body-timeout", "--max-runs-total", "--sse-buffer-budget", "--auth",
+                     "--auth-metrics", "--allowed-hosts", "--cors-origins"):
             assert flag in out, f"{flag} missing from --help"
     check("limit_flags_in_help", defaults_documented)
 
