@@ -148,7 +148,7 @@ def run_all(d):
         r = d.get("/ready")
         assert r.status == 200 and r.json()["status"] == "ready", r
         r = d.get("/runs")
-        assert r.status == 200 and r.json() == {"runs": [], "count": 0}, r
+        assert r.status == 200 and r.json() == {"runs": [], "count": 0, "next_before_id": None}, r
         assert r.headers["content-type"] == "application/json", r.headers
     check("health_ready_empty_list", basics)
 
