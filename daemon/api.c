@@ -6,6 +6,7 @@ const cdcdd_route cdcdd_routes[] = {
     {"GET", "/ready", cdcdd_api_ready},
     {"GET", "/metrics", cdcdd_api_prometheus},
     {"GET", "/openapi.yaml", cdcdd_api_openapi},
+    {"POST", "/session", cdcdd_api_session_create},
     {"GET", "/runs", cdcdd_api_runs_list},
     {"POST", "/runs", cdcdd_api_runs_create},
     {"GET", "/runs/{id}", cdcdd_api_run_get},

@@ -28,6 +28,7 @@ typedef struct cdcdd_app {
     cdcdd_sse_hub *hub;
     cdcdd_http *http;
     cdcdd_vocab *vocab;
+    cdcdd_sessions *sessions;   /* browser session cookies */
     double started_mono;
     int ready;                  /* store open, HTTP accepting, recovery done */
     int stopping;               /* graceful shutdown began */
@@ -43,7 +44,9 @@ void cdcdd_api_health(cdcdd_req *req);
 void cdcdd_api_ready(cdcdd_req *req);
 void cdcdd_api_prometheus(cdcdd_req *req);
 void cdcdd_api_openapi(cdcdd_req *req);
+void cdcdd_api_session_create(cdcdd_req *req);
 
+#define CDCDD_RUNS_LIST_MAX 1000 /* GET /runs?limit= at most (and the page without one) */
 void cdcdd_api_runs_list(cdcdd_req *req);
 void cdcdd_api_runs_create(cdcdd_req *req);
 void cdcdd_api_run_get(cdcdd_req *req);

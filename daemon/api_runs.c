@@ -35,6 +35,17 @@ static void on_created(void *ctx, cdcdd_run *r, const char *error) {
     else reply_run(req, 201, r, 1);
 }
 
+/* max_runs_total: runs kept in any state. 1 after answering 409. */
+static int refuse_over_total(cdcdd_req *req) {
+    cdcdd_app *app = req->ctx;
+    int by[CDCDD_RUN_STATE_COUNT], total = 0;
+    cdcdd_runs_count(app->runs, by);
+    for (int s = 0; s < CDCDD_RUN_STATE_COUNT; s++) total += by[s];
+    if (total < app->opts->limits.max_runs_total) return 0;
+    cdcdd_reply_error(req, 409, "too_many_runs", NULL, "%d runs are kept (max_runs_total): delete some first", total);
+    return 1;
+}
+
 /* Has the config JSON an explicit train.threads? */
 static int has_threads_key(const cJSON *root) {
     const cJSON *t = cJSON_GetObjectItemCaseSensitive(root, "train");
@@ -43,6 +54,7 @@ static int has_threads_key(const cJSON *root) {
 
 void cdcdd_api_runs_create(cdcdd_req *req) {
     cdcdd_app *app = req->ctx;
+    if (refuse_over_total(req)) return;
     cJSON *root = NULL;
     cdcdd_json_error je;
     if (!cdcdd_json_parse(req->body, req->body_len, app->opts->limits.max_json_depth, &root, &je)) {
@@ -86,16 +98,27 @@ void cdcdd_api_runs_list(cdcdd_req *req) {
             return;
         }
     }
+    int64_t limit = CDCDD_RUNS_LIST_MAX, before = INT64_MAX;
+    if (cdcdd_req_query_int(req, "limit", 1, CDCDD_RUNS_LIST_MAX, &limit) < 0 ||
+        cdcdd_req_query_int(req, "before_id", 1, INT64_MAX, &before) < 0)
+        return;
+    /* a page is the newest `limit` matching runs below before_id, listed oldest first */
+    int64_t matching = 0, skip, n = 0, first_id = 0;
+    for (cdcdd_run *r = cdcdd_runs_first(app->runs); r; r = cdcdd_runs_next(r))
+        matching += (want < 0 || (int)r->state == want) && r->id < before;
+    skip = matching > limit ? matching - limit : 0;
     cdcdd_buf b;
     cdcdd_buf_init(&b);
     cdcdd_buf_puts(&b, "{\"runs\":[");
-    int n = 0;
     for (cdcdd_run *r = cdcdd_runs_first(app->runs); r; r = cdcdd_runs_next(r)) {
-        if (want >= 0 && (int)r->state != want) continue;
+        if ((want >= 0 && (int)r->state != want) || r->id >= before || skip-- > 0) continue;
         if (n++) cdcdd_buf_putc(&b, ',');
+        else first_id = r->id;
         cdcdd_run_json(&b, r, 0);
     }
-    cdcdd_buf_printf(&b, "],\"count\":%d}", n);
+    cdcdd_buf_printf(&b, "],\"count\":%lld,\"next_before_id\":", (long long)n);
+    if (matching > limit) cdcdd_buf_printf(&b, "%lld}", (long long)first_id);
+    else cdcdd_buf_puts(&b, "null}");
     cdcdd_reply_buf(req, 200, &b);
 }
 

@@ -1,4 +1,5 @@
-/* The small endpoints: health, readiness, Prometheus metrics and the OpenAPI document. */
+/* The small endpoints: health, readiness, Prometheus metrics, the OpenAPI document and the
+ * browser session cookie. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -7,13 +8,42 @@
 #include "clock.h"
 #include "embed.h"
 
+/* 200 "ok" while serving; 503 "stopping" from SIGTERM until the listening socket closes. */
 void cdcdd_api_health(cdcdd_req *req) {
     cdcdd_app *app = req->ctx;
     cdcdd_buf b;
     cdcdd_buf_init(&b);
-    cdcdd_buf_printf(&b, "{\"status\":\"ok\",\"version\":\"%s\",\"uptime_s\":%.1f}", CDCD_VERSION,
-                     cdcd_now_s() - app->started_mono);
-    cdcdd_reply_buf(req, 200, &b);
+    cdcdd_buf_printf(&b, "{\"status\":\"%s\",\"version\":\"%s\",\"uptime_s\":%.1f}",
+                     app->stopping ? "stopping" : "ok", CDCD_VERSION, cdcd_now_s() - app->started_mono);
+    cdcdd_reply_buf(req, app->stopping ? 503 : 200, &b);
+}
+
+/* POST /session: the router has checked the bearer token (writes always need it); the
+ * answer sets a session cookie that authenticates GETs, EventSource included. */
+void cdcdd_api_session_create(cdcdd_req *req) {
+    cdcdd_app *app = req->ctx;
+    char id[2 * CDCDD_SESSION_ID_BYTES + 1], cookie[256];
+    if (cdcdd_sessions_create(app->sessions, cdcd_now_s(), id, sizeof id) != 0) {
+        cdcdd_reply_error(req, 500, "internal", NULL, "no randomness for a session id");
+        return;
+    }
+    snprintf(cookie, sizeof cookie, "%s=%s; Path=/; Max-Age=%d; HttpOnly; SameSite=Strict", CDCDD_SESSION_COOKIE, id,
+             CDCDD_SESSION_LIFETIME_S);
+    cdcdd_buf b;
+    cdcdd_buf_init(&b);
+    cdcdd_buf_printf(&b, "{\"expires_in\":%d,\"auth_reads\":%s}", CDCDD_SESSION_LIFETIME_S,
+                     cdcdd_auth_reads_protected(app->opts) ? "true" : "false");
+    size_t len = 0;
+    char *body = cdcdd_buf_take(&b, &len);
+    struct MHD_Response *resp = body ? MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE) : NULL;
+    if (!resp) {
+        free(body);
+        cdcdd_reply_error(req, 500, "out_of_memory", NULL, "out of memory");
+        return;
+    }
+    cdcdd_http_add_common_headers(resp, "application/json");
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_SET_COOKIE, cookie);
+    cdcdd_reply_response(req, 200, resp);
 }
 
 void cdcdd_api_ready(cdcdd_req *req) {
@@ -69,6 +99,11 @@ static void prom_http(cdcdd_buf *b, const cdcdd_http_stats *h) {
                      (unsigned long long)h->rejected_limit);
     cdcdd_buf_printf(b, "cdcdd_http_limit_rejections_total{limit=\"connections\"} %llu\n",
                      (unsigned long long)h->rejected_connections);
+    cdcdd_buf_printf(b, "cdcdd_http_limit_rejections_total{limit=\"deadline\"} %llu\n",
+                     (unsigned long long)h->rejected_deadline);
+    prom_help(b, "cdcdd_http_access_rejections_total", "counter",
+              "Requests refused for a foreign Host or Origin, or a write that is not JSON.");
+    cdcdd_buf_printf(b, "cdcdd_http_access_rejections_total %llu\n", (unsigned long long)h->rejected_access);
 }
 
 static void prom_store(cdcdd_buf *b, cdcdd_store *store) {
@@ -138,6 +173,8 @@ void cdcdd_api_prometheus(cdcdd_req *req) {
     cdcdd_buf_printf(&b, "cdcdd_sample_jobs %d\n", cdcdd_jobs_active(app->jobs));
     prom_help(&b, "cdcdd_sse_clients", "gauge", "Open event streams.");
     cdcdd_buf_printf(&b, "cdcdd_sse_clients %d\n", cdcdd_sse_client_count(app->hub));
+    prom_help(&b, "cdcdd_sse_buffered_bytes", "gauge", "Bytes buffered for all event streams (sse_buffer_budget).");
+    cdcdd_buf_printf(&b, "cdcdd_sse_buffered_bytes %zu\n", cdcdd_sse_queued_bytes(app->hub));
 
     prom_http(&b, cdcdd_http_get_stats(app->http));
     prom_store(&b, app->store);

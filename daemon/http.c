@@ -17,12 +17,25 @@
 #include "clock.h"
 #include "log.h"
 
+/* One open connection, for the total deadlines: since when its current request head has
+ * been arriving (accept, or the end of the previous request), and its request once the
+ * head is complete. MHD's own timeout is an idle timeout that every byte resets. */
+typedef struct conn_track {
+    struct MHD_Connection *conn;
+    double since;
+    cdcdd_req *req;
+    int cut;
+    struct conn_track *prev, *next;
+} conn_track;
+
 struct cdcdd_http {
     cdcdd_http_config cfg;
     struct MHD_Daemon *mhd;
     uint16_t port;
     uv_poll_t poll;
     uv_timer_t timer;
+    uv_timer_t sweep; /* the deadline sweep */
+    conn_track *conns;
     int handles_open; /* poll and timer initialised, not yet closed */
     int closing;      /* closes pending: freed when the count reaches 0 */
     int quiesced;
@@ -86,6 +99,7 @@ void cdcdd_reply_response(cdcdd_req *req, unsigned status, struct MHD_Response *
     }
     req->answered = 1;
     req->status = status;
+    if (req->http->quiesced) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
     if (req->suspended) {
         req->deferred = resp;
         req->deferred_status = status;
@@ -189,106 +203,6 @@ void cdcdd_req_unpark(cdcdd_req *req) {
     http_kick(req->http);
 }
 
-/* ------------------------------------------------------------ deferred work */
-
-typedef struct {
-    uv_work_t work;
-    cdcdd_req *req;
-    cdcdd_work_fn fn;
-    cdcdd_work_done_fn done;
-    void *arg;
-} defer_job;
-
-void cdcdd_pool_thread_deprioritise(void) {
-    static _Thread_local int done;
-    if (done) return;
-    done = 1;
-    /* Linux nice values are per thread: only this pool thread gets lower priority */
-    if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), CDCDD_POOL_NICE) != 0)
-        cdcd_debug("http: cannot lower the priority of a pool thread: %s", strerror(errno));
-}
-
-static void defer_work(uv_work_t *w) {
-    defer_job *j = w->data;
-    cdcdd_pool_thread_deprioritise();
-    j->fn(j->arg);
-}
-
-static void defer_done(uv_work_t *w, int status) {
-    defer_job *j = w->data;
-    j->done(j->req, j->arg, status == UV_ECANCELED);
-    free(j);
-}
-
-int cdcdd_req_defer(cdcdd_req *req, cdcdd_work_fn work, cdcdd_work_done_fn done, void *arg) {
-    defer_job *j = calloc(1, sizeof *j);
-    if (!j) return -1;
-    j->req = req;
-    j->fn = work;
-    j->done = done;
-    j->arg = arg;
-    j->work.data = j;
-    if (uv_queue_work(req->http->cfg.loop, &j->work, defer_work, defer_done) != 0) {
-        free(j);
-        return -1;
-    }
-    cdcdd_req_suspend(req);
-    return 0;
-}
-
-typedef struct {
-    cdcdd_store *store;
-    cdcdd_read_fn fn;
-    void *arg;
-    void (*free_arg)(void *);
-    unsigned status;
-    cdcdd_buf out;
-} read_job;
-
-static void read_work(void *arg) {
-    read_job *j = arg;
-    sqlite3 *db = cdcdd_store_reader(j->store);
-    if (!db) {
-        j->status = 503;
-        cdcdd_error_json(&j->out, "store_unavailable", NULL, "cannot open a database connection");
-        return;
-    }
-    j->status = 200;
-    j->fn(db, j->arg, &j->status, &j->out);
-    cdcdd_store_reader_release(j->store, db);
-}
-
-static void read_done(cdcdd_req *req, void *arg, int cancelled) {
-    read_job *j = arg;
-    if (cancelled) {
-        cdcdd_buf_free(&j->out);
-        cdcdd_reply_error(req, 503, "shutting_down", NULL, "the daemon is shutting down");
-    } else if (!cdcdd_buf_ok(&j->out)) {
-        cdcdd_buf_free(&j->out);
-        cdcdd_reply_error(req, 500, "out_of_memory", NULL, "out of memory building the answer");
-    } else {
-        cdcdd_reply_buf(req, j->status, &j->out);
-    }
-    if (j->free_arg) j->free_arg(j->arg);
-    free(j);
-}
-
-void cdcdd_req_defer_read(cdcdd_req *req, cdcdd_read_fn fn, void *arg, void (*free_arg)(void *)) {
-    read_job *j = calloc(1, sizeof *j);
-    if (j) {
-        j->store = req->http->cfg.store;
-        j->fn = fn;
-        j->arg = arg;
-        j->free_arg = free_arg;
-        cdcdd_buf_init(&j->out);
-    }
-    if (!j || cdcdd_req_defer(req, read_work, read_done, j) != 0) {
-        if (free_arg) free_arg(arg);
-        free(j);
-        cdcdd_reply_error(req, 500, "internal", NULL, "cannot queue the query");
-    }
-}
-
 /* ------------------------------------------------------------------ helpers */
 
 const char *cdcdd_req_query(cdcdd_req *req, const char *name) {
@@ -319,6 +233,8 @@ int cdcdd_req_query_int(cdcdd_req *req, const char *name, int64_t min, int64_t m
 }
 
 const cdcdd_options *cdcdd_req_opts(const cdcdd_req *req) { return req->http->cfg.opts; }
+uv_loop_t *cdcdd_req_loop(const cdcdd_req *req) { return req->http->cfg.loop; }
+cdcdd_store *cdcdd_req_store(const cdcdd_req *req) { return req->http->cfg.store; }
 
 /* --------------------------------------------------------------- dispatch */
 
@@ -341,6 +257,8 @@ static void reply_not_allowed(cdcdd_req *req, const char *allow) {
     cdcdd_reply_response(req, 405, resp);
 }
 
+static int refuse(cdcdd_req *req, const cdcdd_dispatch *d);
+
 static void dispatch(cdcdd_req *req) {
     cdcdd_http *h = req->http;
     const cdcdd_options *o = h->cfg.opts;
@@ -349,28 +267,21 @@ static void dispatch(cdcdd_req *req) {
                                .token = o->token,
                                .quiesced = h->quiesced,
                                .body_too_large = req->body_too_big,
-                               .has_fallback = h->cfg.fallback != NULL};
+                               .has_fallback = h->cfg.fallback != NULL,
+                               .auth_reads = cdcdd_auth_reads_protected(o),
+                               .auth_metrics = o->auth_metrics,
+                               .sessions = h->cfg.sessions,
+                               .now = cdcd_now_s(),
+                               .listen_host = o->listen_host,
+                               .allowed_hosts = o->allowed_hosts,
+                               .cors_origins = o->cors_origins,
+                               .host = cdcdd_req_header(req, MHD_HTTP_HEADER_HOST),
+                               .origin = cdcdd_req_header(req, "Origin"),
+                               .content_type = cdcdd_req_header(req, MHD_HTTP_HEADER_CONTENT_TYPE),
+                               .cookie = cdcdd_req_header(req, MHD_HTTP_HEADER_COOKIE)};
     cdcdd_dispatch d;
     cdcdd_dispatch_decide(&in, req->method, req->url, cdcdd_req_header(req, MHD_HTTP_HEADER_AUTHORIZATION), &d);
-    switch (d.kind) {
-    case CDCDD_DISPATCH_SHUTTING_DOWN:
-        cdcdd_reply_error(req, 503, "shutting_down", NULL, "the daemon is shutting down");
-        return;
-    case CDCDD_DISPATCH_TOO_LARGE:
-        cdcdd_reply_error(req, 413, "body_too_large", NULL, "request body larger than %llu bytes",
-                          (unsigned long long)o->limits.max_body_bytes);
-        return;
-    case CDCDD_DISPATCH_NOT_ALLOWED: reply_not_allowed(req, d.allow); return;
-    case CDCDD_DISPATCH_FALLBACK: h->cfg.fallback(req); return;
-    case CDCDD_DISPATCH_NOT_FOUND:
-        cdcdd_reply_error(req, 404, "not_found", NULL, "no route for %s %s", req->method, req->url);
-        return;
-    case CDCDD_DISPATCH_UNAUTHORIZED:
-        h->stats.auth_failures++;
-        cdcdd_reply_error(req, 401, "unauthorized", NULL, "this endpoint needs the header 'Authorization: Bearer <token>'");
-        return;
-    case CDCDD_DISPATCH_ROUTE: break;
-    }
+    if (refuse(req, &d)) return;
     req->route = d.route;
     memcpy(req->params, d.params, sizeof req->params);
     d.route->fn(req);
@@ -378,6 +289,47 @@ static void dispatch(cdcdd_req *req) {
         cdcd_error("http: handler for %s %s gave no answer", req->method, d.route->pattern);
         cdcdd_reply_error(req, 500, "internal", NULL, "the handler gave no answer");
     }
+}
+
+/* Answers a refusal decided by the router; 0 when the route (or fallback) is to run. */
+static int refuse(cdcdd_req *req, const cdcdd_dispatch *dp) {
+    cdcdd_http *h = req->http;
+    const cdcdd_dispatch d = *dp;
+    switch (d.kind) {
+    case CDCDD_DISPATCH_SHUTTING_DOWN:
+        cdcdd_reply_error(req, 503, "shutting_down", NULL, "the daemon is shutting down");
+        return 1;
+    case CDCDD_DISPATCH_BAD_HOST:
+        h->stats.rejected_access++;
+        cdcdd_reply_error(req, 421, "host_not_allowed", NULL,
+                          "the Host header does not name this daemon (set allowed_hosts to add a name)");
+        return 1;
+    case CDCDD_DISPATCH_BAD_ORIGIN:
+        h->stats.rejected_access++;
+        cdcdd_reply_error(req, 403, "origin_not_allowed", NULL,
+                          "requests from another origin are refused (set cors_origins to allow one)");
+        return 1;
+    case CDCDD_DISPATCH_TOO_LARGE:
+        cdcdd_reply_error(req, 413, "body_too_large", NULL, "request body larger than %llu bytes",
+                          (unsigned long long)h->cfg.opts->limits.max_body_bytes);
+        return 1;
+    case CDCDD_DISPATCH_NOT_ALLOWED: reply_not_allowed(req, d.allow); return 1;
+    case CDCDD_DISPATCH_FALLBACK: h->cfg.fallback(req); return 1;
+    case CDCDD_DISPATCH_NOT_FOUND:
+        cdcdd_reply_error(req, 404, "not_found", NULL, "no route for %s %s", req->method, req->url);
+        return 1;
+    case CDCDD_DISPATCH_UNAUTHORIZED:
+        h->stats.auth_failures++;
+        cdcdd_reply_error(req, 401, "unauthorized", NULL, "this endpoint needs the header 'Authorization: Bearer <token>'");
+        return 1;
+    case CDCDD_DISPATCH_BAD_MEDIA_TYPE:
+        h->stats.rejected_access++;
+        cdcdd_reply_error(req, 415, "unsupported_media_type", NULL,
+                          "%s needs the header 'Content-Type: application/json'", req->method);
+        return 1;
+    case CDCDD_DISPATCH_ROUTE: break;
+    }
+    return 0;
 }
 
 /* ------------------------------------------------------------- MHD callbacks */
@@ -419,6 +371,11 @@ static cdcdd_req *request_new(cdcdd_http *h, struct MHD_Connection *conn, const 
             inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, req->ip, sizeof req->ip);
     }
     live_add(h, req);
+    const union MHD_ConnectionInfo *si = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    if (si && si->socket_context) {
+        req->track = si->socket_context;
+        req->track->req = req;
+    }
     uint64_t max = h->cfg.opts->limits.max_body_bytes;
     const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
     if (cl) {
@@ -496,6 +453,10 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     cdcd_debug("http: %s %s %s %u %.1f ms%s", req->ip, req->method, req->url, st, dt * 1e3,
                toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (aborted)");
     if (req->on_complete) req->on_complete(req->on_complete_arg);
+    if (req->track) { /* the next request's head starts now */
+        req->track->req = NULL;
+        req->track->since = cdcd_now_s();
+    }
     live_remove(h, req);
     free(req->body);
     free(req->url);
@@ -523,11 +484,49 @@ static cdcdd_mhd_result on_accept(void *cls, const struct sockaddr *addr, sockle
 
 static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
                           enum MHD_ConnectionNotificationCode toe) {
-    (void)conn;
-    (void)socket_context;
     cdcdd_http *h = cls;
-    if (toe == MHD_CONNECTION_NOTIFY_STARTED) h->stats.connections++;
-    else if (toe == MHD_CONNECTION_NOTIFY_CLOSED) h->stats.connections--;
+    conn_track *t = *socket_context;
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+        h->stats.connections++;
+        if (!(t = calloc(1, sizeof *t))) return; /* no deadline for this one */
+        t->conn = conn;
+        t->since = cdcd_now_s();
+        t->next = h->conns;
+        if (h->conns) h->conns->prev = t;
+        h->conns = t;
+        *socket_context = t;
+    } else if (toe == MHD_CONNECTION_NOTIFY_CLOSED) {
+        h->stats.connections--;
+        if (!t) return;
+        if (t->req) t->req->track = NULL;
+        if (t->prev) t->prev->next = t->next;
+        else h->conns = t->next;
+        if (t->next) t->next->prev = t->prev;
+        free(t);
+        *socket_context = NULL;
+    }
+}
+
+/* Every CDCDD_DEADLINE_SWEEP_MS: a connection whose request head has taken longer than
+ * header_timeout, or whose body (from the end of the head to the last byte) longer than
+ * body_timeout, is shut down; MHD sees the socket end and closes the connection. */
+static void on_sweep(uv_timer_t *timer) {
+    cdcdd_http *h = timer->data;
+    const cdcdd_limits *l = &h->cfg.opts->limits;
+    double now = cdcd_now_s();
+    int cut = 0;
+    for (conn_track *t = h->conns; t; t = t->next) {
+        int late = t->req ? !t->req->handled && now - t->req->t0 > l->body_timeout_s
+                          : now - t->since > l->header_timeout_s;
+        if (!late || t->cut) continue;
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(t->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        if (!ci) continue;
+        cdcd_debug("http: closing a connection whose request %s took too long", t->req ? "body" : "head");
+        shutdown(ci->connect_fd, SHUT_RDWR);
+        t->cut = cut = 1;
+        h->stats.rejected_deadline++;
+    }
+    if (cut) http_kick(h);
 }
 
 /* --------------------------------------------------------------- start/stop */
@@ -587,9 +586,11 @@ int cdcdd_http_start(const cdcdd_http_config *cfg, cdcdd_http **out, char *err, 
     }
     uv_poll_init(cfg->loop, &h->poll, di->epoll_fd);
     uv_timer_init(cfg->loop, &h->timer);
-    h->poll.data = h->timer.data = h;
+    uv_timer_init(cfg->loop, &h->sweep);
+    h->poll.data = h->timer.data = h->sweep.data = h;
     h->handles_open = 1;
     uv_poll_start(&h->poll, UV_READABLE, on_mhd_poll);
+    uv_timer_start(&h->sweep, on_sweep, CDCDD_DEADLINE_SWEEP_MS, CDCDD_DEADLINE_SWEEP_MS);
     mhd_drive(h);
     *out = h;
     return 0;
@@ -599,16 +600,20 @@ uint16_t cdcdd_http_port(const cdcdd_http *h) { return h->port; }
 const cdcdd_http_stats *cdcdd_http_get_stats(const cdcdd_http *h) { return &h->stats; }
 int cdcdd_http_quiesced(const cdcdd_http *h) { return h->quiesced; }
 
+/* The listening socket stays open until cdcdd_http_stop: a client that connects while the
+ * daemon drains gets a 503 (and /health its "stopping" answer) instead of a refused
+ * connection, which a load balancer or a retrying client reads better. */
 void cdcdd_http_quiesce(cdcdd_http *h) {
     if (!h || h->quiesced) return;
     h->quiesced = 1;
-    MHD_socket fd = MHD_quiesce_daemon(h->mhd);
-    if (fd != MHD_INVALID_SOCKET) close(fd);
 }
 
+/* Drained when every request but the event streams has been answered and its answer sent:
+ * MHD completes a request only once the last byte is written, so nothing already produced
+ * is cut by MHD_stop_daemon. Slow senders and readers are bounded by the deadlines. */
 int cdcdd_http_is_drained(const cdcdd_http *h) {
     for (const cdcdd_req *r = h ? h->live : NULL; r; r = r->next)
-        if (r->suspended && !r->is_stream) return 0;
+        if (!r->is_stream) return 0;
     return 1;
 }
 
@@ -627,9 +632,11 @@ void cdcdd_http_stop(cdcdd_http *h) {
     if (!h) return;
     uv_poll_stop(&h->poll);
     uv_timer_stop(&h->timer);
+    uv_timer_stop(&h->sweep);
     MHD_stop_daemon(h->mhd); /* completes (and frees) every live request */
     h->mhd = NULL;
-    h->closing = 2;
+    h->closing = 3;
     uv_close((uv_handle_t *)&h->poll, on_handle_closed);
     uv_close((uv_handle_t *)&h->timer, on_handle_closed);
+    uv_close((uv_handle_t *)&h->sweep, on_handle_closed);
 }

@@ -8,7 +8,8 @@
  *      than max_body_bytes is refused at once with 413, body chunks are collected up to
  *      that cap (beyond it the request ends in 413 as well).
  *   2. Once the body is complete router.c decides: a route, 404 / 405 with Allow, 401
- *      for a mutating method without the bearer token, 503 after quiesce (but /health).
+ *      without the token (or session), 421 / 403 for a foreign Host / Origin, 415 for a
+ *      state-changing request that is not JSON, 503 after quiesce (but /health).
  *   3. The handler answers at once (cdcdd_reply_*), or calls cdcdd_req_suspend() and
  *      answers later from a loop callback; the answer resumes the connection. Every
  *      suspended request is answered exactly once; cdcdd_http_is_drained() is false
@@ -27,6 +28,7 @@
 #include "json.h"
 #include "options.h"
 #include "router.h"
+#include "session.h"
 #include "store.h"
 
 #if MHD_VERSION >= 0x00097002
@@ -40,10 +42,12 @@ typedef int cdcdd_mhd_result;
 #define CDCDD_MHD_LIMIT_SLACK 64         /* MHD's own connection cap above max_connections
                                               (ours, in on_accept, comes first) */
 #define CDCDD_MHD_TIMER_MAX_MS 60000     /* longest wait between two MHD runs */
+#define CDCDD_DEADLINE_SWEEP_MS 250      /* how often header/body deadlines are checked */
 #define CDCDD_POOL_NICE 10               /* nice of libuv pool threads (see cdcdd_pool_thread_deprioritise) */
 
 typedef struct cdcdd_http cdcdd_http;
 typedef struct cdcdd_req cdcdd_req;
+struct conn_track;
 
 typedef struct {
     uv_loop_t *loop;
@@ -54,6 +58,7 @@ typedef struct {
     void (*on_settled)(void *ctx); /* a request completed */
     void *ctx;                   /* given to every handler as req->ctx */
     cdcdd_store *store;          /* read connections for cdcdd_req_defer_read */
+    const cdcdd_sessions *sessions; /* session cookies accepted for reads; NULL: none */
 } cdcdd_http_config;
 
 /* Counters exported by GET /metrics (loop thread only). */
@@ -64,6 +69,8 @@ typedef struct {
     uint64_t rejected_body;     /* 413 */
     uint64_t rejected_limit;    /* 429 and other limit refusals */
     uint64_t rejected_connections; /* refused at accept: max_connections reached */
+    uint64_t rejected_access;   /* 421 foreign Host, 403 foreign Origin, 415 not JSON */
+    uint64_t rejected_deadline; /* closed: head or body past its total deadline */
     int64_t connections;        /* open now */
     double latency_sum_s;       /* handler-to-completion time of completed requests */
 } cdcdd_http_stats;
@@ -91,6 +98,7 @@ struct cdcdd_req {
     void (*on_complete)(void *arg); /* called when MHD completes the request (streams) */
     void *on_complete_arg;
     cdcdd_req *prev, *next;     /* the live requests */
+    struct conn_track *track;   /* its connection's deadline record (http.c); NULL once closed */
 };
 
 /* Starts MHD on cfg->opts (listen address, limits) in external epoll mode and hooks it
@@ -98,10 +106,11 @@ struct cdcdd_req {
 int cdcdd_http_start(const cdcdd_http_config *cfg, cdcdd_http **out, char *err, size_t errlen);
 uint16_t cdcdd_http_port(const cdcdd_http *h);
 const cdcdd_http_stats *cdcdd_http_get_stats(const cdcdd_http *h);
-/* Graceful shutdown: stops accepting; every request but /health is answered 503. */
+/* Graceful shutdown: every new request but /health is answered 503 (with Connection:
+ * close); the socket keeps accepting until cdcdd_http_stop. */
 void cdcdd_http_quiesce(cdcdd_http *h);
 int cdcdd_http_quiesced(const cdcdd_http *h);
-/* 1 when no request waits for an answer (idle event streams do not count). */
+/* 1 when every request but the event streams has been answered and its answer sent. */
 int cdcdd_http_is_drained(const cdcdd_http *h);
 /* Connections suspended now, streams included (MHD cannot stop while any is). */
 int cdcdd_http_parked(const cdcdd_http *h);
@@ -130,6 +139,7 @@ void cdcdd_req_suspend(cdcdd_req *req);
 void cdcdd_req_park(cdcdd_req *req);
 void cdcdd_req_unpark(cdcdd_req *req);
 
+/* ---- deferred work (http_defer.c) ---- */
 /* Runs work(arg) on a libuv pool thread, then done(req, arg, cancelled) on the loop; the
  * request is suspended meanwhile and done must answer it. -1 (nothing queued, nothing
  * answered) when the work cannot be queued. */
@@ -151,6 +161,9 @@ const char *cdcdd_req_header(cdcdd_req *req, const char *name);
 int cdcdd_req_query_int(cdcdd_req *req, const char *name, int64_t min, int64_t max, int64_t *out);
 /* The live settings the daemon was started with (limits, directories). */
 const cdcdd_options *cdcdd_req_opts(const cdcdd_req *req);
+/* The loop and the store http was started with (for http_defer.c). */
+uv_loop_t *cdcdd_req_loop(const cdcdd_req *req);
+cdcdd_store *cdcdd_req_store(const cdcdd_req *req);
 
 /* Lowers the calling libuv pool thread to nice CDCDD_POOL_NICE (once per thread), so that
  * HTTP queries yield the CPU to trainer threads when cores are scarce. */

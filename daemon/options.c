@@ -4,6 +4,7 @@
  * where it lives in the struct, its range, which reload bit it belongs to and its help line.
  * The file loader, the flag parser, --help, dump and diff all walk that table. */
 #include "options.h"
+#include "options_parse.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -12,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #ifndef CDCD_VERSION
@@ -35,6 +37,7 @@ typedef enum {
     OPT_LEVEL,    /* cdcd_log_level by name */
     OPT_TOKEN,    /* the token text: clears token_file */
     OPT_TOKEN_FILE, /* path: clears token */
+    OPT_CHOICE,   /* int: index of the value in choices */
     OPT_CONFIG    /* flag only */
 } opt_type;
 
@@ -50,7 +53,11 @@ typedef struct opt_def {
     int flags;
     const char *arg; /* placeholder in --help */
     const char *help;
+    const char *const *choices; /* OPT_CHOICE: the names, NULL-terminated */
 } opt_def;
+
+static const char *const auth_choices[] = {"auto", "writes", "all", NULL};
+static const char *const bool_choices[] = {"no", "yes", NULL};
 
 #define OFF(f) offsetof(cdcdd_options, f)
 #define SZ(f) sizeof(((cdcdd_options *)0)->f)
@@ -59,56 +66,72 @@ typedef struct opt_def {
 
 static const opt_def option_table[] = {
     {"config", OPT_CONFIG, OFF(config_path), SZ(config_path), 0, 0, 0, 0, "FILE",
-     "read settings from FILE first (also $CDCDD_CONFIG); flags override it"},
+     "read settings from FILE first (also $CDCDD_CONFIG); flags override it", NULL},
     {"listen", OPT_LISTEN, 0, 0, 0, 0, CDCDD_OPT_F_LISTEN, 0, "HOST:PORT",
-     "address to serve HTTP on; [::1]:8080 for IPv6"},
+     "address to serve HTTP on; [::1]:8080 for IPv6", NULL},
     {"port", OPT_PORT, OFF(listen_port), 0, 0, 65535, CDCDD_OPT_F_LISTEN, 0, "N",
-     "port only, keeping the host (0 = any free port)"},
+     "port only, keeping the host (0 = any free port)", NULL},
     {"state_dir", OPT_STR, OFF(state_dir), SZ(state_dir), 0, 0, CDCDD_OPT_F_STATE_DIR,
-     OPT_NONEMPTY, "DIR", "database and checkpoints"},
+     OPT_NONEMPTY, "DIR", "database and checkpoints", NULL},
     {"data_dir", OPT_STR, OFF(data_dir), SZ(data_dir), 0, 0, CDCDD_OPT_F_DATA_DIR,
-     OPT_NONEMPTY, "DIR", "token files runs may read"},
+     OPT_NONEMPTY, "DIR", "token files runs may read", NULL},
     {"web_dir", OPT_STR, OFF(web_dir), SZ(web_dir), 0, 0, CDCDD_OPT_F_WEB_DIR, 0, "DIR",
-     "dashboard assets; empty = no dashboard"},
+     "dashboard assets; empty = no dashboard", NULL},
     {"token", OPT_TOKEN, OFF(token), SZ(token), 0, 0, CDCDD_OPT_F_TOKEN, 0, "TOKEN",
-     "bearer token for the API (also $CDCDD_TOKEN; prefer token_file: argv is public)"},
+     "bearer token for the API (also $CDCDD_TOKEN; prefer token_file: argv is public)", NULL},
     {"token_file", OPT_TOKEN_FILE, OFF(token_file), SZ(token_file), 0, 0, CDCDD_OPT_F_TOKEN,
-     0, "FILE", "read the bearer token from FILE (else $CREDENTIALS_DIRECTORY/token if present)"},
+     0, "FILE", "read the bearer token from FILE (else $CREDENTIALS_DIRECTORY/token if present)", NULL},
     {"max_runs", OPT_INT, OFF(max_runs), 0, 1, CDCDD_MAX_RUNS_LIMIT, CDCDD_OPT_F_MAX_RUNS, 0,
-     "N", "runs training at once; the rest wait in the queue"},
+     "N", "runs training at once; the rest wait in the queue", NULL},
     {"threads_per_run", OPT_INT, OFF(threads_per_run), 0, 0, CDCDD_MAX_THREADS_PER_RUN,
-     CDCDD_OPT_F_THREADS, 0, "N", "BLAS threads per run; 0 = online CPUs / max_runs"},
+     CDCDD_OPT_F_THREADS, 0, "N", "BLAS threads per run; 0 = online CPUs / max_runs", NULL},
+    {"auth", OPT_CHOICE, OFF(auth), 0, 0, 0, CDCDD_OPT_F_ACCESS, 0, "MODE",
+     "which requests need the token: writes, all, or auto (all off loopback)", auth_choices},
+    {"auth_metrics", OPT_CHOICE, OFF(auth_metrics), 0, 0, 0, CDCDD_OPT_F_ACCESS, 0, "yes|no",
+     "/metrics needs the token when reads do (no: open to scrapers)", bool_choices},
+    {"allowed_hosts", OPT_STR, OFF(allowed_hosts), SZ(allowed_hosts), 0, 0, CDCDD_OPT_F_ACCESS, 0,
+     "NAMES", "Host names accepted besides the listen address (comma list; * = any)", NULL},
+    {"cors_origins", OPT_STR, OFF(cors_origins), SZ(cors_origins), 0, 0, CDCDD_OPT_F_ACCESS, 0,
+     "ORIGINS", "Origin values accepted besides the daemon's own (comma list)", NULL},
     {"max_body_bytes", OPT_BYTES, OFF(limits.max_body_bytes), 0, 1 * KIB, 1 * GIB,
-     CDCDD_OPT_F_LIMITS_REQ, 0, "BYTES", "largest request body (K/M/G suffixes)"},
+     CDCDD_OPT_F_LIMITS_REQ, 0, "BYTES", "largest request body (K/M/G suffixes)", NULL},
     {"max_json_depth", OPT_INT, OFF(limits.max_json_depth), 0, 1, CDCDD_MAX_JSON_DEPTH_LIMIT,
-     CDCDD_OPT_F_LIMITS_REQ, 0, "N", "deepest nesting accepted in request JSON"},
+     CDCDD_OPT_F_LIMITS_REQ, 0, "N", "deepest nesting accepted in request JSON", NULL},
     {"max_connections", OPT_INT, OFF(limits.max_connections), 0, 1, 65536,
-     CDCDD_OPT_F_LIMITS_HTTP, 0, "N", "open HTTP connections in total"},
+     CDCDD_OPT_F_LIMITS_HTTP, 0, "N", "open HTTP connections in total", NULL},
     {"max_connections_per_ip", OPT_INT, OFF(limits.max_connections_per_ip), 0, 1, 65536,
-     CDCDD_OPT_F_LIMITS_HTTP, 0, "N", "open HTTP connections from one client address"},
+     CDCDD_OPT_F_LIMITS_HTTP, 0, "N", "open HTTP connections from one client address", NULL},
     {"request_timeout", OPT_INT, OFF(limits.request_timeout_s), 0, 1, 86400,
-     CDCDD_OPT_F_LIMITS_HTTP, 0, "SECONDS", "close a connection idle this long"},
+     CDCDD_OPT_F_LIMITS_HTTP, 0, "SECONDS", "close a connection idle this long", NULL},
+    {"header_timeout", OPT_INT, OFF(limits.header_timeout_s), 0, 1, 86400,
+     CDCDD_OPT_F_LIMITS_REQ, 0, "SECONDS", "close a connection whose request head takes longer", NULL},
+    {"body_timeout", OPT_INT, OFF(limits.body_timeout_s), 0, 1, 86400,
+     CDCDD_OPT_F_LIMITS_REQ, 0, "SECONDS", "close a connection whose request body takes longer", NULL},
+    {"max_runs_total", OPT_INT, OFF(limits.max_runs_total), 0, 1, 10000000,
+     CDCDD_OPT_F_LIMITS_REQ, 0, "N", "runs kept in any state; creating more is refused", NULL},
+    {"sse_buffer_budget", OPT_BYTES, OFF(limits.sse_buffer_budget), 0, 64 * KIB, 64 * GIB,
+     CDCDD_OPT_F_LIMITS_REQ, 0, "BYTES", "bytes buffered for all event streams together", NULL},
     {"max_points", OPT_I64, OFF(limits.max_points), 0, 1, 1000000000ll,
-     CDCDD_OPT_F_LIMITS_REQ, 0, "N", "metric points returned by one query"},
+     CDCDD_OPT_F_LIMITS_REQ, 0, "N", "metric points returned by one query", NULL},
     {"max_sample_work", OPT_I64, OFF(limits.max_sample_work), 0, 1, 1000000000000ll,
-     CDCDD_OPT_F_LIMITS_REQ, 0, "N", "samples x denoising steps allowed in one request"},
+     CDCDD_OPT_F_LIMITS_REQ, 0, "N", "samples x denoising steps allowed in one request", NULL},
     {"max_sample_jobs", OPT_INT, OFF(limits.max_sample_jobs), 0, 1, 1024,
-     CDCDD_OPT_F_LIMITS_REQ, 0, "N", "sampling requests running at once"},
+     CDCDD_OPT_F_LIMITS_REQ, 0, "N", "sampling requests running at once", NULL},
     {"max_run_memory", OPT_BYTES, OFF(limits.max_run_memory), 0, 0, 1024 * 1024 * GIB,
-     CDCDD_OPT_F_RUN_MEMORY, 0, "BYTES", "memory one run may use; 0 = no limit"},
+     CDCDD_OPT_F_RUN_MEMORY, 0, "BYTES", "memory one run may use; 0 = no limit", NULL},
     {"max_wait", OPT_INT, OFF(limits.max_wait_s), 0, 1, 86400, CDCDD_OPT_F_LIMITS_REQ, 0, "SECONDS",
-     "answer 504 to a pause, stop or sampling request still waiting after this long (the work goes on)"},
+     "answer 504 to a pause, stop or sampling request still waiting after this long (the work goes on)", NULL},
     {"shutdown_grace", OPT_INT, OFF(limits.shutdown_grace_s), 0, 1, 86400, CDCDD_OPT_F_LIMITS_REQ, 0, "SECONDS",
-     "SIGTERM waits this long for trainers to checkpoint, then exits anyway (a second SIGTERM at once)"},
+     "SIGTERM waits this long for trainers to checkpoint, then exits anyway (a second SIGTERM at once)", NULL},
     {"log_level", OPT_LEVEL, OFF(log_level), 0, 0, 0, CDCDD_OPT_F_LOG_LEVEL, 0, "LEVEL",
-     "debug, info, warn, error or off"},
+     "debug, info, warn, error or off", NULL},
     {"log_file", OPT_STR, OFF(log_file), SZ(log_file), 0, 0, CDCDD_OPT_F_LOG_FILE, 0, "FILE",
-     "append log lines to FILE instead of stderr (empty = stderr, for journald)"},
+     "append log lines to FILE instead of stderr (empty = stderr, for journald)", NULL},
 };
 
 static const char *const change_names[CDCDD_OPT_F_COUNT_] = {
     "listen", "state_dir", "data_dir", "web_dir", "token", "max_runs", "threads_per_run",
-    "connection limits", "request limits", "max_run_memory", "log_level", "log_file",
+    "connection limits", "request limits", "max_run_memory", "log_level", "log_file", "access",
 };
 
 static int opt_fail(char *err, size_t errlen, const char *fmt, ...)
@@ -158,87 +181,13 @@ void cdcdd_options_defaults(cdcdd_options *o) {
     o->limits.max_run_memory = CDCDD_DEFAULT_MAX_RUN_MEMORY;
     o->limits.max_wait_s = CDCDD_DEFAULT_MAX_WAIT_S;
     o->limits.shutdown_grace_s = CDCDD_DEFAULT_SHUTDOWN_GRACE_S;
+    o->limits.max_runs_total = CDCDD_DEFAULT_MAX_RUNS_TOTAL;
+    o->limits.header_timeout_s = CDCDD_DEFAULT_HEADER_TIMEOUT_S;
+    o->limits.body_timeout_s = CDCDD_DEFAULT_BODY_TIMEOUT_S;
+    o->limits.sse_buffer_budget = CDCDD_DEFAULT_SSE_BUFFER_BUDGET;
+    o->auth = CDCDD_AUTH_AUTO;
+    o->auth_metrics = 1;
     o->log_level = CDCDD_DEFAULT_LOG_LEVEL;
-}
-
-/* Parses a whole decimal integer. 0, or -1 on junk/overflow. */
-static int opt_parse_i64(const char *v, int64_t *out) {
-    if (!*v || isspace((unsigned char)*v)) return -1;
-    char *end = NULL;
-    errno = 0;
-    long long x = strtoll(v, &end, 10);
-    if (errno || *end) return -1;
-    *out = x;
-    return 0;
-}
-
-/* Parses "123", "64K", "1.5G"-free integers with K/M/G/T (optionally KB/KiB) suffixes. */
-static int opt_parse_bytes(const char *v, uint64_t *out) {
-    if (!isdigit((unsigned char)*v)) return -1;
-    char *end = NULL;
-    errno = 0;
-    unsigned long long x = strtoull(v, &end, 10);
-    if (errno) return -1;
-    unsigned shift = 0;
-    if (*end) {
-        switch (toupper((unsigned char)*end)) {
-        case 'K': shift = 10; break;
-        case 'M': shift = 20; break;
-        case 'G': shift = 30; break;
-        case 'T': shift = 40; break;
-        case 'B': shift = 0; break;
-        default: return -1;
-        }
-        if (toupper((unsigned char)*end) != 'B') {
-            end++;
-            if (*end == 'i' || *end == 'I') end++;
-            if (*end == 'b' || *end == 'B') end++;
-        } else {
-            end++;
-        }
-        if (*end) return -1;
-    }
-    if (shift && x > (UINT64_MAX >> shift)) return -1;
-    *out = (uint64_t)x << shift;
-    return 0;
-}
-
-/* Splits a listen value into host and port (port < 0 when absent). 0 or -1. */
-static int opt_parse_listen(const char *v, char *host, size_t hostlen, int *port) {
-    const char *h = v, *p = NULL;
-    size_t hn;
-    *port = -1;
-    if (v[0] == '[') {
-        const char *close = strchr(v, ']');
-        if (!close) return -1;
-        h = v + 1;
-        hn = (size_t)(close - h);
-        if (close[1] == ':') p = close + 2;
-        else if (close[1] != '\0') return -1;
-    } else {
-        const char *colon = strchr(v, ':');
-        if (colon && strchr(colon + 1, ':')) { /* bare IPv6 address, no port */
-            hn = strlen(v);
-        } else if (colon) {
-            hn = (size_t)(colon - v);
-            p = colon + 1;
-        } else {
-            hn = strlen(v);
-        }
-    }
-    if (hn >= hostlen) return -1;
-    if (p) {
-        int64_t x;
-        if (opt_parse_i64(p, &x) < 0 || x < 0 || x > 65535) return -1;
-        *port = (int)x;
-    }
-    if (hn) {
-        memcpy(host, h, hn);
-        host[hn] = '\0';
-    } else if (!p) {
-        return -1; /* empty value */
-    }
-    return 0;
 }
 
 static int opt_apply(cdcdd_options *o, const opt_def *d, const char *value, const char *label,
@@ -263,7 +212,7 @@ static int opt_apply(cdcdd_options *o, const opt_def *d, const char *value, cons
     case OPT_LISTEN: {
         char host[CDCDD_OPT_HOST_MAX] = "";
         int port;
-        if (opt_parse_listen(value, host, sizeof host, &port) < 0)
+        if (cdcdd_parse_listen(value, host, sizeof host, &port) < 0)
             return opt_fail(err, errlen,
                             "%s: \"%s\" is not HOST:PORT (e.g. 127.0.0.1:8080, [::1]:8080, "
                             "0.0.0.0, :9000; port 0..65535)",
@@ -276,7 +225,7 @@ static int opt_apply(cdcdd_options *o, const opt_def *d, const char *value, cons
     case OPT_INT:
     case OPT_I64: {
         int64_t lo = d->type == OPT_PORT ? 0 : d->min, hi = d->type == OPT_PORT ? 65535 : d->max;
-        if (opt_parse_i64(value, &x) < 0)
+        if (cdcdd_parse_i64(value, &x) < 0)
             return opt_fail(err, errlen, "%s: \"%s\" is not an integer", label, value);
         if (x < lo || x > hi)
             return opt_fail(err, errlen, "%s: %" PRId64 " is out of range [%" PRId64
@@ -286,7 +235,7 @@ static int opt_apply(cdcdd_options *o, const opt_def *d, const char *value, cons
         return 0;
     }
     case OPT_BYTES:
-        if (opt_parse_bytes(value, &b) < 0)
+        if (cdcdd_parse_bytes(value, &b) < 0)
             return opt_fail(err, errlen,
                             "%s: \"%s\" is not a byte size (e.g. 1048576, 64K, 1M, 4G)", label,
                             value);
@@ -295,6 +244,14 @@ static int opt_apply(cdcdd_options *o, const opt_def *d, const char *value, cons
                             ", %" PRId64 "]", label, b, d->min, d->max);
         *(uint64_t *)(base + d->off) = b;
         return 0;
+    case OPT_CHOICE:
+        for (int k = 0; d->choices[k]; k++)
+            if (strcasecmp(value, d->choices[k]) == 0) {
+                *(int *)(base + d->off) = k;
+                return 0;
+            }
+        return opt_fail(err, errlen, "%s: \"%s\" is not one of %s, %s%s%s", label, value, d->choices[0],
+                        d->choices[1], d->choices[2] ? ", " : "", d->choices[2] ? d->choices[2] : "");
     case OPT_LEVEL: {
         int lv = cdcd_log_parse_level(value);
         if (lv < 0)
@@ -316,13 +273,6 @@ int cdcdd_options_set(cdcdd_options *o, const char *key, const char *value, char
     return opt_apply(o, opt_find(k), value, opt_find(k)->key, err, errlen);
 }
 
-static char *opt_trim(char *s) {
-    while (isspace((unsigned char)*s)) s++;
-    size_t n = strlen(s);
-    while (n && isspace((unsigned char)s[n - 1])) s[--n] = '\0';
-    return s;
-}
-
 int cdcdd_options_load_file(cdcdd_options *o, const char *path, char *err, size_t errlen) {
     int rc = CDCDD_OPTIONS_ERROR;
     char *line = NULL;
@@ -337,7 +287,7 @@ int cdcdd_options_load_file(cdcdd_options *o, const char *path, char *err, size_
             opt_fail(err, errlen, "%s:%d: NUL byte in line", path, lineno);
             goto cleanup;
         }
-        char *s = opt_trim(line);
+        char *s = cdcdd_trim(line);
         if (!*s || *s == '#' || *s == ';') continue;
         if (*s == '[') {
             opt_fail(err, errlen, "%s:%d: sections are not used; write key = value lines",
@@ -350,7 +300,7 @@ int cdcdd_options_load_file(cdcdd_options *o, const char *path, char *err, size_
             goto cleanup;
         }
         *eq = '\0';
-        char *key = opt_trim(s), *value = opt_trim(eq + 1);
+        char *key = cdcdd_trim(s), *value = cdcdd_trim(eq + 1);
         char nk[OPT_KEY_MAX];
         const opt_def *d = NULL;
         if (opt_normalize_key(key, strlen(key), nk, sizeof nk) == 0) d = opt_find(nk);
@@ -375,7 +325,7 @@ int cdcdd_options_load_file(cdcdd_options *o, const char *path, char *err, size_
             for (char *p = value; *p; p++)
                 if (*p == '#' && p > value && isspace((unsigned char)p[-1])) {
                     *p = '\0';
-                    value = opt_trim(value);
+                    value = cdcdd_trim(value);
                     break;
                 }
         }
@@ -408,7 +358,7 @@ static int opt_read_token_file(cdcdd_options *o, const char *path, int allow_emp
     buf[n] = '\0';
     char *nl = strchr(buf, '\n');
     if (nl) *nl = '\0';
-    char *t = opt_trim(buf);
+    char *t = cdcdd_trim(buf);
     if (!*t) {
         o->token[0] = '\0';
         return allow_empty ? 0 : opt_fail(err, errlen, "token_file %s is empty", path);
@@ -480,6 +430,7 @@ static void opt_format_value(const cdcdd_options *o, const opt_def *d, char *buf
         else snprintf(buf, len, "%" PRIu64, b);
         break;
     }
+    case OPT_CHOICE: snprintf(buf, len, "%s", d->choices[*(const int *)(base + d->off)]); break;
     case OPT_LEVEL:
         snprintf(buf, len, "%s",
                  (unsigned)o->log_level <= CDCD_LOG_OFF ? level_names[o->log_level] : "info");
@@ -634,11 +585,16 @@ unsigned cdcdd_options_diff(const cdcdd_options *a, const cdcdd_options *b) {
     if (x->max_body_bytes != y->max_body_bytes || x->max_json_depth != y->max_json_depth ||
         x->max_points != y->max_points || x->max_sample_work != y->max_sample_work ||
         x->max_sample_jobs != y->max_sample_jobs || x->max_wait_s != y->max_wait_s ||
-        x->shutdown_grace_s != y->shutdown_grace_s)
+        x->shutdown_grace_s != y->shutdown_grace_s || x->max_runs_total != y->max_runs_total ||
+        x->header_timeout_s != y->header_timeout_s || x->body_timeout_s != y->body_timeout_s ||
+        x->sse_buffer_budget != y->sse_buffer_budget)
         c |= CDCDD_OPT_F_LIMITS_REQ;
     if (x->max_run_memory != y->max_run_memory) c |= CDCDD_OPT_F_RUN_MEMORY;
     if (a->log_level != b->log_level) c |= CDCDD_OPT_F_LOG_LEVEL;
     if (strcmp(a->log_file, b->log_file)) c |= CDCDD_OPT_F_LOG_FILE;
+    if (a->auth != b->auth || a->auth_metrics != b->auth_metrics || strcmp(a->allowed_hosts, b->allowed_hosts) ||
+        strcmp(a->cors_origins, b->cors_origins))
+        c |= CDCDD_OPT_F_ACCESS;
     return c;
 }
 
@@ -662,6 +618,17 @@ int cdcdd_options_threads_per_run(const cdcdd_options *o) {
     int runs = o->max_runs > 0 ? o->max_runs : 1;
     long t = cpus > 0 ? cpus / runs : 1;
     return t >= 1 ? (int)t : 1;
+}
+
+int cdcdd_options_listen_loopback(const cdcdd_options *o) {
+    const char *h = o->listen_host;
+    return strncmp(h, "127.", 4) == 0 || strcmp(h, "::1") == 0 || strcasecmp(h, "localhost") == 0;
+}
+
+int cdcdd_auth_reads_protected(const cdcdd_options *o) {
+    if (!o->token[0]) return 0;
+    if (o->auth == CDCDD_AUTH_AUTO) return !cdcdd_options_listen_loopback(o);
+    return o->auth == CDCDD_AUTH_ALL;
 }
 
 void cdcdd_options_dump(const cdcdd_options *o, FILE *f) {

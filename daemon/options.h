@@ -58,6 +58,10 @@
                                                     this long (504; the work goes on) */
 #define CDCDD_DEFAULT_SHUTDOWN_GRACE_S 150       /* SIGTERM waits this long for trainers, then
                                                     exits anyway (the unit's TimeoutStopSec is 180) */
+#define CDCDD_DEFAULT_MAX_RUNS_TOTAL 1000      /* runs kept (any state); POST /runs beyond: 409 */
+#define CDCDD_DEFAULT_HEADER_TIMEOUT_S 10       /* whole request head, however it trickles in */
+#define CDCDD_DEFAULT_BODY_TIMEOUT_S 60         /* whole request body, from the end of the head */
+#define CDCDD_DEFAULT_SSE_BUFFER_BUDGET (64ull << 20) /* bytes buffered for all event streams */
 #define CDCDD_DEFAULT_LOG_LEVEL CDCD_LOG_INFO
 
 /* ---- hard bounds used by validation ---- */
@@ -67,6 +71,7 @@
 #define CDCDD_MAX_TOKEN_BYTES 255
 
 #define CDCDD_OPT_PATH_MAX 1024
+#define CDCDD_OPT_LIST_MAX 1024                 /* allowed_hosts, cors_origins: comma lists */
 #define CDCDD_OPT_HOST_MAX 256
 #define CDCDD_OPTIONS_ERR_MAX 512
 
@@ -87,7 +92,15 @@ typedef struct cdcdd_limits {
     uint64_t max_run_memory;     /* bytes; 0 = unlimited */
     int max_wait_s;              /* longest a request waits for a trainer or a sampling job */
     int shutdown_grace_s;        /* longest a graceful shutdown waits for trainers */
+    int max_runs_total;          /* runs kept, any state */
+    int header_timeout_s;        /* total time for a request head */
+    int body_timeout_s;          /* total time for a request body */
+    uint64_t sse_buffer_budget;  /* bytes buffered for every event stream together */
 } cdcdd_limits;
+
+/* `auth`: which requests need the token (when one is set). AUTO resolves to ALL when the
+ * daemon listens on a non-loopback address, else WRITES (cdcdd_auth_reads_protected). */
+enum { CDCDD_AUTH_AUTO = 0, CDCDD_AUTH_WRITES = 1, CDCDD_AUTH_ALL = 2 };
 
 typedef struct cdcdd_options {
     char listen_host[CDCDD_OPT_HOST_MAX]; /* numeric address or name; "[::1]" brackets removed */
@@ -97,6 +110,10 @@ typedef struct cdcdd_options {
     char web_dir[CDCDD_OPT_PATH_MAX];     /* dashboard assets; "" = no dashboard */
     char token[CDCDD_MAX_TOKEN_BYTES + 1];/* resolved bearer token; "" = none configured */
     char token_file[CDCDD_OPT_PATH_MAX];  /* where token came from, if a file */
+    int auth;                             /* CDCDD_AUTH_*: which requests need the token */
+    int auth_metrics;                     /* 1: /metrics needs the token when reads do */
+    char allowed_hosts[CDCDD_OPT_LIST_MAX]; /* Host names accepted besides the listen address */
+    char cors_origins[CDCDD_OPT_LIST_MAX];  /* Origins accepted besides the daemon's own */
     int max_runs;
     int threads_per_run;                  /* as configured; 0 = auto, see _threads_per_run() */
     cdcdd_limits limits;
@@ -122,7 +139,8 @@ enum {
     CDCDD_OPT_F_RUN_MEMORY = 1u << 9,
     CDCDD_OPT_F_LOG_LEVEL = 1u << 10,
     CDCDD_OPT_F_LOG_FILE = 1u << 11,
-    CDCDD_OPT_F_COUNT_ = 12
+    CDCDD_OPT_F_ACCESS = 1u << 12,  /* auth, auth_metrics, allowed_hosts, cors_origins */
+    CDCDD_OPT_F_COUNT_ = 13
 };
 /* Changes that only take effect after a restart (sockets, directories, MHD options). */
 #define CDCDD_OPT_NEEDS_RESTART                                                          \
@@ -164,6 +182,12 @@ const char *cdcdd_options_describe_changes(unsigned changed, char *buf, size_t l
 
 /* threads_per_run with 0 (auto) resolved: max(1, online CPUs / max_runs). */
 int cdcdd_options_threads_per_run(const cdcdd_options *o);
+
+/* 1 when the listen host is a loopback address or "localhost". */
+int cdcdd_options_listen_loopback(const cdcdd_options *o);
+/* 1 when GET requests need the token too: a token is set and `auth` is all (or auto on a
+ * non-loopback listen address). */
+int cdcdd_auth_reads_protected(const cdcdd_options *o);
 
 /* Writes the effective settings as a config file (token shown as "<set>"/"" only) to f. */
 void cdcdd_options_dump(const cdcdd_options *o, FILE *f);

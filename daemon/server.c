@@ -40,6 +40,7 @@ typedef struct cdcdd_server {
     uv_loop_t loop;
     cdcdd_options opts; /* live settings (SIGHUP updates the reloadable ones) */
     cdcdd_app app;      /* what handlers see */
+    cdcdd_sessions sessions; /* browser session cookies (POST /session) */
     cdcdd_loopq loopq;
     char db_path[1100];
     char runs_dir[1100];
@@ -180,7 +181,16 @@ static void begin_shutdown(cdcdd_server *srv, const char *why) {
 static void apply_live_settings(cdcdd_server *srv, const cdcdd_options *next, unsigned changed) {
     if (changed & CDCDD_OPT_F_LOG_LEVEL) cdcd_log_set_level(next->log_level);
     if (changed & CDCDD_OPT_F_LOG_FILE) cdcd_log_open(next->log_file[0] ? next->log_file : NULL);
-    if (changed & CDCDD_OPT_F_TOKEN) memcpy(srv->opts.token, next->token, sizeof next->token);
+    if (changed & CDCDD_OPT_F_TOKEN) {
+        memcpy(srv->opts.token, next->token, sizeof next->token);
+        cdcdd_sessions_clear(&srv->sessions); /* sessions vouched for by the old token end */
+    }
+    if (changed & CDCDD_OPT_F_ACCESS) {
+        srv->opts.auth = next->auth;
+        srv->opts.auth_metrics = next->auth_metrics;
+        memcpy(srv->opts.allowed_hosts, next->allowed_hosts, sizeof next->allowed_hosts);
+        memcpy(srv->opts.cors_origins, next->cors_origins, sizeof next->cors_origins);
+    }
     if (changed & CDCDD_OPT_F_MAX_RUNS) srv->opts.max_runs = next->max_runs;
     if (changed & CDCDD_OPT_F_THREADS) srv->opts.threads_per_run = next->threads_per_run;
     if (changed & CDCDD_OPT_F_LIMITS_REQ) {
@@ -191,6 +201,11 @@ static void apply_live_settings(cdcdd_server *srv, const cdcdd_options *next, un
         srv->opts.limits.max_sample_jobs = next->limits.max_sample_jobs;
         srv->opts.limits.max_wait_s = next->limits.max_wait_s;
         srv->opts.limits.shutdown_grace_s = next->limits.shutdown_grace_s;
+        srv->opts.limits.max_runs_total = next->limits.max_runs_total;
+        srv->opts.limits.header_timeout_s = next->limits.header_timeout_s;
+        srv->opts.limits.body_timeout_s = next->limits.body_timeout_s;
+        srv->opts.limits.sse_buffer_budget = next->limits.sse_buffer_budget;
+        cdcdd_sse_set_budget(srv->app.hub, (size_t)next->limits.sse_buffer_budget);
     }
     if (changed & CDCDD_OPT_F_RUN_MEMORY) srv->opts.limits.max_run_memory = next->limits.max_run_memory;
     srv->opts.log_level = next->log_level;
@@ -280,6 +295,7 @@ static int open_domain(cdcdd_server *srv, char *err, size_t errlen) {
         snprintf(err, errlen, "out of memory");
         return -1;
     }
+    cdcdd_sse_set_budget(app->hub, (size_t)srv->opts.limits.sse_buffer_budget);
     cdcdd_runs_config rc = {.loop = &srv->loop, .store = app->store, .loopq = &srv->loopq, .hub = app->hub,
                             .vocab = app->vocab, .opts = &srv->opts, .runs_dir = srv->runs_dir,
                             .on_change = update_status, .ctx = srv};
@@ -323,7 +339,7 @@ static void announce(cdcdd_server *srv) {
               CDCD_VERSION, url, o->state_dir, o->data_dir, o->web_dir[0] ? o->web_dir : "(none)", o->max_runs,
               cdcdd_runs_thread_budget(srv->app.runs), o->token[0] ? ", token required" : "");
     cdcd_info("dashboard: %s/", url);
-    cdcd_info("start a run: curl -X POST%s -d '{\"preset\":\"tiny\"}' %s/runs",
+    cdcd_info("start a run: curl -X POST -H 'Content-Type: application/json'%s -d '{\"preset\":\"tiny\"}' %s/runs",
               o->token[0] ? " -H 'Authorization: Bearer <token>'" : "", url);
 }
 
@@ -345,7 +361,7 @@ static int start(cdcdd_server *srv, char *err, size_t errlen) {
     if (open_domain(srv, err, errlen) != 0) return -1;
     cdcdd_http_config hc = {.loop = &srv->loop, .opts = &srv->opts, .routes = cdcdd_routes,
                             .route_count = cdcdd_route_count, .fallback = cdcdd_static_serve, .on_settled = NULL,
-                            .ctx = &srv->app, .store = srv->app.store};
+                            .ctx = &srv->app, .store = srv->app.store, .sessions = &srv->sessions};
     if (cdcdd_http_start(&hc, &srv->app.http, err, errlen) != 0) return -1;
     /* the shutdown order: stop taking requests, end streams, cancel jobs, stop trainers */
     add_component(srv, "http", http_stop_taking, http_drained, srv, 1);
@@ -368,6 +384,7 @@ int cdcdd_server_main(const cdcdd_options *opts) {
     memset(srv, 0, sizeof *srv);
     srv->opts = *opts;
     srv->app.opts = &srv->opts;
+    srv->app.sessions = &srv->sessions;
     srv->app.started_mono = cdcd_now_s();
     char err[1024] = "";
     int exit_code = 1;

@@ -1,6 +1,8 @@
 /* Server-Sent Events: see sse.h. */
 #include "sse.h"
 
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -24,6 +26,8 @@ struct cdcdd_sse_hub {
     cdcdd_sse_client *head;
     int count;
     int closed;    /* shutdown: every stream ends */
+    size_t queued; /* bytes buffered for every client together */
+    size_t budget; /* sse_buffer_budget: past it the client furthest behind is dropped */
     double heartbeat_s;
     double last_beat;
 };
@@ -32,6 +36,7 @@ cdcdd_sse_hub *cdcdd_sse_hub_new(double heartbeat_s) {
     cdcdd_sse_hub *hub = calloc(1, sizeof *hub);
     if (!hub) return NULL;
     hub->heartbeat_s = heartbeat_s;
+    hub->budget = SIZE_MAX;
     hub->last_beat = cdcd_now_s();
     return hub;
 }
@@ -65,15 +70,48 @@ static int client_grow(cdcdd_sse_client *c, size_t n) {
     return 0;
 }
 
+static void hub_count(cdcdd_sse_hub *hub, size_t add, size_t sub) {
+    if (hub) hub->queued = hub->queued + add - (sub < hub->queued + add ? sub : hub->queued + add);
+}
+
+/* Drops what is queued for c and ends its stream after one last event saying why (the
+ * blank lines first end an event cut in the middle). */
+static void client_drop(cdcdd_sse_client *c, const char *reason, const char *why) {
+    size_t behind = c->len - c->off;
+    cdcd_warn("sse: dropping a client %zu bytes behind: %s", behind, why);
+    hub_count(c->hub, 0, behind);
+    c->len = c->off;
+    char last[256];
+    int n = snprintf(last, sizeof last, "\n\nevent: dropped\ndata: {\"reason\":\"%s\",\"message\":\"%s\"}\n\n", reason, why);
+    if (n > 0 && (size_t)n < sizeof last && client_grow(c, (size_t)n) == 0) {
+        memcpy(c->buf + c->len, last, (size_t)n);
+        c->len += (size_t)n;
+        hub_count(c->hub, (size_t)n, 0);
+    }
+    c->closing = 1;
+    client_wake(c);
+}
+
+/* The client furthest behind, when the hub's total would pass its budget with n more. */
+static cdcdd_sse_client *over_budget(cdcdd_sse_hub *hub, size_t n) {
+    if (!hub || hub->queued + n <= hub->budget) return NULL;
+    cdcdd_sse_client *worst = NULL;
+    for (cdcdd_sse_client *c = hub->head; c; c = c->next)
+        if (!c->closing && (!worst || c->len - c->off > worst->len - worst->off)) worst = c;
+    return worst;
+}
+
 static void client_append(cdcdd_sse_client *c, const char *p, size_t n) {
     if (c->closing) return;
     if (c->off == c->len) c->off = c->len = 0;
     if (c->len - c->off + n > CDCDD_SSE_BUFFER_MAX) {
-        cdcd_warn("sse: client too slow (%zu bytes behind), disconnecting it", c->len - c->off);
-        c->closing = 1;
-        c->len = c->off; /* drop what is queued: the stream ends now */
-        client_wake(c);
+        client_drop(c, "too_slow", "more than 4 MiB behind; reconnect");
         return;
+    }
+    cdcdd_sse_client *worst;
+    while ((worst = over_budget(c->hub, n)) != NULL) {
+        client_drop(worst, "buffer_budget", "the event streams together passed sse_buffer_budget; reconnect");
+        if (worst == c) return;
     }
     if (c->len + n > c->cap && client_grow(c, n) != 0) {
         c->closing = 1;
@@ -82,6 +120,7 @@ static void client_append(cdcdd_sse_client *c, const char *p, size_t n) {
     }
     memcpy(c->buf + c->len, p, n);
     c->len += n;
+    hub_count(c->hub, n, 0);
     client_wake(c);
 }
 
@@ -123,6 +162,7 @@ ssize_t cdcdd_sse_read(cdcdd_sse_client *c, char *out, size_t max) {
         if (n > max) n = max;
         memcpy(out, c->buf + c->off, n);
         c->off += n;
+        hub_count(c->hub, 0, n);
         if (c->off == c->len) c->off = c->len = 0;
         return (ssize_t)n;
     }
@@ -160,6 +200,7 @@ void cdcdd_sse_detach(cdcdd_sse_client *c) {
         else hub->head = c->next;
         if (c->next) c->next->prev = c->prev;
         hub->count--;
+        hub_count(hub, 0, c->len - c->off);
     }
     free(c->buf);
     free(c);
@@ -233,6 +274,12 @@ void cdcdd_sse_tick(cdcdd_sse_hub *hub, double now) {
 }
 
 int cdcdd_sse_client_count(const cdcdd_sse_hub *hub) { return hub ? hub->count : 0; }
+
+void cdcdd_sse_set_budget(cdcdd_sse_hub *hub, size_t bytes) {
+    if (hub) hub->budget = bytes ? bytes : SIZE_MAX;
+}
+
+size_t cdcdd_sse_queued_bytes(const cdcdd_sse_hub *hub) { return hub ? hub->queued : 0; }
 
 int cdcdd_sse_parked_count(const cdcdd_sse_hub *hub) {
     int n = 0;

@@ -6,7 +6,9 @@
  * keep proxies and the idle timeout away and are how a vanished client is noticed: the
  * write fails and MHD closes the connection, which frees the client through the
  * response's free callback. A client that falls CDCDD_SSE_BUFFER_MAX bytes behind is
- * disconnected (it reconnects). Loop thread only.
+ * disconnected (it reconnects), and so is the client furthest behind whenever the bytes
+ * buffered for all clients together would pass the hub's budget (sse_buffer_budget); a
+ * dropped client gets one last `event: dropped` with the reason. Loop thread only.
  *
  * The transport is two callbacks (park, unpark), so that the hub's logic (publish, slow
  * client, close) is unit-tested without a socket: cdcdd_sse_attach + cdcdd_sse_read. */
@@ -52,6 +54,9 @@ void cdcdd_sse_close_all(cdcdd_sse_hub *hub);
 /* Heartbeat comments when due (now: monotonic seconds). */
 void cdcdd_sse_tick(cdcdd_sse_hub *hub, double now);
 int cdcdd_sse_client_count(const cdcdd_sse_hub *hub);
+/* The budget for the bytes buffered for every client together (0 = none). */
+void cdcdd_sse_set_budget(cdcdd_sse_hub *hub, size_t bytes);
+size_t cdcdd_sse_queued_bytes(const cdcdd_sse_hub *hub);
 /* Clients whose connection is parked waiting for data. */
 int cdcdd_sse_parked_count(const cdcdd_sse_hub *hub);
 

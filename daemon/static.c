@@ -146,6 +146,9 @@ static void static_done(cdcdd_req *req, void *arg, int cancelled) {
             MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, j->type);
             MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
             MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+            /* the dashboard's buttons act on runs: no framing (clickjacking), own scripts only */
+            MHD_add_response_header(resp, "Content-Security-Policy", CDCDD_DASHBOARD_CSP);
+            MHD_add_response_header(resp, "X-Frame-Options", "DENY");
             cdcdd_reply_response(req, 200, resp);
         }
     } else if (strcmp(j->path, "/") == 0) {

@@ -232,6 +232,8 @@ class Daemon:
             if isinstance(data, str):
                 data = data.encode()
             h.setdefault("Content-Type", "application/json")
+        if method not in ("GET", "HEAD"):
+            h.setdefault("Content-Type", "application/json")  # writes must say JSON (CSRF)
         if self.token and method not in ("GET", "HEAD") and "Authorization" not in h:
             h["Authorization"] = f"Bearer {self.token}"
         try:

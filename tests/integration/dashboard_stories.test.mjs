@@ -110,7 +110,7 @@ async function stopDaemon() {
 
 async function api(method, p, body) {
   const r = await fetch(`${base}${p}`, {
-    method, headers: body ? { 'Content-Type': 'application/json' } : {}, body: body ? JSON.stringify(body) : undefined,
+    method, headers: method !== 'GET' ? { 'Content-Type': 'application/json' } : {}, body: body ? JSON.stringify(body) : undefined,
   });
   const text = await r.text();
   let json = null;

@@ -34,7 +34,7 @@ def raw_connect(port, source="127.0.0.1"):
 def served(sock):
     """True when the connection answers a request; False when the daemon closed it."""
     try:
-        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         data = sock.recv(4096)
         return data.startswith(b"HTTP/1.1 200")
     except OSError:
@@ -76,7 +76,9 @@ def run_all(d):
         out = subprocess.run([DAEMON, "--help"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              timeout=10).stdout
         for flag in ("--max-body-bytes", "--max-json-depth", "--max-connections", "--max-connections-per-ip",
-                     "--request-timeout", "--max-points", "--max-sample-work", "--max-sample-jobs"):
+                     "--request-timeout", "--max-points", "--max-sample-work", "--max-sample-jobs",
+                     "--header-timeout", "--body-timeout", "--max-runs-total", "--sse-buffer-budget", "--auth",
+                     "--auth-metrics", "--allowed-hosts", "--cors-origins"):
             assert flag in out, f"{flag} missing from --help"
     check("limit_flags_in_help", defaults_documented)
 
@@ -198,7 +200,7 @@ def run_all(d):
         assert 1.0 <= dt <= 5.0, f"closed after {dt:.1f}s with request_timeout 2"
         # slowloris: half a request line, then nothing
         s = raw_connect(d.port)
-        s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
         assert closed_by_peer(s, 6), "half-sent request not closed"
         s.close()
     check("limit_request_timeout", idle_timeout)

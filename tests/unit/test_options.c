@@ -64,6 +64,27 @@ TEST(test_options_defaults) {
     EXPECT(o.limits.max_sample_work == CDCDD_DEFAULT_MAX_SAMPLE_WORK);
     EXPECT(o.limits.max_sample_jobs == CDCDD_DEFAULT_MAX_SAMPLE_JOBS);
     EXPECT(o.limits.max_run_memory == CDCDD_DEFAULT_MAX_RUN_MEMORY);
+    EXPECT(o.limits.max_runs_total == CDCDD_DEFAULT_MAX_RUNS_TOTAL && o.limits.max_runs_total == 1000);
+    EXPECT(o.limits.header_timeout_s == CDCDD_DEFAULT_HEADER_TIMEOUT_S && o.limits.header_timeout_s == 10);
+    EXPECT(o.limits.body_timeout_s == CDCDD_DEFAULT_BODY_TIMEOUT_S && o.limits.body_timeout_s == 60);
+    EXPECT(o.limits.sse_buffer_budget == CDCDD_DEFAULT_SSE_BUFFER_BUDGET && o.limits.sse_buffer_budget == 64u << 20);
+    EXPECT(o.auth == CDCDD_AUTH_AUTO && o.auth_metrics == 1);
+    EXPECT_STREQ(o.allowed_hosts, "");
+    EXPECT_STREQ(o.cors_origins, "");
+    /* auth auto: reads open on loopback, closed elsewhere, and only with a token */
+    EXPECT(!cdcdd_auth_reads_protected(&o));
+    snprintf(o.token, sizeof o.token, "t");
+    EXPECT(!cdcdd_auth_reads_protected(&o));
+    snprintf(o.listen_host, sizeof o.listen_host, "0.0.0.0");
+    EXPECT(cdcdd_auth_reads_protected(&o));
+    o.auth = CDCDD_AUTH_WRITES;
+    EXPECT(!cdcdd_auth_reads_protected(&o));
+    snprintf(o.listen_host, sizeof o.listen_host, "::1");
+    o.auth = CDCDD_AUTH_ALL;
+    EXPECT(cdcdd_auth_reads_protected(&o));
+    o.token[0] = '\0';
+    EXPECT(!cdcdd_auth_reads_protected(&o));
+    cdcdd_options_defaults(&o);
     EXPECT(o.log_level == CDCD_LOG_INFO);
     EXPECT(cdcdd_options_threads_per_run(&o) >= 1);
     cdcdd_options d;
@@ -190,6 +211,10 @@ TEST(test_options_bad_values) {
     EXPECT_ERROR("max_connections_per_ip (64) is larger", "--max-connections", "10",
                  "--max-connections-per-ip", "64");
     EXPECT_ERROR("below 64M", "--max-run-memory", "1M");
+    EXPECT_ERROR("--auth: \"reads\" is not one of auto, writes, all", "--auth", "reads");
+    EXPECT_ERROR("--auth-metrics", "--auth-metrics", "maybe");
+    EXPECT_ERROR("--header-timeout: 0 is out of range", "--header-timeout", "0");
+    EXPECT_ERROR("--max-runs-total: 0 is out of range", "--max-runs-total", "0");
     EXPECT_ERROR("config file /nonexistent/cdcdd.conf", "--config", "/nonexistent/cdcdd.conf");
 
     char arg[64];

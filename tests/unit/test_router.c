@@ -1,5 +1,6 @@
 /* Request dispatch (daemon/router.c) without a socket: which route runs, with which path
- * parameters, and which refusal (404, 405 with Allow, 401, 413, 503) is sent otherwise. */
+ * parameters, and which refusal (404, 405 with Allow, 401, 413, 503, 421 foreign Host, 403
+ * foreign Origin, 415 not JSON) is sent otherwise; auth = all with session cookies. */
 #include "router.h"
 #include "test.h"
 
@@ -9,15 +10,18 @@ static void h_get(struct cdcdd_req *r) { (void)r; }
 static void h_delete(struct cdcdd_req *r) { (void)r; }
 static void h_ckpt(struct cdcdd_req *r) { (void)r; }
 static void h_health(struct cdcdd_req *r) { (void)r; }
+static void h_metrics(struct cdcdd_req *r) { (void)r; }
 
 static const cdcdd_route routes[] = {
     {"GET", "/health", h_health},          {"GET", "/runs", h_list},
     {"POST", "/runs", h_create},           {"GET", "/runs/{id}", h_get},
     {"DELETE", "/runs/{id}", h_delete},    {"GET", "/runs/{id}/checkpoints/{step}", h_ckpt},
+    {"GET", "/metrics", h_metrics},
 };
 
 static cdcdd_dispatch_input input(const char *token) {
-    return (cdcdd_dispatch_input){.routes = routes, .route_count = 6, .token = token, .has_fallback = 1};
+    return (cdcdd_dispatch_input){.routes = routes, .route_count = 7, .token = token, .has_fallback = 1,
+                                  .listen_host = "127.0.0.1", .content_type = "application/json"};
 }
 
 TEST(test_router_routes_and_params) {
@@ -97,10 +101,154 @@ TEST(test_router_shutdown_and_body_limit) {
     EXPECT(d.kind == CDCDD_DISPATCH_TOO_LARGE);
 }
 
+TEST(test_router_host_rebinding) {
+    cdcdd_dispatch_input in = input("");
+    cdcdd_dispatch d;
+    const char *ok_loopback[] = {"127.0.0.1:8080", "localhost:8080", "LOCALHOST", "[::1]:8080", "127.0.0.1", NULL};
+    for (int i = 0; ok_loopback[i]; i++) {
+        in.host = ok_loopback[i];
+        cdcdd_dispatch_decide(&in, "GET", "/runs", NULL, &d);
+        EXPECTF(d.kind == CDCDD_DISPATCH_ROUTE, "Host %s refused on loopback", ok_loopback[i]);
+    }
+    const char *bad[] = {"evil.example:8080", "attacker.test", "10.0.0.5:8080", "[::1", "", ":8080", NULL};
+    for (int i = 0; bad[i]; i++) {
+        in.host = bad[i];
+        cdcdd_dispatch_decide(&in, "GET", "/runs", NULL, &d);
+        EXPECTF(d.kind == CDCDD_DISPATCH_BAD_HOST && !d.route, "Host '%s' accepted", bad[i]);
+    }
+    in.host = "evil.example:8080"; /* refused before the route runs, for /health too */
+    cdcdd_dispatch_decide(&in, "GET", "/health", NULL, &d);
+    EXPECT(d.kind == CDCDD_DISPATCH_BAD_HOST);
+    in.allowed_hosts = "gpu-box, evil.example";
+    cdcdd_dispatch_decide(&in, "GET", "/runs", NULL, &d);
+    EXPECT(d.kind == CDCDD_DISPATCH_ROUTE);
+    in.allowed_hosts = "*";
+    in.host = "anything.at.all";
+    cdcdd_dispatch_decide(&in, "GET", "/runs", NULL, &d);
+    EXPECT(d.kind == CDCDD_DISPATCH_ROUTE);
+    /* a named listen address; loopback names are not implied off loopback */
+    in = input("");
+    in.listen_host = "gpu-box.lan";
+    in.host = "GPU-box.lan:8080";
+    cdcdd_dispatch_decide(&in, "GET", "/runs", NULL, &d);
+    EXPECT(d.kind == CDCDD_DISPATCH_ROUTE);
+    in.host = "localhost:8080";
+    cdcdd_dispatch_decide(&in, "GET", "/runs", NULL, &d);
+    EXPECT(d.kind == CDCDD_DISPATCH_BAD_HOST);
+    /* a wildcard listen address: any address literal (it cannot be rebound), no names */
+    in.listen_host = "0.0.0.0";
+    in.host = "10.1.2.3:8080";
+    cdcdd_dispatch_decide(&in, "GET", "/runs", NULL, &d);
+    EXPECT(d.kind == CDCDD_DISPATCH_ROUTE);
+    in.host = "rebind.attacker.test:8080";
+    cdcdd_dispatch_decide(&in, "GET", "/runs", NULL, &d);
+    EXPECT(d.kind == CDCDD_DISPATCH_BAD_HOST);
+    in.host = NULL; /* HTTP/1.0 without Host */
+    cdcdd_dispatch_decide(&in, "GET", "/runs", NULL, &d);
+    EXPECT(d.kind == CDCDD_DISPATCH_ROUTE);
+}
+
+TEST(test_router_origin_and_media_type) {
+    cdcdd_dispatch_input in = input("");
+    cdcdd_dispatch d;
+    in.host = "127.0.0.1:8080";
+    in.origin = "http://127.0.0.1:8080"; /* the dashboard itself */
+    cdcdd_dispatch_decide(&in, "POST", "/runs", NULL, &d);
+    EXPECT(d.kind == CDCDD_DISPATCH_ROUTE);
+    const char *bad[] = {"http://evil.example", "null", "http://127.0.0.1:8081", "https://127.0.0.1:8080",
+                         "http://localhost:8080", NULL};
+    for (int i = 0; bad[i]; i++) {
+        in.origin = bad[i];
+        cdcdd_dispatch_decide(&in, "POST", "/runs", NULL, &d);
+        EXPECTF(d.kind == CDCDD_DISPATCH_BAD_ORIGIN, "Origin %s accepted for POST", bad[i]);
+        cdcdd_dispatch_decide(&in, "GET", "/runs", NULL, &d);
+        EXPECTF(d.kind == CDCDD_DISPATCH_BAD_ORIGIN, "Origin %s accepted for GET", bad[i]);
+    }
+    in.cors_origins = "https://dash.example, http://localhost:8080";
+    in.origin = "http://localhost:8080";
+    cdcdd_dispatch_decide(&in, "POST", "/runs", NULL, &d);
+    EXPECT(d.kind == CDCDD_DISPATCH_ROUTE);
+    /* writes must say JSON: a form or text/plain body is what a foreign page can send */
+    in.origin = NULL;
+    const char *not_json[] = {"text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x",
+                              "application/jsonp", "application/json-seq", NULL};
+    for (int i = 0; not_json[i]; i++) {
+        in.content_type = not_json[i];
+        cdcdd_dispatch_decide(&in, "POST", "/runs", NULL, &d);
+        EXPECTF(d.kind == CDCDD_DISPATCH_BAD_MEDIA_TYPE && !d.route, "Content-Type %s accepted", not_json[i]);
+    }
+    in.content_type = NULL; /* no body and no type: a no-cors fetch can send that */
+    cdcdd_dispatch_decide(&in, "DELETE", "/runs/1", NULL, &d);
+    EXPECT(d.kind == CDCDD_DISPATCH_BAD_MEDIA_TYPE);
+    cdcdd_dispatch_decide(&in, "GET", "/runs/1", NULL, &d); /* reads need no type */
+    EXPECT(d.kind == CDCDD_DISPATCH_ROUTE);
+    in.content_type = "Application/JSON; charset=utf-8";
+    cdcdd_dispatch_decide(&in, "POST", "/runs", NULL, &d);
+    EXPECT(d.kind == CDCDD_DISPATCH_ROUTE);
+    /* the token is checked before the type: no hint to an unauthenticated caller */
+    in = input("s3cret");
+    in.content_type = "text/plain";
+    cdcdd_dispatch_decide(&in, "POST", "/runs", NULL, &d);
+    EXPECT(d.kind == CDCDD_DISPATCH_UNAUTHORIZED);
+}
+
+TEST(test_router_auth_all_and_sessions) {
+    static cdcdd_sessions sessions;
+    cdcdd_dispatch_input in = input("s3cret");
+    cdcdd_dispatch d;
+    in.auth_reads = 1;
+    in.auth_metrics = 1;
+    in.sessions = &sessions;
+    in.now = 1000;
+    cdcdd_dispatch_decide(&in, "GET", "/runs/3", NULL, &d);
+    EXPECT(d.kind == CDCDD_DISPATCH_UNAUTHORIZED && !d.route);
+    cdcdd_dispatch_decide(&in, "GET", "/runs/3/checkpoints/10", "Bearer s3cret", &d);
+    EXPECT(d.kind == CDCDD_DISPATCH_ROUTE);
+    cdcdd_dispatch_decide(&in, "GET", "/health", NULL, &d); /* liveness stays open */
+    EXPECT(d.kind == CDCDD_DISPATCH_ROUTE);
+    cdcdd_dispatch_decide(&in, "GET", "/metrics", NULL, &d);
+    EXPECT(d.kind == CDCDD_DISPATCH_UNAUTHORIZED);
+    in.auth_metrics = 0;
+    cdcdd_dispatch_decide(&in, "GET", "/metrics", NULL, &d);
+    EXPECT(d.kind == CDCDD_DISPATCH_ROUTE);
+    cdcdd_dispatch_decide(&in, "GET", "/index.html", NULL, &d); /* the dashboard's files */
+    EXPECT(d.kind == CDCDD_DISPATCH_FALLBACK);
+    /* a session cookie authenticates reads, not writes, until it expires */
+    char id[2 * CDCDD_SESSION_ID_BYTES + 1], cookie[256];
+    ASSERT(cdcdd_sessions_create(&sessions, 1000, id, sizeof id) == 0);
+    snprintf(cookie, sizeof cookie, "theme=dark; %s=%s", CDCDD_SESSION_COOKIE, id);
+    in.cookie = cookie;
+    cdcdd_dispatch_decide(&in, "GET", "/runs/3", NULL, &d);
+    EXPECT(d.kind == CDCDD_DISPATCH_ROUTE);
+    cdcdd_dispatch_decide(&in, "POST", "/runs", NULL, &d);
+    EXPECT(d.kind == CDCDD_DISPATCH_UNAUTHORIZED);
+    in.now = 1000 + CDCDD_SESSION_LIFETIME_S + 1;
+    cdcdd_dispatch_decide(&in, "GET", "/runs/3", NULL, &d);
+    EXPECT(d.kind == CDCDD_DISPATCH_UNAUTHORIZED);
+    in.now = 1001;
+    id[5] ^= 1; /* a guessed id */
+    snprintf(cookie, sizeof cookie, "%s=%s", CDCDD_SESSION_COOKIE, id);
+    cdcdd_dispatch_decide(&in, "GET", "/runs/3", NULL, &d);
+    EXPECT(d.kind == CDCDD_DISPATCH_UNAUTHORIZED);
+    id[5] ^= 1;
+    snprintf(cookie, sizeof cookie, "%s=%s", CDCDD_SESSION_COOKIE, id);
+    cdcdd_sessions_clear(&sessions); /* the token changed */
+    cdcdd_dispatch_decide(&in, "GET", "/runs/3", NULL, &d);
+    EXPECT(d.kind == CDCDD_DISPATCH_UNAUTHORIZED);
+    /* auth = writes: reads open again */
+    in.auth_reads = 0;
+    in.cookie = NULL;
+    cdcdd_dispatch_decide(&in, "GET", "/runs/3", NULL, &d);
+    EXPECT(d.kind == CDCDD_DISPATCH_ROUTE);
+}
+
 int main(void) {
     RUN(test_router_routes_and_params);
     RUN(test_router_methods);
     RUN(test_router_auth);
     RUN(test_router_shutdown_and_body_limit);
+    RUN(test_router_host_rebinding);
+    RUN(test_router_origin_and_media_type);
+    RUN(test_router_auth_all_and_sessions);
     return test_summary();
 }

@@ -70,7 +70,11 @@ TEST(test_sse_slow_client_is_cut_off) {
         while (cdcdd_sse_read(fast, tmp, sizeof tmp) > 0) {} /* the fast one keeps up */
         sent += sizeof chunk;
     }
-    /* the slow one's queue was dropped and its stream ends at once */
+    /* the slow one's queue was dropped: one last event says why, then the stream ends */
+    ssize_t last = 0;
+    const char *got = drain(slow, &last);
+    EXPECTF(strstr(got, "event: dropped\ndata: {\"reason\":\"too_slow\"") != NULL, "%.200s", got);
+    EXPECT(last == -1);
     EXPECT(cdcdd_sse_read(slow, tmp, sizeof tmp) == -1);
     cdcdd_sse_publish(hub, CDCDD_TOPIC_RUN, 7, "after", "1", 1);
     EXPECT(cdcdd_sse_read(slow, tmp, sizeof tmp) == -1);
@@ -78,6 +82,44 @@ TEST(test_sse_slow_client_is_cut_off) {
     EXPECT(r > 0 && memmem(tmp, (size_t)r, "event: after", 12) != NULL);
     cdcdd_sse_detach(slow);
     cdcdd_sse_detach(fast);
+    cdcdd_sse_hub_free(hub);
+}
+
+/* sse_buffer_budget: the bytes buffered for all clients together are bounded; when a
+ * publish would pass the budget, the client furthest behind is dropped (with a last event
+ * saying why) and the others go on. */
+TEST(test_sse_total_buffer_budget) {
+    cdcdd_sse_hub *hub = cdcdd_sse_hub_new(15.0);
+    cdcdd_sse_set_budget(hub, 256u << 10);
+    fake_conn c1 = {0}, c2 = {0}, c3 = {0};
+    cdcdd_sse_client *behind = cdcdd_sse_attach(hub, CDCDD_TOPIC_RUN, 1, &fake, &c1);
+    cdcdd_sse_client *half = cdcdd_sse_attach(hub, CDCDD_TOPIC_RUN, 1, &fake, &c2);
+    cdcdd_sse_client *fast = cdcdd_sse_attach(hub, CDCDD_TOPIC_RUN, 1, &fake, &c3);
+    static char chunk[16 << 10];
+    memset(chunk, 'y', sizeof chunk);
+    char tmp[1 << 16];
+    int rounds = 0;
+    for (; rounds < 64; rounds++) {
+        cdcdd_sse_publish(hub, CDCDD_TOPIC_RUN, 1, "big", chunk, sizeof chunk);
+        while (cdcdd_sse_read(fast, tmp, sizeof tmp) > 0) {}
+        if (rounds % 2) while (cdcdd_sse_read(half, tmp, sizeof tmp) > 0) {} /* reads every other event */
+        EXPECTF(cdcdd_sse_queued_bytes(hub) <= (256u << 10), "round %d: %zu bytes buffered", rounds,
+                cdcdd_sse_queued_bytes(hub));
+    }
+    /* far below the per-client cut (4 MiB): only the budget can have dropped it */
+    ssize_t last = 0;
+    const char *got = drain(behind, &last);
+    EXPECTF(strstr(got, "event: dropped\ndata: {\"reason\":\"buffer_budget\"") != NULL, "%.200s", got + (strlen(got) > 200 ? strlen(got) - 200 : 0));
+    EXPECT(last == -1);
+    cdcdd_sse_publish(hub, CDCDD_TOPIC_RUN, 1, "after", "1", 1);
+    got = drain(fast, &last);
+    EXPECT(strstr(got, "event: after") != NULL && last == 0);
+    got = drain(half, &last);
+    EXPECT(strstr(got, "event: after") != NULL && strstr(got, "dropped") == NULL);
+    cdcdd_sse_detach(behind);
+    cdcdd_sse_detach(half);
+    cdcdd_sse_detach(fast);
+    EXPECT(cdcdd_sse_queued_bytes(hub) == 0);
     cdcdd_sse_hub_free(hub);
 }
 
@@ -127,6 +169,7 @@ TEST(test_sse_heartbeat_when_due) {
 int main(void) {
     RUN(test_sse_publish_reaches_its_topic_only);
     RUN(test_sse_slow_client_is_cut_off);
+    RUN(test_sse_total_buffer_budget);
     RUN(test_sse_close_topic_and_hub);
     RUN(test_sse_heartbeat_when_due);
     return test_summary();

@@ -18,6 +18,17 @@ export function getToken() {
 }
 export function setToken(t) {
   try { t ? localStorage.setItem(TOKEN_KEY, t) : localStorage.removeItem(TOKEN_KEY); } catch { /* private mode */ }
+  sessionUntil = 0;
+}
+
+// EventSource cannot send an Authorization header, and the token never goes into a URL: with
+// a token set, POST /session first; its HttpOnly, SameSite=Strict cookie authenticates the
+// stream (and any GET) until it expires, a minute before which it is renewed.
+let sessionUntil = 0;
+export async function ensureSession() {
+  if (!getToken() || Date.now() < sessionUntil) return;
+  const s = await json('POST', '/session');
+  sessionUntil = Date.now() + Math.max(0, ((s && s.expires_in) || 0) - 60) * 1000;
 }
 
 function query(params) {
@@ -32,12 +43,11 @@ function query(params) {
 async function request(method, path, body, { signal, accept } = {}) {
   const headers = { Accept: accept || 'application/json' };
   const token = getToken();
-  if (token && method !== 'GET') headers.Authorization = `Bearer ${token}`;
+  if (token) headers.Authorization = `Bearer ${token}`; // reads need it too under auth = all
   let payload;
-  if (body !== undefined) {
-    headers['Content-Type'] = 'application/json';
-    payload = typeof body === 'string' ? body : JSON.stringify(body);
-  }
+  // every write says JSON, with or without a body: the daemon refuses others (CSRF)
+  if (method !== 'GET') headers['Content-Type'] = 'application/json';
+  if (body !== undefined) payload = typeof body === 'string' ? body : JSON.stringify(body);
   let res;
   try {
     res = await fetch(path, { method, headers, body: payload, signal, cache: 'no-store' });
@@ -153,7 +163,13 @@ export class RunEvents {
     this.open();
   }
 
-  open() {
+  async open() {
+    if (this.closed) return;
+    try {
+      await ensureSession();
+    } catch (e) {
+      if (e.status === 401 || e.status === 403) document.dispatchEvent(new CustomEvent('cdcd-auth-needed'));
+    }
     if (this.closed) return;
     const es = (this.es = new EventSource(this.url));
     for (const type of Object.keys(this.handlers).filter((k) => k !== 'reconnected')) {

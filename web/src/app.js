@@ -90,6 +90,7 @@ async function poll() {
       next = Math.min(RETRY_MAX_MS, 1000 * 2 ** (app.failures - 1));
       unreachable(e, next);
     } else {
+      if (e.status === 401) needToken(); // auth = all: reads need the token too
       showBanner([h('strong', {}, `GET /runs failed: ${e.status}`), h('span', {}, e.message)]);
     }
   }
