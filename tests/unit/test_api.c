@@ -110,8 +110,21 @@ TEST(test_json_depth) {
     EXPECT(cdcdd_json_depth(deep, 200, 100) == 100);
 }
 
-/* Found with tests/fuzz/fuzz_daemon_json.c: with max = INT64_MAX, 2^63 passed the range
- * check ((double)INT64_MAX is 2^63) and its conversion to int64_t was undefined. */
+/* Found with tests/fuzz/fuzz_daemon_json.c: the range was checked in doubles, and (double)max
+ * can round up: with max = INT64_MAX, 2^63 passed and its conversion to int64_t was
+ * undefined; with max = INT64_MAX / 2 (POST .../samples "checkpoint"), 2^62 came back. */
+TEST(test_json_get_int_rounded_max) {
+    const char *body = "{\"n\":4611686018427387903}"; /* the double is 2^62 */
+    cJSON *root = NULL;
+    cdcdd_json_error e;
+    ASSERT(cdcdd_json_parse(body, strlen(body), 32, &root, &e) == 1);
+    int64_t v = 7;
+    EXPECT(cdcdd_json_get_int(root, "n", 0, INT64_MAX / 2, &v, &e) == -1);
+    EXPECT(v == 7 && strcmp(e.code, "limit_exceeded") == 0);
+    EXPECT(cdcdd_json_get_int(root, "n", 0, INT64_MAX, &v, &e) == 1 && v == (1ll << 62));
+    cJSON_Delete(root);
+}
+
 TEST(test_json_get_int_full_range) {
     static const char *const bodies[] = {"{\"n\":9223372036854775807}", "{\"n\":9.3e18}",
                                          "{\"n\":-9223372036854775808}", "{\"n\":-1e19}"};
@@ -178,6 +191,7 @@ int main(void) {
     RUN(test_route_match);
     RUN(test_json_depth);
     RUN(test_json_get_int_full_range);
+    RUN(test_json_get_int_rounded_max);
     RUN(test_static_paths_and_mime);
     RUN(test_buf_json);
     return test_summary();
