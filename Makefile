@@ -5,6 +5,7 @@
 #   daemon/*.c + lib    -> bin/cdcdd            (the server); all but main.o also -> $(BUILD)/libcdcdd.a
 #   tests/unit/test_*.c -> $(BUILD)/tests/test_*  (one binary each, run by tests/run.sh)
 #   bench/*.c           -> $(BUILD)/bench/*
+#   tests/fuzz/fuzz_*.c -> build-fuzz/fuzz/fuzz_*  (libFuzzer targets: clang, their own object tree)
 # The layers show in the flags: core/ compiles with -Icore and its own packages only (so a
 # core file that includes a daemon header does not build), bin/cdcd links core's packages
 # only (no libmicrohttpd, SQLite or libuv), and only the daemon sees everything.
@@ -73,7 +74,8 @@ TOOL_BIN := $(TOOL_SRC:tests/tools/%.c=$(BUILD)/tests/tools/%)
 LIB := $(BUILD)/libcdcd.a
 DAEMON_LIB := $(BUILD)/libcdcdd.a
 
-.PHONY: all deps deps-build data run test unit-tests bench soak clean install uninstall web check-deps
+.PHONY: all deps deps-build data run test unit-tests bench soak clean install uninstall web check-deps \
+  fuzz fuzz-bins
 all: $(BIN)/cdcd $(BIN)/cdcdd web
 
 # Everything: build, run, tests and benchmarks (PyTorch, Chromium, wrk...).
@@ -137,6 +139,37 @@ $(BUILD)/tests/tools/%: tests/tools/%.c $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CORE_CFLAGS) -Itests/unit -o $@ $< $(LIB) $(LDFLAGS) $(CORE_LDLIBS)
 
+# libFuzzer targets, one per parser of untrusted input (tests/fuzz/run.sh says which). core/ and daemon/ are
+# rebuilt with clang, coverage instrumentation, ASan and UBSan into $(FUZZ_BUILD) (never mixed
+# with the gcc objects of build/); each target links both archives, and libFuzzer's main.
+# `make fuzz` runs every target for FUZZ_SECONDS on a working copy of its seed corpus
+# (tests/fuzz/corpus/<target>/); FUZZ_TARGETS="fuzz_ckpt fuzz_tokenizer" picks some.
+FUZZ_BUILD ?= build-fuzz
+FUZZ_CC ?= clang
+FUZZ_SAN := -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined
+FUZZ_SECONDS ?= 600
+FUZZ_TARGETS ?=
+FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_BIN := $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/fuzz/%)
+
+$(BUILD)/fuzz/%: tests/fuzz/%.c tests/fuzz/fuzz.h $(DAEMON_LIB) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(DAEMON_CFLAGS) -Itests/fuzz -fsanitize=fuzzer -o $@ $< $(DAEMON_LIB) $(LIB) $(LDFLAGS) \
+	  $(DAEMON_LDLIBS)
+
+# The binary seeds (token files, checkpoints, schedules) are written by the project's own
+# writers: $(FUZZ_BUILD)/fuzz/make_corpus tests/fuzz/corpus
+$(BUILD)/fuzz/make_corpus: tests/fuzz/make_corpus.c $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CORE_CFLAGS) -o $@ $< $(LIB) $(LDFLAGS) $(CORE_LDLIBS)
+
+fuzz-bins:
+	@$(MAKE) --no-print-directory BUILD=$(FUZZ_BUILD) CC=$(FUZZ_CC) OPT=-O1 SAN="$(FUZZ_SAN)" \
+	  $(FUZZ_SRC:tests/fuzz/%.c=$(FUZZ_BUILD)/fuzz/%) $(FUZZ_BUILD)/fuzz/make_corpus
+
+fuzz: fuzz-bins
+	@FUZZ_BUILD=$(FUZZ_BUILD) tests/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
 unit-tests: $(TEST_BIN) $(TOOL_BIN)
 bench-bins: $(BENCH_BIN)
 
@@ -180,7 +213,7 @@ uninstall:
 	@CDCD_BIN=$(BIN) scripts/install.sh --uninstall "$(DESTDIR)" "$(PREFIX)"
 
 clean:
-	rm -rf $(BUILD) build-asan $(BIN) web/dist
+	rm -rf $(BUILD) build-asan $(FUZZ_BUILD) $(BIN) web/dist
 
 -include $(CORE_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(DAEMON_OBJ:.o=.d) $(TEST_BIN:=.d) $(BENCH_BIN:=.d) \
-  $(TOOL_BIN:=.d)
+  $(TOOL_BIN:=.d) $(FUZZ_BIN:=.d)

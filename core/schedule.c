@@ -833,7 +833,8 @@ int cdcd_schedule_timesteps(const cdcd_schedule *s, int n_steps, double *out) {
      * the second pass cannot undo the first). */
     for (int k = 1; k < n; k++) out[k] = fmin(out[k], out[k - 1] - gap);
     for (int k = n - 1; k >= 1; k--) out[k] = fmax(out[k], l_lo + (n - k) * gap);
-    for (int k = 1; k < n; k++) out[k] = exp(out[k]);
+    /* exp(log(x)) is off by a few ulps: in a range narrower than that, clamp (monotone) */
+    for (int k = 1; k < n; k++) out[k] = clampd(exp(out[k]), s->tmin, s->tmax);
     out[0] = s->tmax;
     out[n] = s->tmin;
     return 0;

@@ -84,8 +84,12 @@ int cdcdd_json_get_int(const cJSON *obj, const char *key, int64_t min, int64_t m
     if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) || !isfinite(v->valuedouble))
         return fail(e, "invalid_type", key, "%s must be an integer", key);
     double d = v->valuedouble;
-    if (d < (double)min || d > (double)max)
-        return fail(e, d > (double)max ? "limit_exceeded" : "out_of_range", key, "%s must be between %lld and %lld",
+    /* Compared as integers: (double)max may round up (INT64_MAX / 2 to 2^62, INT64_MAX to 2^63,
+     * which int64_t cannot hold). d is integral here, so the conversion is exact in range. */
+    int above = d >= 0x1p63 || (d >= -0x1p63 && (int64_t)d > max);
+    int below = !above && (d < -0x1p63 || (int64_t)d < min);
+    if (above || below)
+        return fail(e, above ? "limit_exceeded" : "out_of_range", key, "%s must be between %lld and %lld",
                     key, (long long)min, (long long)max);
     *out = (int64_t)d;
     return 1;

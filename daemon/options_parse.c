@@ -73,6 +73,10 @@ int cdcdd_parse_listen(const char *v, char *host, size_t hostlen, int *port) {
         }
     }
     if (hn >= hostlen) return -1;
+    /* a host name or address literal (with an IPv6 zone): no brackets, spaces or quotes,
+     * which could not be written back as HOST:PORT */
+    for (size_t i = 0; i < hn; i++)
+        if (!isalnum((unsigned char)h[i]) && !strchr(".-_:%", h[i])) return -1;
     if (p) {
         int64_t x;
         if (cdcdd_parse_i64(p, &x) < 0 || x < 0 || x > 65535) return -1;

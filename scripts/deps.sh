@@ -17,12 +17,13 @@ BUILD_PKGS=(
   nodejs npm
 )
 # Tests and benchmarks: PyTorch (parity test), Chromium (dashboard test), systemd (unit-file test), wrk,
-# jq, the sanitizer runtime, and the sqlite3 shell.
+# jq, the sanitizer runtime, clang with libFuzzer (the fuzz targets in tests/fuzz/; libFuzzer is in
+# libclang-rt-14-dev), and the sqlite3 shell.
 TEST_PKGS=(
   python3 python3-torch python3-numpy
   chromium
   systemd wrk jq sqlite3
-  libclang-rt-14-dev
+  clang libclang-rt-14-dev
 )
 
 want=("${BUILD_PKGS[@]}")

@@ -5,12 +5,17 @@
 #   3. integration tests (tests/integration/test_*.sh and test_*.py): daemon over HTTP, CLI,
 #      PyTorch parity, systemd, browser
 #   4. the daemon's integration tests (test_daemon_*.py) against cdcdd built with ASan+UBSan
+#   5. fuzz: the libFuzzer targets (tests/fuzz/fuzz_*.c, built with clang into build-fuzz/),
+#      each for FUZZ_TEST_SECONDS (default 15) on its seed corpus, one PASS/FAIL line each; a
+#      crash's input is kept under tests/artifacts/fuzz/<target>/. SKIP when clang or
+#      libFuzzer is missing (scripts/deps.sh installs them).
 # Each family prints PASS/FAIL/SKIP lines ("SKIP name: reason": a check that could not be made
 # here, e.g. missing data or a quality check the sanitizer pass cannot make); a binary or
 # script that crashes counts as one failure, one that exits 0 with only SKIPs is fine. The
 # failures, then the skips with their reasons, are listed before the summary, and each family
 # ends with its wall time ("== unit tests: 42 s").
-# Options (environment): TESTS_ONLY=unit|asan|integration|asan-daemon, TEST_FILTER=substring.
+# Options (environment): TESTS_ONLY=unit|asan|integration|asan-daemon|fuzz, TEST_FILTER=substring,
+# FUZZ_TEST_SECONDS=N.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -139,6 +144,36 @@ if want asan-daemon; then
         tail -20 "$ART/asan-daemon-build.log"
     fi
     family_end "daemon integration tests under ASan+UBSan"
+fi
+
+if want fuzz; then
+    family_start "fuzz targets"
+    fuzz_secs=${FUZZ_TEST_SECONDS:-15}
+    probe=$(mktemp -d)
+    printf 'int LLVMFuzzerTestOneInput(const unsigned char *d, unsigned long n) { return 0; }\n' \
+        >"$probe/p.c"
+    if ! command -v "${FUZZ_CC:-clang}" >/dev/null 2>&1; then
+        echo "SKIP fuzz: ${FUZZ_CC:-clang} is not installed (scripts/deps.sh)" | tee "$ART/fuzz-skip.log"
+        count_output "fuzz" "$ART/fuzz-skip.log" 0
+    elif ! "${FUZZ_CC:-clang}" -fsanitize=fuzzer,address,undefined "$probe/p.c" -o "$probe/p" \
+        >"$ART/fuzz-probe.log" 2>&1; then
+        echo "SKIP fuzz: ${FUZZ_CC:-clang} cannot link libFuzzer (libclang-rt-14-dev; see" \
+            "tests/artifacts/fuzz-probe.log)" | tee "$ART/fuzz-skip.log"
+        count_output "fuzz" "$ART/fuzz-skip.log" 0
+    elif make --no-print-directory -s -j2 fuzz-bins >"$ART/fuzz-build.log" 2>&1; then
+        echo "(fuzz build: $((SECONDS - family_t0)) s, included in the family's time)"
+        for f in tests/fuzz/fuzz_*.c; do
+            n=$(basename "$f" .c)
+            match "$n" || continue
+            run_one "fuzz/$n" tests/fuzz/run.sh "$fuzz_secs" "$n"
+            grep -h '^PASS ' "$ART/fuzz_$n.log" 2>/dev/null | sed 's/^/    /'
+        done
+    else
+        failed=$((failed + 1)); failed_names+=("fuzz: build failed (see tests/artifacts/fuzz-build.log)")
+        tail -20 "$ART/fuzz-build.log"
+    fi
+    rm -rf "$probe"
+    family_end "fuzz targets"
 fi
 
 echo

@@ -110,6 +110,37 @@ TEST(test_json_depth) {
     EXPECT(cdcdd_json_depth(deep, 200, 100) == 100);
 }
 
+/* Found with tests/fuzz/fuzz_daemon_json.c: the range was checked in doubles, and (double)max
+ * can round up: with max = INT64_MAX, 2^63 passed and its conversion to int64_t was
+ * undefined; with max = INT64_MAX / 2 (POST .../samples "checkpoint"), 2^62 came back. */
+TEST(test_json_get_int_rounded_max) {
+    const char *body = "{\"n\":4611686018427387903}"; /* the double is 2^62 */
+    cJSON *root = NULL;
+    cdcdd_json_error e;
+    ASSERT(cdcdd_json_parse(body, strlen(body), 32, &root, &e) == 1);
+    int64_t v = 7;
+    EXPECT(cdcdd_json_get_int(root, "n", 0, INT64_MAX / 2, &v, &e) == -1);
+    EXPECT(v == 7 && strcmp(e.code, "limit_exceeded") == 0);
+    EXPECT(cdcdd_json_get_int(root, "n", 0, INT64_MAX, &v, &e) == 1 && v == (1ll << 62));
+    cJSON_Delete(root);
+}
+
+TEST(test_json_get_int_full_range) {
+    static const char *const bodies[] = {"{\"n\":9223372036854775807}", "{\"n\":9.3e18}",
+                                         "{\"n\":-9223372036854775808}", "{\"n\":-1e19}"};
+    static const int want[] = {-1, -1, 1, -1};
+    for (int i = 0; i < 4; i++) {
+        cJSON *root = NULL;
+        cdcdd_json_error e;
+        ASSERT(cdcdd_json_parse(bodies[i], strlen(bodies[i]), 32, &root, &e) == 1);
+        int64_t v = 7;
+        EXPECT(cdcdd_json_get_int(root, "n", INT64_MIN, INT64_MAX, &v, &e) == want[i]);
+        if (want[i] == 1) EXPECT(v == INT64_MIN);
+        if (want[i] == -1) EXPECT(v == 7 && strcmp(e.code, i < 2 ? "limit_exceeded" : "out_of_range") == 0);
+        cJSON_Delete(root);
+    }
+}
+
 TEST(test_static_paths_and_mime) {
     EXPECT(cdcdd_static_path_ok("/"));
     EXPECT(cdcdd_static_path_ok("/index.html"));
@@ -159,6 +190,8 @@ int main(void) {
     RUN(test_openapi_matches_routes);
     RUN(test_route_match);
     RUN(test_json_depth);
+    RUN(test_json_get_int_full_range);
+    RUN(test_json_get_int_rounded_max);
     RUN(test_static_paths_and_mime);
     RUN(test_buf_json);
     return test_summary();

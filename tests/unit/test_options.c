@@ -201,6 +201,10 @@ TEST(test_options_bad_values) {
     EXPECT_ERROR("--port: 70000 is out of range", "--port", "70000");
     EXPECT_ERROR("--listen", "--listen", "127.0.0.1:http");
     EXPECT_ERROR("--listen", "--listen", "[::1");
+    /* found by fuzz_options: a "bare IPv6" host with brackets dumped as "[$[:=$[:  ]]:8080",
+     * which did not load back (tests/fuzz/corpus/fuzz_options/listen-brackets) */
+    EXPECT_ERROR("--listen", "--listen", "$[:=$[:  ]");
+    EXPECT_ERROR("--listen", "--listen", "a b:80");
     EXPECT_ERROR("--max-body-bytes", "--max-body-bytes", "12Q");
     EXPECT_ERROR("out of range", "--max-body-bytes", "10");
     EXPECT_ERROR("--log-level", "--log-level", "loud");

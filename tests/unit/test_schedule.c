@@ -669,6 +669,27 @@ TEST(test_serialise_round_trip_and_corruption) {
     }
 }
 
+/* Found by tests/fuzz/fuzz_schedule.c: a (checkpoint) schedule whose range is narrower than
+ * the rounding of exp(log(sigma)) gave interior timesteps outside [tmin, tmax]. */
+TEST(test_timesteps_stay_in_a_tiny_range) {
+    const double ranges[][2] = {{1.7669274407116413e-284, 1.766927440712025e-284},
+                                {1e300, 1.0000000000001e300},
+                                {1.0, 1.0 + 1e-15}};
+    for (int kind = 0; kind < 2; kind++)
+        for (size_t r = 0; r < sizeof ranges / sizeof ranges[0]; r++) {
+            cdcd_schedule s;
+            ASSERT(cdcd_schedule_init(&s, kind, ranges[r][0], ranges[r][1]) == 0);
+            enum { N = 16 };
+            double ts[N + 1];
+            ASSERT(cdcd_schedule_timesteps(&s, N, ts) == 0);
+            EXPECT(ts[0] == s.tmax && ts[N] == s.tmin);
+            for (int k = 1; k <= N; k++) {
+                EXPECT(ts[k] >= s.tmin && ts[k] <= s.tmax);
+                EXPECT(ts[k] <= ts[k - 1]);
+            }
+        }
+}
+
 TEST(test_init_and_names) {
     cdcd_schedule s;
     EXPECT(cdcd_schedule_init(&s, CDCD_SCHEDULE_CAUCHY, 0.0, 1.0) == -1);
@@ -765,6 +786,7 @@ int main(void) {
     RUN(test_pwl_refit_from_warped_samples);
     RUN(test_pwl_importance_weights_applied);
     RUN(test_serialise_round_trip_and_corruption);
+    RUN(test_timesteps_stay_in_a_tiny_range);
     RUN(test_init_and_names);
     RUN(test_refit_loop_converges);
     return test_summary();
