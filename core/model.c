@@ -311,6 +311,7 @@ struct cdcd_model {
     int split;                   /* 1 inside inference: one BLAS thread, tiles on the pool */
     int trainable;               /* 0: created with CDCD_MODEL_INFERENCE (no grads, Adam) */
     cdcd_pool *pool;
+    cdcd_blas_user *blas;        /* this model's demand in the process's BLAS thread policy */
     size_t other_bytes;
     /* current call */
     int B, T;
@@ -631,7 +632,8 @@ cdcd_model *cdcd_model_create_ex(const cdcd_model_config *c, int max_batch, int 
 
     m->pool = cdcd_pool_create(n_threads);
     if (!m->pool) goto oom;
-    cdcd_blas_set_threads(n_threads);
+    /* blas.h: the count is the largest demand of the live models, never lowered for us */
+    m->blas = cdcd_blas_user_add(m->trainable ? n_threads : 1);
 
     m->other_bytes = (size_t)m->n_tensors * sizeof *m->table +
                      (size_t)m->n_segs * (sizeof *m->segs + sizeof *m->seg_partial) +
@@ -650,6 +652,7 @@ oom:
 void cdcd_model_free(cdcd_model *m) {
     if (!m) return;
     cdcd_pool_free(m->pool);
+    cdcd_blas_user_remove(m->blas);
     free(m->params);
     free(m->grads);
     free(m->adam_m);
@@ -728,13 +731,14 @@ static void compute_etab(cdcd_model *m) {
  * over its own threads costs more than it gains, and its spinning workers compete with
  * the pool for the cores (docs/performance.md has the profiles). */
 static void split_begin(cdcd_model *m) {
-    if (m->n_threads > 1) cdcd_blas_set_threads(1);
+    /* One BLAS thread only if no other live model needs more (blas.h: the policy) */
+    if (m->trainable && m->n_threads > 1) cdcd_blas_user_demand(m->blas, 1);
     m->split = 1;
 }
 
 static void split_end(cdcd_model *m) {
     m->split = 0;
-    if (m->n_threads > 1) cdcd_blas_set_threads(m->n_threads);
+    if (m->trainable && m->n_threads > 1) cdcd_blas_user_demand(m->blas, m->n_threads);
 }
 
 static void linear_fwd(cdcd_model *m, float *out, const float *in, const float *w,
