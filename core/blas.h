@@ -33,7 +33,7 @@ int cdcd_blas_threads(void);
  * control), so a model must never set it to what only it wants: a model that lowered it
  * (inference "split mode" wants 1: its products are tiled on the model's own pool) would
  * silently drop a model that trains in another thread of the same process (cdcdd) to one
- * BLAS thread, and one that raised it would oversubscribe the cores of the other.
+ * BLAS thread.
  *
  * Policy: every live model registers a demand. The global count is the largest demand
  * over the live models, so it is never lowered below what any model asked for. A model's
@@ -43,7 +43,12 @@ int cdcd_blas_threads(void);
  * only when no other live model needs more; otherwise its tiles run with the higher
  * count, which is slower (OpenBLAS serialises concurrent threaded calls) but gives the
  * same results (each output element is summed in the same order whatever the tiling and
- * the thread count) and leaves the other model's speed alone. Thread-safe. */
+ * the thread count) and leaves the other model's speed alone. The price: a model asking for
+ * fewer threads than another live one gets the larger count for its untiled products.
+ * Rejected alternatives: pinning BLAS to 1 thread and tiling every training product on the
+ * pools (costs the shared packed panels of OpenBLAS's own threading in the large training
+ * products), and a second, single-threaded BLAS instance (dlmopen; fragile).
+ * tests/unit/test_model_threads.c drives a trainer and a sampler from two threads. */
 typedef struct cdcd_blas_user cdcd_blas_user;
 /* Registers a model wanting `threads` (>= 1) BLAS threads; `demand` is its demand now
  * (threads, or 1). NULL when out of memory (the policy then ignores this model). */
