@@ -2,6 +2,7 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +18,63 @@
 const char *cdcd_blas_core_name(void) { return openblas_get_corename(); }
 
 void cdcd_blas_set_threads(int n) { openblas_set_num_threads(n > 0 ? n : 1); }
+
+int cdcd_blas_threads(void) { return openblas_get_num_threads(); }
+
+/* ---- the thread policy (blas.h): a list of live users and their demands, under a lock */
+
+struct cdcd_blas_user {
+    int demand;
+    struct cdcd_blas_user *next;
+};
+
+static pthread_mutex_t policy_lock = PTHREAD_MUTEX_INITIALIZER;
+static cdcd_blas_user *policy_users;
+
+/* Caller holds policy_lock. Sets the global count to the largest demand; with no user
+ * left, the count stays where it is (nothing calls BLAS through a model any more). */
+static void policy_apply_locked(void) {
+    int want = 0;
+    for (cdcd_blas_user *u = policy_users; u; u = u->next)
+        if (u->demand > want) want = u->demand;
+    if (want >= 1 && want != openblas_get_num_threads()) openblas_set_num_threads(want);
+}
+
+cdcd_blas_user *cdcd_blas_user_add(int demand) {
+    cdcd_blas_user *u = calloc(1, sizeof *u);
+    if (!u) return NULL;
+    u->demand = demand > 0 ? demand : 1;
+    pthread_mutex_lock(&policy_lock);
+    u->next = policy_users;
+    policy_users = u;
+    policy_apply_locked();
+    pthread_mutex_unlock(&policy_lock);
+    return u;
+}
+
+void cdcd_blas_user_demand(cdcd_blas_user *u, int demand) {
+    if (!u) return;
+    demand = demand > 0 ? demand : 1;
+    pthread_mutex_lock(&policy_lock);
+    if (u->demand != demand) {
+        u->demand = demand;
+        policy_apply_locked();
+    }
+    pthread_mutex_unlock(&policy_lock);
+}
+
+void cdcd_blas_user_remove(cdcd_blas_user *u) {
+    if (!u) return;
+    pthread_mutex_lock(&policy_lock);
+    for (cdcd_blas_user **pp = &policy_users; *pp; pp = &(*pp)->next)
+        if (*pp == u) {
+            *pp = u->next;
+            break;
+        }
+    policy_apply_locked();
+    pthread_mutex_unlock(&policy_lock);
+    free(u);
+}
 
 static int generic_core(const char *name) {
     static const char *const generic[] = {"Prescott", "Core2", "Penryn", "Dunnington", "Nehalem",

@@ -1,6 +1,8 @@
-/* The CDCD diffusion transformer (docs/model.md): parameters, activations, forward,
- * backward, inference and AdamW. Layers are the plain functions of ops.c; this file owns
- * the memory layout and the order of operations. */
+/* The CDCD diffusion transformer (docs/model.md): create / free, the copy calls, forward,
+ * backward, inference and the optimiser step. The configuration and parameter table are
+ * model_config.c, the memory layout model_layout.c (both from the tables in
+ * model_internal.h); memory and the optimiser ops go through the backend (backend.h). The
+ * forward / backward kernels below still run on the CPU (ops.c on the model's pool). */
 #if defined(__GNUC__) && !defined(__clang__)
 /* no-trapping-math lets GCC if-convert the selects in GELU/exp loops (we never trap on
  * FP exceptions); without it those loops stay scalar and GELU costs a third of a step. */
@@ -8,6 +10,7 @@
 #endif
 
 #include "model.h"
+#include "model_internal.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -22,507 +25,25 @@
 #include "ops.h"
 #include "threadpool.h"
 
-#define CE_CHUNK_ROWS 256       /* rows of logits held at once: memory O(CE_CHUNK_ROWS * V) */
-#define ROW_GRAIN 32            /* rows per pool task for O(D) row work */
-/* The inference head splits the vocabulary into at most this many fixed blocks, one pool
- * task each (one BLAS thread): a block's logits tile and weights stay in L2 from the
- * logits product to the x0 product, and no thread waits on another within a chunk.
- * 64 (480 columns for BERT's vocabulary: a 0.5-1 MB weight slice for d_model 256-512)
- * measured ~10% faster than 32 here, and divides evenly among 1, 2, 4, ... 64 threads. */
-#define HEAD_VOCAB_BLOCKS 64
-#define HEAD_TILE_ROWS 128      /* rows of one block's logits tile */
-#define HEAD_CHUNK_ROWS 1024    /* rows per head pass (per-block partial sums are kept) */
-#define VOCAB_GRAIN 256         /* embedding-table rows per pool task */
-#define ADAM_SEGMENT 65536      /* floats per AdamW / grad-norm task */
-#define FOURIER_MAX_FREQ 100.0  /* frequencies 1 .. 100, log-spaced */
-#define CLIP_EPS 1e-6           /* torch.nn.utils.clip_grad_norm_: max_norm / (norm + 1e-6) */
-#define TENSORS_FIXED 11        /* emb, in_w, in_b, 4 time, 2 final_ada, head_w, head_b */
-#define TENSORS_PER_LAYER 10
-
-/* ================================================================ config */
-
-static const struct {
-    const char *name;
-    int d_emb, d_model, n_heads, n_layers, cond_dim;
-} PRESETS[] = {
-    {"tiny", 16, 256, 4, 4, 64}, /* d_emb 16: docs/quality.md, screen 2 */
-    {"small", 64, 512, 8, 8, 128},
-    {"base", 256, 1024, 16, 8, 128},
-    {"seed100m", 256, 768, 12, 9, 128},
-};
-
-void cdcd_model_config_default(cdcd_model_config *out) {
-    memset(out, 0, sizeof *out);
-    out->vocab_size = 30522;
-    out->d_emb = 64;
-    out->d_model = 256;
-    out->n_heads = 4;
-    out->n_layers = 4;
-    out->cond_dim = 64;
-    out->max_seq_len = 128;
-    out->head = CDCD_HEAD_LOGITS;
-    out->cond_channels = 1;
-    out->self_cond = 0;
-    out->emb_init_std = 0.001f;
-    out->init_std = 0.02f;
-}
-
-int cdcd_model_preset(const char *name, cdcd_model_config *out) {
-    if (!name) return -1;
-    for (size_t i = 0; i < CDCD_ARRAY_LEN(PRESETS); i++) {
-        if (strcmp(name, PRESETS[i].name) != 0) continue;
-        cdcd_model_config_default(out);
-        out->d_emb = PRESETS[i].d_emb;
-        out->d_model = PRESETS[i].d_model;
-        out->n_heads = PRESETS[i].n_heads;
-        out->n_layers = PRESETS[i].n_layers;
-        out->cond_dim = PRESETS[i].cond_dim;
-        return 0;
-    }
-    return -1;
-}
-
-#define BAD(field_, ...)                          \
-    do {                                          \
-        if (bad_field) *bad_field = (field_);     \
-        if (msg && msglen) snprintf(msg, msglen, __VA_ARGS__); \
-        return -1;                                \
-    } while (0)
-
-int cdcd_model_config_validate(const cdcd_model_config *c, const char **bad_field, char *msg,
-                               size_t msglen) {
-    if (bad_field) *bad_field = NULL;
-    if (msg && msglen) msg[0] = '\0';
-    if (!c) BAD("", "no config");
-    if (c->vocab_size < 2 || c->vocab_size > CDCD_MODEL_MAX_VOCAB)
-        BAD("vocab_size", "vocab_size must be in [2, %d], got %d", CDCD_MODEL_MAX_VOCAB,
-            c->vocab_size);
-    if (c->d_emb < 1 || c->d_emb > CDCD_MODEL_MAX_DIM)
-        BAD("d_emb", "d_emb must be in [1, %d], got %d", CDCD_MODEL_MAX_DIM, c->d_emb);
-    if (c->d_model < 2 || c->d_model > CDCD_MODEL_MAX_DIM)
-        BAD("d_model", "d_model must be in [2, %d], got %d", CDCD_MODEL_MAX_DIM, c->d_model);
-    if (c->n_heads < 1 || c->n_heads > c->d_model)
-        BAD("n_heads", "n_heads must be in [1, d_model], got %d", c->n_heads);
-    if (c->d_model % c->n_heads != 0)
-        BAD("d_model", "d_model (%d) is not divisible by n_heads (%d)", c->d_model, c->n_heads);
-    if ((c->d_model / c->n_heads) % 2 != 0)
-        BAD("n_heads", "head dimension d_model/n_heads = %d must be even (RoPE rotates pairs)",
-            c->d_model / c->n_heads);
-    if (c->n_layers < 1 || c->n_layers > CDCD_MODEL_MAX_LAYERS)
-        BAD("n_layers", "n_layers must be in [1, %d], got %d", CDCD_MODEL_MAX_LAYERS,
-            c->n_layers);
-    if (c->cond_dim < 4 || c->cond_dim > CDCD_MODEL_MAX_DIM || c->cond_dim % 2 != 0)
-        BAD("cond_dim", "cond_dim must be even and in [4, %d] (sin/cos pairs), got %d",
-            CDCD_MODEL_MAX_DIM, c->cond_dim);
-    if (c->max_seq_len < 2 || c->max_seq_len > CDCD_MODEL_MAX_SEQ)
-        BAD("max_seq_len", "max_seq_len must be in [2, %d], got %d", CDCD_MODEL_MAX_SEQ,
-            c->max_seq_len);
-    if (c->head != CDCD_HEAD_LOGITS && c->head != CDCD_HEAD_EMBEDDING)
-        BAD("head", "head must be \"logits\" or \"embedding\"");
-    if (c->cond_channels != 0 && c->cond_channels != 1)
-        BAD("cond_channels", "cond_channels must be 0 or 1");
-    if (c->self_cond != 0 && c->self_cond != 1) BAD("self_cond", "self_cond must be 0 or 1");
-    if (c->output_prior != 0 && c->output_prior != 1)
-        BAD("output_prior", "output_prior must be 0 or 1");
-    if (c->output_prior && c->head != CDCD_HEAD_LOGITS)
-        BAD("output_prior", "output_prior needs the logits head");
-    if (!(c->emb_init_std > 0.0f) || !isfinite(c->emb_init_std))
-        BAD("emb_init_std", "emb_init_std must be a positive number");
-    if (!(c->init_std >= 0.0f) || !isfinite(c->init_std))
-        BAD("init_std", "init_std must be a non-negative number");
-    return 0;
-}
-#undef BAD
-
-int cdcd_model_in_dim(const cdcd_model_config *c) {
-    return c->d_emb + (c->cond_channels ? c->d_emb + 1 : 0) + (c->self_cond ? c->d_emb : 0);
-}
-
-/* ================================================================ parameter table */
-
-static void set_info(cdcd_param_info *t, const char *name, int rows, int cols, int decay,
-                     size_t *offset) {
-    snprintf(t->name, sizeof t->name, "%s", name);
-    t->offset = *offset;
-    t->ndim = cols > 0 ? 2 : 1;
-    t->shape[0] = rows;
-    t->shape[1] = cols > 0 ? cols : 0;
-    t->numel = (size_t)rows * (size_t)(cols > 0 ? cols : 1);
-    t->decay = decay;
-    *offset += t->numel;
-}
-
-int cdcd_model_param_table(const cdcd_model_config *c, cdcd_param_info *out, int cap) {
-    if (cdcd_model_config_validate(c, NULL, NULL, 0) != 0) return -1;
-    int V = c->vocab_size, E = c->d_emb, D = c->d_model, C = c->cond_dim;
-    int n = TENSORS_FIXED + TENSORS_PER_LAYER * c->n_layers;
-    if (!out) return n;
-    cdcd_param_info all[TENSORS_FIXED + TENSORS_PER_LAYER * CDCD_MODEL_MAX_LAYERS];
-    size_t off = 0;
-    int i = 0;
-    char name[CDCD_MODEL_NAME_LEN];
-    set_info(&all[i++], "emb", V, E, 0, &off);
-    set_info(&all[i++], "in_w", D, cdcd_model_in_dim(c), 1, &off);
-    set_info(&all[i++], "in_b", D, 0, 0, &off);
-    /* docs/model.md: decay on names ending in "_w"; time_w1/time_w2 literally do not */
-    set_info(&all[i++], "time_w1", C, C, 0, &off);
-    set_info(&all[i++], "time_b1", C, 0, 0, &off);
-    set_info(&all[i++], "time_w2", C, C, 0, &off);
-    set_info(&all[i++], "time_b2", C, 0, 0, &off);
-    static const struct {
-        const char *suffix;
-        int rows_mul, cols; /* cols: 0 = vector, 1 = C, 2 = D, 3 = 4D, -1 = scalar */
-        int decay;
-    } LAYER[TENSORS_PER_LAYER] = {
-        {"ada_w", 6, 1, 1},  {"ada_b", 6, 0, 0},  {"qkv_w", 3, 2, 1}, {"attn_scale", 0, -1, 0},
-        {"proj_w", 1, 2, 1}, {"proj_b", 1, 0, 0}, {"fc1_w", 4, 2, 1}, {"fc1_b", 4, 0, 0},
-        {"fc2_w", 1, 3, 1},  {"fc2_b", 1, 0, 0},
-    };
-    for (int l = 0; l < c->n_layers; l++)
-        for (int k = 0; k < TENSORS_PER_LAYER; k++) {
-            snprintf(name, sizeof name, "blocks.%d.%s", l, LAYER[k].suffix);
-            int rows = LAYER[k].cols == -1 ? 1 : LAYER[k].rows_mul * D;
-            int cols = LAYER[k].cols == 1 ? C : LAYER[k].cols == 2 ? D : LAYER[k].cols == 3 ? 4 * D : 0;
-            set_info(&all[i++], name, rows, cols, LAYER[k].decay, &off);
-        }
-    set_info(&all[i++], "final_ada_w", 2 * D, C, 1, &off);
-    set_info(&all[i++], "final_ada_b", 2 * D, 0, 0, &off);
-    int head_out = c->head == CDCD_HEAD_LOGITS ? V : E;
-    set_info(&all[i++], "head_w", head_out, D, 1, &off);
-    set_info(&all[i++], "head_b", head_out, 0, 0, &off);
-    for (int k = 0; k < n && k < cap; k++) out[k] = all[k];
-    return n;
-}
-
-size_t cdcd_model_num_params(const cdcd_model_config *c) {
-    cdcd_param_info t[TENSORS_FIXED + TENSORS_PER_LAYER * CDCD_MODEL_MAX_LAYERS];
-    int n = cdcd_model_param_table(c, t, (int)CDCD_ARRAY_LEN(t));
-    if (n <= 0) return 0;
-    return t[n - 1].offset + t[n - 1].numel;
-}
-
-/* ================================================================ model structures */
-
-typedef struct {
-    float *ada_w, *ada_b, *qkv_w, *attn_scale, *proj_w, *proj_b, *fc1_w, *fc1_b, *fc2_w, *fc2_b;
-} block_ptrs;
-
-typedef struct {
-    float *emb, *in_w, *in_b, *time_w1, *time_b1, *time_w2, *time_b2;
-    block_ptrs *blocks; /* (L) */
-    float *final_ada_w, *final_ada_b, *head_w, *head_b;
-} param_ptrs;
-
-/* Saved per-layer activations. N = B*T rows. */
-typedef struct {
-    float *mod;                 /* (B,6D) shift_a scale_a gate_a shift_m scale_m gate_m */
-    float *h_in;                /* (N,D) residual stream entering the block */
-    float *ln1_mean, *ln1_rstd; /* (N) */
-    float *qkv;                 /* (N,3D) */
-    float *qk_norm;             /* (N,2H) |q| then |k| per head */
-    float *P;                   /* (B,H,T,T) attention probabilities */
-    float *o;                   /* (N,D) attention output before proj */
-    float *attn_out;            /* (N,D) after proj */
-    float *ln2_mean, *ln2_rstd; /* (N) */
-    float *u;                   /* (N,4D) fc1 output (GELU(u) is recomputed, not kept) */
-    float *mlp_out;             /* (N,D) */
-} layer_acts;
-
-typedef struct {
-    /* inputs and saved activations */
-    float *x;                   /* (N,E) noisy input e + sigma * eps */
-    float *chan;                /* (N,in_dim) concatenated input channels */
-    float *sigma;               /* (B) */
-    float *fourier;             /* (B,C) */
-    float *t_pre1, *t_g1;       /* (B,C) time MLP hidden, before / after GELU */
-    float *temb;                /* (B,C) */
-    float *c;                   /* (B,C) SiLU(temb), the adaLN conditioning */
-    layer_acts *layers;         /* (L) */
-    float *h_final;             /* (N,D) residual after the last block */
-    float *lnf_mean, *lnf_rstd; /* (N) */
-    float *fmod;                /* (B,2D) final shift, scale */
-    float *z;                   /* (N,D) head input */
-    float *F;                   /* (N,E) embedding head output; reused for dF */
-    float *Dx;                  /* (N,E) embedding head c_skip x + c_out F */
-    float *etab;                /* (V,E) unit embeddings */
-    float *enorm;               /* (V) |Emb_j| */
-    /* scratch */
-    float *dh;                  /* (N,D) residual-stream gradient */
-    float *dtmp;                /* (N,D) */
-    float *dout_attn;           /* (N,D) gradient of o */
-    float *a_s;                 /* (N,D) recomputed adaLN outputs */
-    float *hmid_s;              /* (N,D) recomputed mid-block residual */
-    float *qk_s;                /* (N,2D) normalised, rotated q and k */
-    float *dqk;                 /* (N,2D) */
-    float *dqkv;                /* (N,3D) */
-    float *du;                  /* (N,4D) */
-    float *g_s;                 /* (N,4D) GELU(u) of the current layer */
-    float *dP;                  /* (B,H,T,T) */
-    float *dmod;                /* (B,6D) */
-    float *dfmod;               /* (B,2D) */
-    float *dc, *dtemb, *dg1;    /* (B,C) */
-    float *dz;                  /* (N,D) */
-    float *dDx;                 /* (N,E) */
-    float *de;                  /* (N,E) gradient of each row's e_ids */
-    float *dchan;               /* (N,in_dim) */
-    float *detab;               /* (V,E) gradient of the unit table */
-    float *ce_x, *ce_dx;        /* (CE_CHUNK_ROWS, max(D,E)) */
-    float *ce_logits;           /* (CE_CHUNK_ROWS, V); also the inference head's tiles,
-                                   (blocks, HEAD_TILE_ROWS, block width) */
-    float *hb_stats;            /* (blocks, head chunk, 3) block max, sum e, sum e*y */
-    int32_t *hb_arg;            /* (blocks, head chunk) first argmax in the block */
-    float *hb_x0;               /* (blocks, head chunk, E) sum_j e_j etab_j in the block */
-    int32_t *rows, *targets;    /* (N) */
-    float *row_w, *row_loss;    /* (N) */
-    float *hguide;              /* (N, max(D,E)) conditional head input (guidance) */
-    float *uniform;             /* (N) sampling draws */
-    float *bh;                  /* (B*H) */
-    /* output prior (cfg.output_prior) */
-    float *prior_scale;         /* (N) sqrt(E) / sigma^2 of each row's sequence */
-    float *xprior;              /* (N,E) prior_scale * x: the inference head's extra input */
-    float *dxprior;             /* (N,E) gradient of x through the prior (training) */
-    float *ce_px, *ce_pdx;      /* (CE_CHUNK_ROWS, E) */
-} acts;
-
-typedef struct {
-    size_t offset, len;
-    int decay;
-} adam_segment;
-
-struct cdcd_model {
-    cdcd_model_config cfg;
-    int max_batch, max_seq, n_threads, in_dim, hd;
-    size_t n_params;
-    float *params, *grads, *adam_m, *adam_v;
-    param_ptrs p, g;
-    block_ptrs *p_blocks, *g_blocks;
-    cdcd_param_info *table;
-    int n_tensors;
-    adam_segment *segs;
-    int n_segs;
-    double *seg_partial;         /* (n_segs) */
-    cdcd_arena arena;
-    acts a;
-    layer_acts *layer_store;
-    float *rope_cos, *rope_sin;  /* (max_seq, hd/2) */
-    float *fourier_w;            /* (C/2) */
-    int head_blocks, head_width; /* inference head: vocabulary blocks and their width */
-    int etab_valid;              /* etab/enorm match the current parameters */
-    int split;                   /* 1 inside inference: one BLAS thread, tiles on the pool */
-    int trainable;               /* 0: created with CDCD_MODEL_INFERENCE (no grads, Adam) */
-    cdcd_pool *pool;
-    size_t other_bytes;
-    /* current call */
-    int B, T;
-    const uint8_t *pad_mask;
-};
-
-/* ================================================================ activation layout */
-
-static float *take(cdcd_arena *ar, size_t n) { return cdcd_arena_floats(ar, n ? n : 1); }
-
-/* The inference head's vocabulary split: *blocks blocks of *width columns (a multiple of
- * 16), the last one shorter, none empty. */
-static void head_vocab_split(const cdcd_model_config *c, int *blocks, int *width) {
-    int V = c->vocab_size, nb = HEAD_VOCAB_BLOCKS;
-    if (nb > (V + 15) / 16) nb = (V + 15) / 16;
-    int w = (V + nb - 1) / nb;
-    w = (w + 15) / 16 * 16;
-    *width = w;
-    *blocks = (V + w - 1) / w;
-}
-
-/* Carves every buffer out of ar (a measuring arena when ar->base is NULL). */
-static void layout_acts(const cdcd_model_config *c, int Bm, int Tm, int train, cdcd_arena *ar,
-                        acts *a, layer_acts *layers) {
-    size_t N = (size_t)Bm * Tm, D = c->d_model, E = c->d_emb, C = c->cond_dim;
-    size_t V = c->vocab_size, H = c->n_heads, in_dim = cdcd_model_in_dim(c);
-    size_t TT = (size_t)Tm * Tm, KD = D > E ? D : E;
-    size_t chunk = N < CE_CHUNK_ROWS ? N : CE_CHUNK_ROWS;
-    int emb_head = c->head == CDCD_HEAD_EMBEDDING;
-    memset(a, 0, sizeof *a);
-    a->x = take(ar, N * E);
-    a->chan = take(ar, N * in_dim);
-    a->sigma = take(ar, Bm);
-    a->fourier = take(ar, Bm * C);
-    a->t_pre1 = take(ar, Bm * C);
-    a->t_g1 = take(ar, Bm * C);
-    a->temb = take(ar, Bm * C);
-    a->c = take(ar, Bm * C);
-    for (int l = 0; l < c->n_layers; l++) {
-        layer_acts *L = &layers[l];
-        L->mod = take(ar, Bm * 6 * D);
-        L->h_in = take(ar, N * D);
-        L->ln1_mean = take(ar, N);
-        L->ln1_rstd = take(ar, N);
-        L->qkv = take(ar, N * 3 * D);
-        L->qk_norm = take(ar, N * 2 * H);
-        L->P = take(ar, Bm * H * TT);
-        L->o = take(ar, N * D);
-        L->attn_out = take(ar, N * D);
-        L->ln2_mean = take(ar, N);
-        L->ln2_rstd = take(ar, N);
-        L->u = take(ar, N * 4 * D);
-        L->mlp_out = take(ar, N * D);
-    }
-    a->layers = layers;
-    a->h_final = take(ar, N * D);
-    a->lnf_mean = take(ar, N);
-    a->lnf_rstd = take(ar, N);
-    a->fmod = take(ar, Bm * 2 * D);
-    a->z = take(ar, N * D);
-    a->F = emb_head ? take(ar, N * E) : NULL;
-    a->Dx = emb_head ? take(ar, N * E) : NULL;
-    a->etab = take(ar, V * E);
-    a->enorm = take(ar, V);
-    a->a_s = take(ar, N * D);
-    a->qk_s = take(ar, N * 2 * D);
-    a->g_s = take(ar, N * 4 * D);
-    if (train) { /* backward-only buffers */
-        a->dh = take(ar, N * D);
-        a->dtmp = take(ar, N * D);
-        a->dout_attn = take(ar, N * D);
-        a->hmid_s = take(ar, N * D);
-        a->dqk = take(ar, N * 2 * D);
-        a->dqkv = take(ar, N * 3 * D);
-        a->du = take(ar, N * 4 * D);
-        a->dP = take(ar, Bm * H * TT);
-        a->dmod = take(ar, Bm * 6 * D);
-        a->dfmod = take(ar, Bm * 2 * D);
-        a->dc = take(ar, Bm * C);
-        a->dtemb = take(ar, Bm * C);
-        a->dg1 = take(ar, Bm * C);
-        a->dz = take(ar, N * D);
-        a->dDx = emb_head ? take(ar, N * E) : NULL;
-        a->de = take(ar, N * E);
-        a->dchan = take(ar, N * in_dim);
-        a->detab = take(ar, V * E);
-    }
-    a->ce_x = take(ar, chunk * KD);
-    a->ce_dx = train ? take(ar, chunk * KD) : NULL;
-    int hblocks, hwidth;
-    head_vocab_split(c, &hblocks, &hwidth);
-    size_t hchunk = N < HEAD_CHUNK_ROWS ? N : HEAD_CHUNK_ROWS;
-    size_t tiles = (size_t)hblocks * HEAD_TILE_ROWS * hwidth; /* tile stride: full tiles */
-    a->ce_logits = take(ar, chunk * V > tiles ? chunk * V : tiles);
-    a->hb_stats = take(ar, (size_t)hblocks * hchunk * 3);
-    a->hb_arg = cdcd_arena_alloc(ar, (size_t)hblocks * hchunk * sizeof(int32_t));
-    a->hb_x0 = take(ar, (size_t)hblocks * hchunk * E);
-    a->rows = cdcd_arena_alloc(ar, N * sizeof(int32_t));
-    a->targets = cdcd_arena_alloc(ar, N * sizeof(int32_t));
-    a->row_w = take(ar, N);
-    a->row_loss = take(ar, N);
-    a->hguide = take(ar, N * KD);
-    a->uniform = take(ar, N);
-    a->bh = train ? take(ar, Bm * H) : NULL;
-    if (c->output_prior) {
-        a->prior_scale = take(ar, N);
-        a->xprior = take(ar, N * E);
-        a->dxprior = train ? take(ar, N * E) : NULL;
-        a->ce_px = take(ar, chunk * E);
-        a->ce_pdx = train ? take(ar, chunk * E) : NULL;
-    }
-}
-
-static int check_sizes(const cdcd_model_config *c, int max_batch, int max_seq, char *err,
-                       size_t errlen) {
-    const char *field = NULL;
-    char msg[256];
-    if (cdcd_model_config_validate(c, &field, msg, sizeof msg) != 0) {
-        snprintf(err, errlen, "model.%s: %s", field ? field : "", msg);
-        return -1;
-    }
-    if (max_batch < 1 || max_batch > (1 << 20)) {
-        snprintf(err, errlen, "max_batch must be in [1, 2^20], got %d", max_batch);
-        return -1;
-    }
-    if (max_seq < 1 || max_seq > c->max_seq_len) {
-        snprintf(err, errlen, "max_seq must be in [1, max_seq_len = %d], got %d", c->max_seq_len,
-                 max_seq);
-        return -1;
-    }
-    if ((size_t)max_batch * (size_t)max_seq > (size_t)INT32_MAX / 8) {
-        snprintf(err, errlen, "max_batch * max_seq too large");
-        return -1;
-    }
-    return 0;
-}
-
-int cdcd_model_memory_estimate(const cdcd_model_config *c, int max_batch, int max_seq,
-                               cdcd_model_memory *out) {
-    return cdcd_model_memory_estimate_ex(c, max_batch, max_seq, 0, out);
-}
-
-int cdcd_model_memory_estimate_ex(const cdcd_model_config *c, int max_batch, int max_seq,
-                                  unsigned flags, cdcd_model_memory *out) {
-    int train = !(flags & CDCD_MODEL_INFERENCE);
-    char err[256];
-    memset(out, 0, sizeof *out);
-    if (check_sizes(c, max_batch, max_seq, err, sizeof err) != 0) return -1;
-    size_t P = cdcd_model_num_params(c);
-    cdcd_arena ar;
-    cdcd_arena_init(&ar, 0);
-    acts a;
-    layer_acts layers[CDCD_MODEL_MAX_LAYERS];
-    layout_acts(c, max_batch, max_seq, train, &ar, &a, layers);
-    int hd = c->d_model / c->n_heads;
-    out->params = (uint64_t)P * sizeof(float);
-    out->grads = train ? out->params : 0;
-    out->adam = train ? 2 * out->params : 0;
-    out->activations = ar.high_water;
-    int n_tensors = cdcd_model_param_table(c, NULL, 0);
-    out->other = (uint64_t)n_tensors * sizeof(cdcd_param_info) +
-                 (uint64_t)(P / ADAM_SEGMENT + n_tensors + 1) * (sizeof(adam_segment) + sizeof(double)) +
-                 (uint64_t)max_seq * hd * sizeof(float) + (uint64_t)c->cond_dim * sizeof(float) +
-                 (uint64_t)c->n_layers * (sizeof(block_ptrs) * 2 + sizeof(layer_acts)) +
-                 sizeof(struct cdcd_model);
-    out->total = out->params + out->grads + out->adam + out->activations + out->other;
-    return 0;
-}
-
 /* ================================================================ create / free */
-
-static void bind_params(const cdcd_model *m, float *base, param_ptrs *pp, block_ptrs *blocks) {
-    const cdcd_param_info *t = m->table;
-    int i = 0;
-    pp->emb = base + t[i++].offset;
-    pp->in_w = base + t[i++].offset;
-    pp->in_b = base + t[i++].offset;
-    pp->time_w1 = base + t[i++].offset;
-    pp->time_b1 = base + t[i++].offset;
-    pp->time_w2 = base + t[i++].offset;
-    pp->time_b2 = base + t[i++].offset;
-    for (int l = 0; l < m->cfg.n_layers; l++) {
-        block_ptrs *b = &blocks[l];
-        b->ada_w = base + t[i++].offset;
-        b->ada_b = base + t[i++].offset;
-        b->qkv_w = base + t[i++].offset;
-        b->attn_scale = base + t[i++].offset;
-        b->proj_w = base + t[i++].offset;
-        b->proj_b = base + t[i++].offset;
-        b->fc1_w = base + t[i++].offset;
-        b->fc1_b = base + t[i++].offset;
-        b->fc2_w = base + t[i++].offset;
-        b->fc2_b = base + t[i++].offset;
-    }
-    pp->blocks = blocks;
-    pp->final_ada_w = base + t[i++].offset;
-    pp->final_ada_b = base + t[i++].offset;
-    pp->head_w = base + t[i++].offset;
-    pp->head_b = base + t[i++].offset;
-}
 
 static int ends_with(const char *s, const char *suffix) {
     size_t n = strlen(s), k = strlen(suffix);
     return n >= k && strcmp(s + n - k, suffix) == 0;
 }
 
-static void init_params(cdcd_model *m, uint64_t seed) {
+/* Initialised on the host, tensor by tensor, then uploaded (in place on the CPU). */
+static int init_params(cdcd_model *m, uint64_t seed) {
     const cdcd_model_config *c = &m->cfg;
     float scale0 = (float)log2((double)c->max_seq_len * c->max_seq_len - c->max_seq_len);
+    size_t biggest = 0;
+    for (int i = 0; i < m->n_tensors; i++)
+        if (m->table[i].numel > biggest) biggest = m->table[i].numel;
+    float *host = m->be->host_memory ? NULL : malloc(biggest * sizeof(float));
+    if (!m->be->host_memory && !host) return -1;
     for (int i = 0; i < m->n_tensors; i++) {
         const cdcd_param_info *t = &m->table[i];
-        float *p = m->params + t->offset;
+        float *p = host ? host : m->params + t->offset;
         cdcd_rng r;
         cdcd_rng_init(&r, seed, (uint64_t)i);
         if (strcmp(t->name, "emb") == 0) {
@@ -537,7 +58,10 @@ static void init_params(cdcd_model *m, uint64_t seed) {
         } else { /* every other *_w matrix */
             cdcd_rng_fill_normal(&r, p, t->numel, c->init_std);
         }
+        if (host) m->be->ops->upload(m->be, m->params + t->offset, host, t->numel * sizeof(float));
     }
+    free(host);
+    return 0;
 }
 
 static float *alloc_floats(size_t n) {
@@ -566,7 +90,7 @@ cdcd_model *cdcd_model_create_ex(const cdcd_model_config *c, int max_batch, int 
         snprintf(err, errlen, "no config");
         return NULL;
     }
-    if (check_sizes(c, max_batch, max_seq, err, errlen) != 0) return NULL;
+    if (cdcd_model_check_sizes(c, max_batch, max_seq, err, errlen) != 0) return NULL;
     if (n_threads < 1) n_threads = 1;
     m = calloc(1, sizeof *m);
     if (!m) goto oom;
@@ -583,42 +107,45 @@ cdcd_model *cdcd_model_create_ex(const cdcd_model_config *c, int max_batch, int 
     m->n_params = m->table[m->n_tensors - 1].offset + m->table[m->n_tensors - 1].numel;
 
     m->trainable = !(flags & CDCD_MODEL_INFERENCE);
-    m->params = alloc_floats(m->n_params);
+    /* AdamW segments: tensors split into fixed pieces (thread-count independent). */
+    int n_segs = 0;
+    for (int i = 0; i < m->n_tensors; i++)
+        n_segs += (int)((m->table[i].numel + CDCD_BACKEND_SEGMENT - 1) / CDCD_BACKEND_SEGMENT);
+    m->segs = calloc((size_t)n_segs, sizeof *m->segs);
+    if (!m->segs) goto oom;
+    for (int i = 0; i < m->n_tensors; i++)
+        for (size_t o = 0; o < m->table[i].numel; o += CDCD_BACKEND_SEGMENT) {
+            cdcd_backend_segment *s = &m->segs[m->n_segs++];
+            s->offset = m->table[i].offset + o;
+            s->len = m->table[i].numel - o < CDCD_BACKEND_SEGMENT ? m->table[i].numel - o
+                                                                  : CDCD_BACKEND_SEGMENT;
+            s->decay = m->table[i].decay;
+        }
+    m->be = cdcd_backend_cpu_create(n_threads, n_segs);
+    if (!m->be) goto oom;
+    m->pool = cdcd_backend_cpu_pool(m->be);
+    size_t pbytes = m->n_params * sizeof(float);
+    m->params = m->be->ops->alloc(m->be, pbytes);
     if (m->trainable) {
-        m->grads = alloc_floats(m->n_params);
-        m->adam_m = alloc_floats(m->n_params);
-        m->adam_v = alloc_floats(m->n_params);
+        m->grads = m->be->ops->alloc(m->be, pbytes);
+        m->adam_m = m->be->ops->alloc(m->be, pbytes);
+        m->adam_v = m->be->ops->alloc(m->be, pbytes);
         if (!m->grads || !m->adam_m || !m->adam_v) goto oom;
     }
     m->p_blocks = calloc((size_t)c->n_layers, sizeof *m->p_blocks);
     m->g_blocks = calloc((size_t)c->n_layers, sizeof *m->g_blocks);
     m->layer_store = calloc((size_t)c->n_layers, sizeof *m->layer_store);
     if (!m->params || !m->p_blocks || !m->g_blocks || !m->layer_store) goto oom;
-    bind_params(m, m->params, &m->p, m->p_blocks);
-    if (m->trainable) bind_params(m, m->grads, &m->g, m->g_blocks);
-
-    /* AdamW segments: tensors split into fixed pieces (thread-count independent). */
-    int n_segs = 0;
-    for (int i = 0; i < m->n_tensors; i++)
-        n_segs += (int)((m->table[i].numel + ADAM_SEGMENT - 1) / ADAM_SEGMENT);
-    m->segs = calloc((size_t)n_segs, sizeof *m->segs);
-    m->seg_partial = calloc((size_t)n_segs, sizeof *m->seg_partial);
-    if (!m->segs || !m->seg_partial) goto oom;
-    for (int i = 0; i < m->n_tensors; i++)
-        for (size_t o = 0; o < m->table[i].numel; o += ADAM_SEGMENT) {
-            adam_segment *s = &m->segs[m->n_segs++];
-            s->offset = m->table[i].offset + o;
-            s->len = m->table[i].numel - o < ADAM_SEGMENT ? m->table[i].numel - o : ADAM_SEGMENT;
-            s->decay = m->table[i].decay;
-        }
+    cdcd_model_bind_params(c, m->table, m->params, &m->p, m->p_blocks);
+    if (m->trainable) cdcd_model_bind_params(c, m->table, m->grads, &m->g, m->g_blocks);
 
     /* Activations: measure, then allocate exactly. */
     cdcd_arena measure;
     cdcd_arena_init(&measure, 0);
-    layout_acts(c, max_batch, max_seq, m->trainable, &measure, &m->a, m->layer_store);
+    cdcd_model_layout_acts(c, max_batch, max_seq, m->trainable, &measure, &m->a, m->layer_store);
     if (cdcd_arena_init(&m->arena, measure.high_water) != 0) goto oom;
-    layout_acts(c, max_batch, max_seq, m->trainable, &m->arena, &m->a, m->layer_store);
-    head_vocab_split(c, &m->head_blocks, &m->head_width);
+    cdcd_model_layout_acts(c, max_batch, max_seq, m->trainable, &m->arena, &m->a, m->layer_store);
+    cdcd_model_head_vocab_split(c, &m->head_blocks, &m->head_width);
 
     int half = m->hd / 2, K = c->cond_dim / 2;
     m->rope_cos = alloc_floats((size_t)max_seq * half);
@@ -629,16 +156,15 @@ cdcd_model *cdcd_model_create_ex(const cdcd_model_config *c, int max_batch, int 
     for (int k = 0; k < K; k++)
         m->fourier_w[k] = (float)exp((double)k / (double)(K - 1) * log(FOURIER_MAX_FREQ));
 
-    m->pool = cdcd_pool_create(n_threads);
-    if (!m->pool) goto oom;
-    cdcd_blas_set_threads(n_threads);
+    /* blas.h: the count is the largest demand of the live models, never lowered for us */
+    m->blas = cdcd_blas_user_add(m->trainable ? n_threads : 1);
 
     m->other_bytes = (size_t)m->n_tensors * sizeof *m->table +
-                     (size_t)m->n_segs * (sizeof *m->segs + sizeof *m->seg_partial) +
+                     (size_t)m->n_segs * (sizeof *m->segs + sizeof(double)) +
                      2 * (size_t)max_seq * half * sizeof(float) + (size_t)K * sizeof(float) +
                      (size_t)c->n_layers * (2 * sizeof(block_ptrs) + sizeof(layer_acts)) +
                      sizeof *m;
-    init_params(m, seed);
+    if (init_params(m, seed) != 0) goto oom;
     return m;
 oom:
     snprintf(err, errlen, "out of memory creating the model (%.1f MB of parameters)",
@@ -649,17 +175,20 @@ oom:
 
 void cdcd_model_free(cdcd_model *m) {
     if (!m) return;
-    cdcd_pool_free(m->pool);
-    free(m->params);
-    free(m->grads);
-    free(m->adam_m);
-    free(m->adam_v);
+    cdcd_blas_user_remove(m->blas);
+    if (m->be) {
+        m->be->ops->free(m->be, m->params);
+        m->be->ops->free(m->be, m->grads);
+        m->be->ops->free(m->be, m->adam_m);
+        m->be->ops->free(m->be, m->adam_v);
+        m->be->ops->free(m->be, m->ema);
+    }
+    cdcd_backend_free(m->be); /* stops the pool */
     free(m->p_blocks);
     free(m->g_blocks);
     free(m->layer_store);
     free(m->table);
     free(m->segs);
-    free(m->seg_partial);
     cdcd_arena_free(&m->arena);
     free(m->rope_cos);
     free(m->rope_sin);
@@ -673,12 +202,68 @@ int cdcd_model_max_seq(const cdcd_model *m) { return m->max_seq; }
 int cdcd_model_trainable(const cdcd_model *m) { return m->trainable; }
 size_t cdcd_model_param_count(const cdcd_model *m) { return m->n_params; }
 float *cdcd_model_params(cdcd_model *m) {
+    if (!m->be->host_memory) return NULL;
     m->etab_valid = 0; /* the caller may write: derived tables are rebuilt on next use */
     return m->params;
 }
-float *cdcd_model_grads(cdcd_model *m) { return m->grads; }
-float *cdcd_model_adam_m(cdcd_model *m) { return m->adam_m; }
-float *cdcd_model_adam_v(cdcd_model *m) { return m->adam_v; }
+float *cdcd_model_grads(cdcd_model *m) { return m->be->host_memory ? m->grads : NULL; }
+float *cdcd_model_adam_m(cdcd_model *m) { return m->be->host_memory ? m->adam_m : NULL; }
+float *cdcd_model_adam_v(cdcd_model *m) { return m->be->host_memory ? m->adam_v : NULL; }
+
+static float *buffer_of(const cdcd_model *m, cdcd_model_buffer which) {
+    switch (which) {
+    case CDCD_MODEL_PARAMS: return m->params;
+    case CDCD_MODEL_GRADS: return m->grads;
+    case CDCD_MODEL_ADAM_M: return m->adam_m;
+    case CDCD_MODEL_ADAM_V: return m->adam_v;
+    case CDCD_MODEL_EMA: return m->ema;
+    }
+    return NULL;
+}
+
+int cdcd_model_read(cdcd_model *m, cdcd_model_buffer which, size_t offset, size_t n, float *dst) {
+    float *b = buffer_of(m, which);
+    if (!b || offset > m->n_params || n > m->n_params - offset || (n && !dst)) return -1;
+    m->be->ops->download(m->be, dst, b + offset, n * sizeof(float));
+    return 0;
+}
+
+int cdcd_model_write(cdcd_model *m, cdcd_model_buffer which, size_t offset, size_t n,
+                     const float *src) {
+    float *b = buffer_of(m, which);
+    if (!b || offset > m->n_params || n > m->n_params - offset || (n && !src)) return -1;
+    m->be->ops->upload(m->be, b + offset, src, n * sizeof(float));
+    if (which == CDCD_MODEL_PARAMS) m->etab_valid = 0;
+    return 0;
+}
+
+const float *cdcd_model_host_view(cdcd_model *m, cdcd_model_buffer which) {
+    return m->be->host_memory ? buffer_of(m, which) : NULL;
+}
+
+int cdcd_model_ema_enable(cdcd_model *m) {
+    if (!m->ema) {
+        m->ema = m->be->ops->alloc(m->be, m->n_params * sizeof(float));
+        if (!m->ema) return -1;
+    }
+    m->be->ops->copy(m->be, m->ema, m->params, m->n_params * sizeof(float));
+    return 0;
+}
+
+int cdcd_model_has_ema(const cdcd_model *m) { return m->ema != NULL; }
+
+int cdcd_model_ema_update(cdcd_model *m, float decay) {
+    if (!m->ema) return -1;
+    m->be->ops->ema(m->be, m->ema, m->params, m->n_params, decay);
+    return 0;
+}
+
+int cdcd_model_ema_swap(cdcd_model *m) {
+    if (!m->ema) return -1;
+    m->be->ops->swap(m->be, m->params, m->ema, m->n_params);
+    m->etab_valid = 0;
+    return 0;
+}
 int cdcd_model_num_tensors(const cdcd_model *m) { return m->n_tensors; }
 
 const cdcd_param_info *cdcd_model_tensor(const cdcd_model *m, int i) {
@@ -728,13 +313,14 @@ static void compute_etab(cdcd_model *m) {
  * over its own threads costs more than it gains, and its spinning workers compete with
  * the pool for the cores (docs/performance.md has the profiles). */
 static void split_begin(cdcd_model *m) {
-    if (m->n_threads > 1) cdcd_blas_set_threads(1);
+    /* One BLAS thread only if no other live model needs more (blas.h: the policy) */
+    if (m->trainable && m->n_threads > 1) cdcd_blas_user_demand(m->blas, 1);
     m->split = 1;
 }
 
 static void split_end(cdcd_model *m) {
     m->split = 0;
-    if (m->n_threads > 1) cdcd_blas_set_threads(m->n_threads);
+    if (m->trainable && m->n_threads > 1) cdcd_blas_user_demand(m->blas, m->n_threads);
 }
 
 static void linear_fwd(cdcd_model *m, float *out, const float *in, const float *w,
@@ -1689,47 +1275,9 @@ void cdcd_model_unit_embeddings(cdcd_model *m, float *out) {
 
 /* ================================================================ AdamW */
 
-typedef struct {
-    cdcd_model *m;
-    const cdcd_adamw_params *p;
-    float coef, bc1, bc2_sqrt;
-} adam_ctx;
-
-static void sqnorm_task(void *vctx, int s) {
-    const adam_ctx *c = vctx;
-    const adam_segment *seg = &c->m->segs[s];
-    const float *g = c->m->grads + seg->offset;
-    double acc = 0.0;
-    for (size_t i = 0; i < seg->len; i++) acc += (double)g[i] * g[i];
-    c->m->seg_partial[s] = acc;
-}
-
-static void adam_task(void *vctx, int s) {
-    const adam_ctx *c = vctx;
-    const adam_segment *seg = &c->m->segs[s];
-    const cdcd_adamw_params *p = c->p;
-    float *w = c->m->params + seg->offset, *g = c->m->grads + seg->offset;
-    float *mm = c->m->adam_m + seg->offset, *vv = c->m->adam_v + seg->offset;
-    float decay = seg->decay ? 1.0f - p->lr * p->weight_decay : 1.0f;
-    float step = p->lr / c->bc1, one_b1 = 1.0f - p->beta1, one_b2 = 1.0f - p->beta2;
-    for (size_t i = 0; i < seg->len; i++) {
-        float gi = g[i] * c->coef;
-        float wi = w[i] * decay;
-        float mi = mm[i] + one_b1 * (gi - mm[i]);
-        float vi = p->beta2 * vv[i] + one_b2 * gi * gi;
-        mm[i] = mi;
-        vv[i] = vi;
-        w[i] = wi - step * mi / (sqrtf(vi) / c->bc2_sqrt + p->eps);
-    }
-}
-
 float cdcd_model_grad_norm(cdcd_model *m) {
     if (!m->trainable) return NAN;
-    adam_ctx c = {m, NULL, 1.0f, 1.0f, 1.0f};
-    cdcd_pool_run(m->pool, m->n_segs, sqnorm_task, &c);
-    double s = 0.0;
-    for (int i = 0; i < m->n_segs; i++) s += m->seg_partial[i];
-    return (float)sqrt(s);
+    return (float)sqrt(m->be->ops->grad_sqnorm(m->be, m->grads, m->segs, m->n_segs));
 }
 
 float cdcd_adamw_step(cdcd_model *m, const cdcd_adamw_params *p, int64_t t) {
@@ -1742,9 +1290,10 @@ float cdcd_adamw_step(cdcd_model *m, const cdcd_adamw_params *p, int64_t t) {
         coef = (double)p->clip / ((double)norm + CLIP_EPS);
         if (coef > 1.0) coef = 1.0;
     }
-    adam_ctx c = {m, p, (float)coef, (float)(1.0 - pow((double)p->beta1, (double)t)),
-                  (float)sqrt(1.0 - pow((double)p->beta2, (double)t))};
-    cdcd_pool_run(m->pool, m->n_segs, adam_task, &c);
+    cdcd_backend_adamw a = {p->lr, p->beta1, p->beta2, p->eps, p->weight_decay, (float)coef,
+                            (float)(1.0 - pow((double)p->beta1, (double)t)),
+                            (float)sqrt(1.0 - pow((double)p->beta2, (double)t))};
+    m->be->ops->adamw(m->be, m->params, m->grads, m->adam_m, m->adam_v, m->segs, m->n_segs, &a);
     m->etab_valid = 0;
     return norm;
 }

@@ -4,14 +4,16 @@
  * same document; a parity test compares every gradient).
  *
  * Memory: parameters, gradients and the two AdamW moments each live in ONE contiguous
- * float allocation, laid out in docs/model.md order (cdcd_model_tensor() describes it).
+ * float buffer of the model's backend (core/backend.h), laid out in docs/model.md order
+ * (cdcd_model_tensor() describes it), reached through copy calls (cdcd_model_read/write).
  * Activations come from one arena sized at create time for (max_batch, max_seq): no call
  * below allocates memory.
  *
  * Threads: a model is driven by exactly one thread (the only BLAS caller for it). It owns
- * a pool of n_threads-1 persistent workers for the non-GEMM ops, and create sets the
- * (process-global) OpenBLAS thread count to n_threads. Results are bit-identical for a
- * given seed, inputs and thread count.
+ * a pool of n_threads-1 persistent workers for the non-GEMM ops, and asks for n_threads
+ * OpenBLAS threads through the process-wide policy of core/blas.h (the count is global to
+ * the process; a model never lowers it below what another live model needs). Results are
+ * bit-identical for a given seed, inputs and thread count.
  *
  *   cdcd_model_config c; cdcd_model_preset("tiny", &c);
  *   cdcd_model *m = cdcd_model_create(&c, 32, 128, 2, seed, err, sizeof err);
@@ -132,12 +134,39 @@ int cdcd_model_max_batch(const cdcd_model *m);
 int cdcd_model_max_seq(const cdcd_model *m);
 void cdcd_model_memory_report(const cdcd_model *m, cdcd_model_memory *out);
 
-/* Flat arrays of cdcd_model_param_count() floats each, in table order. Writable: a
- * checkpoint loader copies into params/m/v; the optimiser step counter is the caller's.
- * Tables derived from the parameters (the unit embeddings) are cached between inference
- * calls and dropped by cdcd_model_params(): call it again after any inference before
- * writing through an older pointer. */
+/* The model's flat arrays, cdcd_model_param_count() floats each in table order, live in
+ * the model's backend (core/backend.h) and are reached through copy calls. */
+typedef enum {
+    CDCD_MODEL_PARAMS = 0,
+    CDCD_MODEL_GRADS,  /* trainable models only */
+    CDCD_MODEL_ADAM_M, /* trainable models only; the optimiser step counter is the caller's */
+    CDCD_MODEL_ADAM_V,
+    CDCD_MODEL_EMA     /* after cdcd_model_ema_enable */
+} cdcd_model_buffer;
 size_t cdcd_model_param_count(const cdcd_model *m);
+/* Copies floats [offset, offset + n) of a buffer out / in. 0, or -1 (no such buffer, out
+ * of range). Writing the parameters drops the tables derived from them (unit embeddings). */
+int cdcd_model_read(cdcd_model *m, cdcd_model_buffer which, size_t offset, size_t n, float *dst);
+int cdcd_model_write(cdcd_model *m, cdcd_model_buffer which, size_t offset, size_t n,
+                     const float *src);
+/* A read-only host view of a whole buffer, valid until the next call that changes it, when
+ * the backend keeps its buffers in host memory (the CPU backend); NULL otherwise (or no such
+ * buffer): copy with cdcd_model_read then. Saves a copy of the whole model (checkpoints). */
+const float *cdcd_model_host_view(cdcd_model *m, cdcd_model_buffer which);
+
+/* Exponential moving average of the parameters, kept and updated in the backend.
+ * enable: EMA := parameters (allocates it the first time); update: EMA = decay * EMA +
+ * (1 - decay) * parameters; swap: exchanges parameters and EMA (evaluating with the EMA
+ * weights, then swapping back). 0, or -1 (out of memory / not enabled). */
+int cdcd_model_ema_enable(cdcd_model *m);
+int cdcd_model_has_ema(const cdcd_model *m);
+int cdcd_model_ema_update(cdcd_model *m, float decay);
+int cdcd_model_ema_swap(cdcd_model *m);
+
+/* Raw host pointers to the same arrays, for tests and host-memory backends only (NULL on a
+ * device backend): prefer the copy calls. Writable. Tables derived from the parameters (the
+ * unit embeddings) are cached between inference calls and dropped by cdcd_model_params():
+ * call it again after any inference before writing through an older pointer. */
 float *cdcd_model_params(cdcd_model *m);
 float *cdcd_model_grads(cdcd_model *m);
 float *cdcd_model_adam_m(cdcd_model *m);

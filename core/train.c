@@ -68,7 +68,6 @@ struct cdcd_trainer {
     float *ring_sigma, *ring_loss; /* (window) */
     int64_t ring_n, ring_head;
     float *fit_sigma, *fit_loss;   /* (window) scratch for a refit */
-    float *ema;                    /* (n_params) or NULL */
     cdcd_vocab_map *vmap;          /* data.vocab = corpus: token id <-> model id; else NULL */
     char *vocab;                   /* vocab.txt's bytes, the "vocab" section; NULL when unknown */
     size_t vocab_len;
@@ -143,7 +142,6 @@ static void free_buffers(cdcd_trainer *t) {
     free(t->ring_loss);
     free(t->fit_sigma);
     free(t->fit_loss);
-    free(t->ema);
 }
 
 void cdcd_trainer_free(cdcd_trainer *t) {
@@ -328,14 +326,11 @@ static cdcd_trainer *trainer_build(const cdcd_run_config *cfg, const char *run_d
     t->ring_loss = calloc((size_t)window, sizeof(float));
     t->fit_sigma = calloc((size_t)window, sizeof(float));
     t->fit_loss = calloc((size_t)window, sizeof(float));
-    if (cfg->optim.ema > 0) {
-        size_t n = cdcd_model_param_count(t->model);
-        t->ema = malloc(n * sizeof(float));
-        if (t->ema) memcpy(t->ema, cdcd_model_params(t->model), n * sizeof(float));
-    }
+    /* the EMA lives in the model's backend, next to the parameters */
+    int ema_failed = cfg->optim.ema > 0 && cdcd_model_ema_enable(t->model) != 0;
     if (!t->ids || !t->pad || !t->cond || !t->loss_mask || !t->sigma || !t->per_seq || !t->noise ||
         (cfg->model.self_cond && !t->self_cond) || !t->ring_sigma || !t->ring_loss || !t->fit_sigma ||
-        !t->fit_loss || (cfg->optim.ema > 0 && !t->ema)) {
+        !t->fit_loss || ema_failed) {
         snprintf(err, errlen, "out of memory for the training buffers");
         goto fail;
     }
@@ -353,15 +348,7 @@ cdcd_trainer *cdcd_trainer_create(const cdcd_run_config *cfg, const char *run_di
 const struct cdcd_vocab_map *cdcd_trainer_vocab_map(const cdcd_trainer *t) { return t->vmap; }
 
 int cdcd_trainer_swap_ema(cdcd_trainer *t) {
-    if (!t->ema) return 0;
-    float *p = cdcd_model_params(t->model); /* also drops the model's cached unit table */
-    size_t n = cdcd_model_param_count(t->model);
-    for (size_t i = 0; i < n; i++) {
-        float x = p[i];
-        p[i] = t->ema[i];
-        t->ema[i] = x;
-    }
-    return 1;
+    return cdcd_model_ema_swap(t->model) == 0; /* also drops the model's cached unit table */
 }
 
 static void ring_push(cdcd_trainer *t, float sigma, float loss) {
@@ -497,11 +484,7 @@ int cdcd_trainer_step(cdcd_trainer *t) {
     if (!res.nonfinite) t->adam_t++;
     t->step++;
     t->tokens += real;
-    if (t->ema && !res.nonfinite) {
-        float d = c->optim.ema, *p = cdcd_model_params(t->model);
-        size_t n = cdcd_model_param_count(t->model);
-        for (size_t i = 0; i < n; i++) t->ema[i] = d * t->ema[i] + (1.0f - d) * p[i];
-    }
+    if (!res.nonfinite) cdcd_model_ema_update(t->model, c->optim.ema); /* -1: no EMA */
     /* Per-sequence samples for the schedule (sequences with no loss position carry none). */
     if (!res.nonfinite) {
         int n = 0;
@@ -574,8 +557,20 @@ int cdcd_trainer_checkpoint_path(const cdcd_trainer *t, int64_t step, char *out,
     return snprintf(out, cap, "%s/step-%08lld.ckpt", t->run_dir, (long long)step) < (int)cap ? 0 : -1;
 }
 
+/* A model buffer for a checkpoint section: the backend's host memory itself when it has
+ * some (the CPU backend: no copy), else a copy in *copy (the caller frees it). */
+static const float *model_section(cdcd_trainer *t, cdcd_model_buffer which, float **copy) {
+    const float *view = cdcd_model_host_view(t->model, which);
+    if (view) return view;
+    size_t n = cdcd_model_param_count(t->model);
+    *copy = malloc(n * sizeof(float));
+    if (!*copy || cdcd_model_read(t->model, which, 0, n, *copy) != 0) return NULL;
+    return *copy;
+}
+
 int cdcd_trainer_checkpoint(cdcd_trainer *t) {
     char path[CDCD_RUN_PATH_MAX + 64];
+    float *copies[4] = {NULL, NULL, NULL, NULL};
     char *json = NULL;
     void *vmap_blob = NULL;
     size_t vmap_len = 0;
@@ -584,7 +579,7 @@ int cdcd_trainer_checkpoint(cdcd_trainer *t) {
     double sched_blob[CDCD_SCHEDULE_SERIAL_LEN];
     train_state_blob st = {.magic = TRAIN_STATE_MAGIC, .version = TRAIN_STATE_VERSION, .step = t->step,
                            .tokens = t->tokens, .adam_t = t->adam_t, .ring_n = t->ring_n,
-                           .ring_head = t->ring_head, .n_params = n, .has_ema = t->ema != NULL,
+                           .ring_head = t->ring_head, .n_params = n, .has_ema = cdcd_model_has_ema(t->model),
                            .train_seconds = t->train_seconds};
     cdcd_rng rngs[4] = {t->rng_sigma, t->rng_noise, t->rng_mask, t->rng_self_cond};
     cdcd_batch_state data_state;
@@ -606,10 +601,20 @@ int cdcd_trainer_checkpoint(cdcd_trainer *t) {
     int rc = 0;
     rc |= cdcd_ckpt_add(w, "config", json, strlen(json));
     rc |= cdcd_ckpt_add(w, "state", &st, sizeof st);
-    rc |= cdcd_ckpt_add(w, "params", cdcd_model_params(t->model), n * sizeof(float));
-    rc |= cdcd_ckpt_add(w, "adam_m", cdcd_model_adam_m(t->model), n * sizeof(float));
-    rc |= cdcd_ckpt_add(w, "adam_v", cdcd_model_adam_v(t->model), n * sizeof(float));
-    if (t->ema) rc |= cdcd_ckpt_add(w, "ema", t->ema, n * sizeof(float));
+    static const struct {
+        const char *name;
+        cdcd_model_buffer which;
+    } SECTIONS[4] = {{"params", CDCD_MODEL_PARAMS}, {"adam_m", CDCD_MODEL_ADAM_M},
+                     {"adam_v", CDCD_MODEL_ADAM_V}, {"ema", CDCD_MODEL_EMA}};
+    for (int i = 0; i < 4; i++) {
+        if (SECTIONS[i].which == CDCD_MODEL_EMA && !cdcd_model_has_ema(t->model)) continue;
+        const float *data = model_section(t, SECTIONS[i].which, &copies[i]);
+        if (!data) {
+            set_err(t, "checkpoint: out of memory");
+            goto fail;
+        }
+        rc |= cdcd_ckpt_add(w, SECTIONS[i].name, data, n * sizeof(float));
+    }
     rc |= cdcd_ckpt_add(w, "schedule", sched_blob, sizeof sched_blob);
     rc |= cdcd_ckpt_add(w, "rng", rngs, sizeof rngs);
     rc |= cdcd_ckpt_add(w, "data", &data_state, sizeof data_state);
@@ -631,11 +636,13 @@ int cdcd_trainer_checkpoint(cdcd_trainer *t) {
     }
     free(json);
     free(vmap_blob);
+    for (int i = 0; i < 4; i++) free(copies[i]);
     if (t->sink.on_checkpoint) t->sink.on_checkpoint(t->sink.ctx, t->step, path, bytes, sha);
     prune_checkpoints(t);
     return 0;
 fail:
     if (w) cdcd_ckpt_writer_abort(w);
+    for (int i = 0; i < 4; i++) free(copies[i]);
     free(json);
     free(vmap_blob);
     return -1;
@@ -700,6 +707,15 @@ static int ckpt_vocab(const cdcd_ckpt_reader *r, char **out, size_t *len) {
 }
 
 /* Reads the "state" section: version 2, or version 1 (no training clock: it restarts at 0). */
+/* A checkpoint section of exactly one model buffer's size, copied into the model. 0 or -1. */
+static int ckpt_to_model(const cdcd_ckpt_reader *r, const char *name, cdcd_model *m,
+                         cdcd_model_buffer which) {
+    const void *p;
+    size_t bytes, n = cdcd_model_param_count(m);
+    if (cdcd_ckpt_get(r, name, &p, &bytes) != 0 || bytes != n * sizeof(float)) return -1;
+    return cdcd_model_write(m, which, 0, n, p);
+}
+
 static int read_state(const cdcd_ckpt_reader *r, train_state_blob *st) {
     const void *data;
     size_t bytes;
@@ -743,10 +759,10 @@ cdcd_trainer *cdcd_trainer_resume(const char *checkpoint_path, const char *run_d
         snprintf(err, errlen, "%s: training state missing or made by another model shape", checkpoint_path);
         goto fail;
     }
-    if (cdcd_ckpt_read_exact(r, "params", cdcd_model_params(t->model), n * sizeof(float)) != 0 ||
-        cdcd_ckpt_read_exact(r, "adam_m", cdcd_model_adam_m(t->model), n * sizeof(float)) != 0 ||
-        cdcd_ckpt_read_exact(r, "adam_v", cdcd_model_adam_v(t->model), n * sizeof(float)) != 0 ||
-        (t->ema && cdcd_ckpt_read_exact(r, "ema", t->ema, n * sizeof(float)) != 0) ||
+    if (ckpt_to_model(r, "params", t->model, CDCD_MODEL_PARAMS) != 0 ||
+        ckpt_to_model(r, "adam_m", t->model, CDCD_MODEL_ADAM_M) != 0 ||
+        ckpt_to_model(r, "adam_v", t->model, CDCD_MODEL_ADAM_V) != 0 ||
+        (cdcd_model_has_ema(t->model) && ckpt_to_model(r, "ema", t->model, CDCD_MODEL_EMA) != 0) ||
         cdcd_ckpt_read_exact(r, "schedule", sched_blob, sizeof sched_blob) != 0 ||
         cdcd_ckpt_read_exact(r, "rng", rngs, sizeof rngs) != 0 ||
         cdcd_ckpt_read_exact(r, "data", &data_state, sizeof data_state) != 0 ||
@@ -805,9 +821,9 @@ int cdcd_load_for_inference(const char *path, int threads, int max_batch, int us
     size_t bytes;
     out->used_ema = 0;
     if (use_ema && cdcd_ckpt_get(r, "ema", &p, &bytes) == 0 && bytes == n * sizeof(float)) {
-        memcpy(cdcd_model_params(out->model), p, bytes);
+        cdcd_model_write(out->model, CDCD_MODEL_PARAMS, 0, n, p);
         out->used_ema = 1;
-    } else if (cdcd_ckpt_read_exact(r, "params", cdcd_model_params(out->model), n * sizeof(float)) != 0) {
+    } else if (ckpt_to_model(r, "params", out->model, CDCD_MODEL_PARAMS) != 0) {
         snprintf(err, errlen, "%s: parameters missing or of the wrong size", path);
         goto fail;
     }
