@@ -338,7 +338,7 @@ static void run_batch(cdcdd_store *s, cdcdd_wop *batch) {
     s->stats.commits++;
     if (!tx_ok) {
         s->stats.commit_errors++;
-        snprintf(s->stats.last_error, sizeof s->stats.last_error, "%s", txerr[0] ? txerr : "the transaction failed");
+        snprintf(s->stats.last_error, sizeof s->stats.last_error, "%.200s", txerr[0] ? txerr : "the transaction failed");
     }
     s->stats.last_commit_ms = ms;
     pthread_mutex_unlock(&s->mu);
