@@ -33,17 +33,7 @@ void cdcdd_api_session_create(cdcdd_req *req) {
     cdcdd_buf_init(&b);
     cdcdd_buf_printf(&b, "{\"expires_in\":%d,\"auth_reads\":%s}", CDCDD_SESSION_LIFETIME_S,
                      cdcdd_auth_reads_protected(app->opts) ? "true" : "false");
-    size_t len = 0;
-    char *body = cdcdd_buf_take(&b, &len);
-    struct MHD_Response *resp = body ? MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE) : NULL;
-    if (!resp) {
-        free(body);
-        cdcdd_reply_error(req, 500, "out_of_memory", NULL, "out of memory");
-        return;
-    }
-    cdcdd_http_add_common_headers(resp, "application/json");
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_SET_COOKIE, cookie);
-    cdcdd_reply_response(req, 200, resp);
+    cdcdd_reply_buf_header(req, 200, &b, MHD_HTTP_HEADER_SET_COOKIE, cookie);
 }
 
 void cdcdd_api_ready(cdcdd_req *req) {

@@ -238,14 +238,9 @@ cdcdd_store *cdcdd_req_store(const cdcdd_req *req) { return req->http->cfg.store
 
 /* --------------------------------------------------------------- dispatch */
 
-static void reply_not_allowed(cdcdd_req *req, const char *allow) {
-    cdcdd_buf b;
-    cdcdd_buf_init(&b);
-    char msg[160];
-    snprintf(msg, sizeof msg, "%s is not allowed on %s (allowed: %s)", req->method, req->url, allow);
-    cdcdd_error_json(&b, "method_not_allowed", NULL, msg);
+void cdcdd_reply_buf_header(cdcdd_req *req, unsigned status, cdcdd_buf *json, const char *header, const char *value) {
     size_t len = 0;
-    char *body = cdcdd_buf_take(&b, &len);
+    char *body = cdcdd_buf_take(json, &len);
     struct MHD_Response *resp = body ? MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE) : NULL;
     if (!resp) {
         free(body);
@@ -253,8 +248,17 @@ static void reply_not_allowed(cdcdd_req *req, const char *allow) {
         return;
     }
     cdcdd_http_add_common_headers(resp, "application/json");
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, allow);
-    cdcdd_reply_response(req, 405, resp);
+    MHD_add_response_header(resp, header, value);
+    cdcdd_reply_response(req, status, resp);
+}
+
+static void reply_not_allowed(cdcdd_req *req, const char *allow) {
+    cdcdd_buf b;
+    cdcdd_buf_init(&b);
+    char msg[160];
+    snprintf(msg, sizeof msg, "%s is not allowed on %s (allowed: %s)", req->method, req->url, allow);
+    cdcdd_error_json(&b, "method_not_allowed", NULL, msg);
+    cdcdd_reply_buf_header(req, 405, &b, MHD_HTTP_HEADER_ALLOW, allow);
 }
 
 static int refuse(cdcdd_req *req, const cdcdd_dispatch *d);

@@ -121,6 +121,8 @@ void cdcdd_http_stop(cdcdd_http *h);
 /* Takes ownership of body (malloc'd; may be NULL when len is 0). */
 void cdcdd_reply_raw(cdcdd_req *req, unsigned status, const char *content_type, char *body, size_t len);
 void cdcdd_reply_buf(cdcdd_req *req, unsigned status, cdcdd_buf *json);
+/* The same with one more header (Allow, Set-Cookie). */
+void cdcdd_reply_buf_header(cdcdd_req *req, unsigned status, cdcdd_buf *json, const char *header, const char *value);
 /* {"error":{"code":..,"message":..,"field":..|null}}; field may be NULL. */
 void cdcdd_reply_error(cdcdd_req *req, unsigned status, const char *code, const char *field,
                        const char *fmt, ...) __attribute__((format(printf, 5, 6)));
