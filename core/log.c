@@ -68,6 +68,31 @@ int cdcd_log_reopen(void) {
     return rc;
 }
 
+/* Writes the formatted message with its control characters (newlines, escape sequences)
+ * as \xNN: a message carries strings clients chose (run names, URLs), and a line break in
+ * one must not forge a log line of its own. Trailing newlines are dropped. */
+static void log_write_escaped(FILE *out, const char *fmt, va_list ap) {
+    char small[1024], *msg = small;
+    va_list again;
+    va_copy(again, ap);
+    int n = vsnprintf(small, sizeof small, fmt, ap);
+    if (n >= (int)sizeof small) {
+        msg = malloc((size_t)n + 1);
+        if (msg) vsnprintf(msg, (size_t)n + 1, fmt, again);
+        else msg = small; /* out of memory: the message cut at sizeof small */
+    }
+    va_end(again);
+    if (n < 0) n = 0;
+    size_t len = strnlen(msg, (size_t)n);
+    while (len && (msg[len - 1] == '\n' || msg[len - 1] == '\r')) len--;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)msg[i];
+        if (c < 0x20 || c == 0x7f) fprintf(out, "\\x%02x", c);
+        else fputc(c, out);
+    }
+    if (msg != small) free(msg);
+}
+
 void cdcd_log_at(cdcd_log_level level, const char *file, int line, const char *fmt, ...) {
     if (level < log_level || level >= CDCD_LOG_OFF) return;
     int saved_errno = errno;
@@ -87,7 +112,7 @@ void cdcd_log_at(cdcd_log_level level, const char *file, int line, const char *f
             ts.tv_nsec / 1000000, level_names[level], base, line);
     va_list ap;
     va_start(ap, fmt);
-    vfprintf(out, fmt, ap);
+    log_write_escaped(out, fmt, ap);
     va_end(ap);
     fputs(colour ? "\033[0m\n" : "\n", out);
     fflush(out);

@@ -1,4 +1,5 @@
 #include "runconfig.h"
+#include "json_strict.h"
 
 #include <cJSON.h>
 #include <ctype.h>
@@ -265,11 +266,30 @@ static int set_field(cdcd_run_config *c, const field_spec *f, const cJSON *v, cd
     return 0;
 }
 
-/* Resolves a data path. In confined mode only relative paths without ".." components are
- * accepted, so an HTTP client cannot make the daemon read files outside its data dir. */
+/* 1 when path, with every symlink resolved, lies inside dir (also resolved). */
+static int inside_dir(const char *path, const char *dir) {
+    char *real_path = realpath(path, NULL), *real_dir = realpath(dir, NULL);
+    int ok = 0;
+    if (real_path && real_dir) {
+        size_t n = strlen(real_dir);
+        ok = strncmp(real_path, real_dir, n) == 0 && (real_path[n] == '/' || (n == 1 && real_dir[0] == '/'));
+    }
+    free(real_path);
+    free(real_dir);
+    return ok;
+}
+
+/* Resolves a data path. In confined mode (an HTTP client names the file) only relative
+ * paths without ".." components are accepted, the file must resolve, symlinks included,
+ * inside the data dir, and the error names the path as given: a missing file, an
+ * unreadable one and a symlink out of the directory get the same answer, so the API is
+ * no oracle for what exists outside it and never shows where the data dir lives. */
 static int resolve_data_path(char *path, size_t cap, const char *key, const char *what,
                              const cdcd_config_env *env, cdcd_config_error *err) {
-    if (env && env->confine_to_data_dir && !env->skip_file_checks) {
+    int confined = env && env->confine_to_data_dir && !env->skip_file_checks;
+    char given[CDCD_RUN_PATH_MAX];
+    snprintf(given, sizeof given, "%s", path);
+    if (confined) {
         if (path[0] == '/') return set_error(err, "data", key, "must be a path relative to the data directory");
         const char *p = path;
         while (*p) {
@@ -287,7 +307,14 @@ static int resolve_data_path(char *path, size_t cap, const char *key, const char
             return set_error(err, "data", key, "path is too long");
         snprintf(path, cap, "%s", joined);
     }
-    if (!(env && env->skip_file_checks) && access(path, R_OK) != 0)
+    if (env && env->skip_file_checks) return 0;
+    if (confined) {
+        if (!(env->data_dir && env->data_dir[0] && inside_dir(path, env->data_dir)) || access(path, R_OK) != 0)
+            return set_error(err, "data", key, "no readable %s '%s' in the data directory (run `make data` or `cdcd prep`)",
+                             what, given);
+        return 0;
+    }
+    if (access(path, R_OK) != 0)
         return set_error(err, "data", key, "cannot read %s %s: %s (run `make data` or `cdcd prep`)",
                          what, path, strerror(errno));
     return 0;
@@ -357,6 +384,16 @@ cdcd_run_config *cdcd_run_config_parse(const char *json, size_t len, const cdcd_
     }
     if (!cJSON_IsObject(root)) {
         set_error(err, NULL, NULL, "the run config must be a JSON object");
+        goto fail;
+    }
+    size_t nul_at = 0;
+    char dup[CDCD_JSON_KEY_PATH_MAX];
+    if (cdcd_json_strict_text(json, len, &nul_at) != CDCD_JSON_STRICT_OK) {
+        set_error(err, NULL, NULL, "the string at byte %zu contains a NUL character", nul_at);
+        goto fail;
+    }
+    if (cdcd_json_strict_tree(root, dup, sizeof dup) != CDCD_JSON_STRICT_OK) {
+        set_error(err, NULL, dup, "the key appears twice");
         goto fail;
     }
     c = calloc(1, sizeof *c);

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "clock.h"
+#include "http_guard.h"
 #include "log.h"
 
 /* One open connection, for the total deadlines: since when its current request head has
@@ -99,7 +100,7 @@ void cdcdd_reply_response(cdcdd_req *req, unsigned status, struct MHD_Response *
     }
     req->answered = 1;
     req->status = status;
-    if (req->http->quiesced) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
+    if (req->http->quiesced || req->close_after) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
     if (req->suspended) {
         req->deferred = resp;
         req->deferred_status = status;
@@ -380,6 +381,16 @@ static cdcdd_req *request_new(cdcdd_http *h, struct MHD_Connection *conn, const 
         req->track = si->socket_context;
         req->track->req = req;
     }
+    cdcdd_framing framing = cdcdd_http_framing_check(conn);
+    if (framing != CDCDD_FRAMING_OK) { /* refused before any body is read; the connection closes */
+        req->handled = req->close_after = 1;
+        h->stats.rejected_access++;
+        cdcdd_reply_error(req, 400, "bad_framing", NULL, "%s",
+                          framing == CDCDD_FRAMING_CONFLICTING_LENGTH
+                              ? "two Content-Length headers with different values"
+                              : "Content-Length and Transfer-Encoding together");
+        return req;
+    }
     uint64_t max = h->cfg.opts->limits.max_body_bytes;
     const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
     if (cl) {
@@ -413,11 +424,29 @@ static cdcdd_mhd_result request_body(cdcdd_req *req, const char *data, size_t n)
     return MHD_YES;
 }
 
+/* What a URI refused in on_uri leaves in *con_cls: on_request then closes the connection. */
+static char refused_uri;
+
+/* MHD's URI callback, run on the raw request line before MHD splits the query into its
+ * pool: a URI with more than CDCDD_MAX_QUERY_ARGS arguments is answered here, in JSON. */
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn) {
+    cdcdd_http *h = cls;
+    size_t n = cdcdd_http_query_arg_count(uri);
+    if (n <= CDCDD_MAX_QUERY_ARGS) return NULL;
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    char msg[128];
+    snprintf(msg, sizeof msg, "the URI has %zu query arguments; at most %d are accepted", n, CDCDD_MAX_QUERY_ARGS);
+    if (ci) cdcdd_http_refuse_raw(ci->connect_fd, 414, "URI Too Long", "too_many_parameters", msg);
+    h->stats.rejected_limit++;
+    return &refused_uri;
+}
+
 static cdcdd_mhd_result on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
                                    const char *version, const char *upload_data, size_t *upload_data_size,
                                    void **con_cls) {
     (void)version;
     cdcdd_http *h = cls;
+    if (*con_cls == &refused_uri) return MHD_NO;
     cdcdd_req *req = *con_cls;
     if (!req) {
         req = request_new(h, conn, url, method);
@@ -447,7 +476,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     (void)conn;
     cdcdd_http *h = cls;
     cdcdd_req *req = *con_cls;
-    if (!req) return;
+    if (!req || *con_cls == &refused_uri) return;
     *con_cls = NULL;
     double dt = cdcd_now_s() - req->t0;
     unsigned st = req->status;
@@ -572,7 +601,7 @@ int cdcdd_http_start(const cdcdd_http_config *cfg, cdcdd_http **out, char *err, 
         MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)o->limits.max_connections_per_ip, MHD_OPTION_CONNECTION_TIMEOUT,
         (unsigned)o->limits.request_timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CDCDD_MHD_MEMORY_LIMIT,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_NOTIFY_CONNECTION, on_connection, h,
-        MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, h, MHD_OPTION_END);
+        MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, h, MHD_OPTION_URI_LOG_CALLBACK, on_uri, h, MHD_OPTION_END);
     if (!h->mhd) {
         snprintf(err, errlen, "cannot listen on %s:%d (address in use, or not permitted?)", o->listen_host,
                  o->listen_port);

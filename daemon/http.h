@@ -89,6 +89,7 @@ struct cdcdd_req {
     int answered;   /* a response has been queued or is waiting for resume */
     int suspended;  /* MHD_suspend_connection in effect */
     int is_stream;  /* the response is an event stream (parks while idle) */
+    int close_after; /* the answer closes the connection (a request with bad framing) */
     struct MHD_Response *deferred; /* answer waiting for the resume */
     unsigned deferred_status;
     unsigned status;

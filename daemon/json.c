@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "json_strict.h"
+
 static int fail(cdcdd_json_error *e, const char *code, const char *field, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 static int fail(cdcdd_json_error *e, const char *code, const char *field, const char *fmt, ...) {
@@ -51,6 +53,9 @@ int cdcdd_json_parse(const char *body, size_t len, int max_depth, cJSON **out, c
     if (!cdcdd_json_has_body(body, len)) return fail(e, "invalid_json", NULL, "the request needs a JSON body") + 1;
     if (cdcdd_json_depth(body, len, max_depth) < 0)
         return fail(e, "too_deep", NULL, "JSON nested deeper than %d levels", max_depth) + 1;
+    size_t nul_at = 0;
+    if (cdcd_json_strict_text(body, len, &nul_at) != CDCD_JSON_STRICT_OK)
+        return fail(e, "invalid_json", NULL, "the string at byte %zu contains a NUL character", nul_at) + 1;
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, 0);
     if (!root) return fail(e, "invalid_json", NULL, "invalid JSON near byte %ld", end ? (long)(end - body) : 0L) + 1;
@@ -60,6 +65,11 @@ int cdcdd_json_parse(const char *body, size_t len, int max_depth, cJSON **out, c
     if (at < len) {
         cJSON_Delete(root);
         return fail(e, "invalid_json", NULL, "unexpected data after the JSON document at byte %zu", at) + 1;
+    }
+    char key[CDCD_JSON_KEY_PATH_MAX];
+    if (cdcd_json_strict_tree(root, key, sizeof key) != CDCD_JSON_STRICT_OK) {
+        cJSON_Delete(root);
+        return fail(e, "duplicate_key", key, "the key \"%s\" appears twice", key) + 1;
     }
     *out = root;
     return 1;

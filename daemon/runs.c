@@ -123,12 +123,31 @@ static int transition(cdcdd_runs *runs, cdcdd_run *r, cdcdd_run_event ev) {
 }
 
 static void fail_run(cdcdd_runs *runs, cdcdd_run *r, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* Rewrites each "dir/..." in s as "label/...", in place: clients see where a file sits in
+ * the daemon's directories, not where those live on the host. Only shortens s. */
+static void relativize(char *s, const char *dir, const char *label) {
+    size_t n = dir ? strlen(dir) : 0, k = strlen(label);
+    if (n == 0 || k > n) return;
+    for (char *at = strstr(s, dir); at; at = strstr(at + k, dir)) {
+        if (at[n] != '/') {
+            at += n - k; /* not the directory itself: look past it */
+            continue;
+        }
+        memcpy(at, label, k);
+        memmove(at + k, at + n, strlen(at + n) + 1);
+    }
+}
+
+/* Fails the run with a reason: the log gets it whole, the run's error (what the API
+ * shows) with the state and data directories as "runs/" and "data/". */
 static void fail_run(cdcdd_runs *runs, cdcdd_run *r, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(r->error, sizeof r->error, fmt, ap);
     va_end(ap);
     cdcd_error("run %lld failed: %s", (long long)r->id, r->error);
+    relativize(r->error, runs->cfg.runs_dir, "runs");
+    relativize(r->error, runs->cfg.opts->data_dir, "data");
     transition(runs, r, CDCDD_RUN_EV_FAIL);
 }
 

@@ -11,7 +11,12 @@
   - shutdown: /health answers 503 "stopping" while the daemon drains, other requests 503,
     and an answer produced during the drain is sent before the daemon exits;
   - slowloris: total deadlines for the request head and body, not only the idle timeout;
-  - max_runs_total and GET /runs pagination.
+  - max_runs_total and GET /runs pagination;
+  - input: query arguments counted before MHD's pool runs out (414 in JSON), conflicting
+    Content-Length or Content-Length with Transfer-Encoding refused (request smuggling),
+    duplicate JSON keys and NUL in strings refused, data paths confined by realpath with one
+    answer for missing and outside files and no absolute path in any answer, run names that
+    cannot forge log lines.
 Standard library only; binaries from $CDCD_BIN."""
 import http.client
 import json
@@ -84,7 +89,7 @@ def main():
         finish()
     try:
         for group in (browser_checks, allow_list_checks, auth_all_checks, shutdown_checks, deadline_checks,
-                      run_limit_checks):
+                      run_limit_checks, input_checks):
             try:
                 group(data)
             except NoDaemon:
@@ -329,6 +334,115 @@ def run_limit_checks(data):
             r = d.get("/runs?before_id=x")
             assert r.status == 400 and r.error_field() == "before_id", r
         check("runs_list_pagination", pagination)
+    finally:
+        d.cleanup()
+
+
+MAX_QUERY_ARGS = 64  # daemon/http_guard.h CDCDD_MAX_QUERY_ARGS
+
+
+def post_raw(port, body, extra=b""):
+    head = (b"POST /runs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nConnection: close\r\n"
+            + extra)
+    if b"content-length" not in extra.lower():
+        head += b"Content-Length: %d\r\n" % len(body)
+    return raw(port, head + b"\r\n" + body)
+
+
+def input_checks(data):
+    d = start(data, [], "input")
+    try:
+        def query_args_counted():
+            def get(n):
+                q = "&".join(f"a{i}=1" for i in range(n))
+                return raw(d.port, f"GET /runs?{q} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode(),
+                           wait=8)
+            status, _, body = get(MAX_QUERY_ARGS)
+            assert status == 200, (status, body[:200])
+            for n in (MAX_QUERY_ARGS + 1, 30000):  # 30,000 exhausted MHD's pool: no answer for 10 s
+                t0 = time.time()
+                status, head, body = get(n)
+                assert status == 414 and json.loads(body)["error"]["code"] == "too_many_parameters", (n, status, body[:200])
+                assert "application/json" in head.lower() and time.time() - t0 < 3, (n, head)
+            assert d.get("/health").status == 200
+        check("query_arguments_counted_before_the_pool", query_args_counted)
+
+        def framing():
+            cfg = json.dumps(tiny_config(train={"max_steps": 2})).encode()
+            for extra, what in ((b"Content-Length: %d\r\nContent-Length: 5\r\n" % len(cfg), "two lengths"),
+                                (b"Content-Length: %d\r\nTransfer-Encoding: chunked\r\n" % len(cfg), "length+chunked")):
+                status, head, body = post_raw(d.port, cfg, extra)
+                assert status == 400 and json.loads(body)["error"]["code"] == "bad_framing", (what, status, body)
+                assert "connection: close" in head.lower(), (what, head)
+            assert d.get("/runs").json()["count"] == 0, "a refused request created a run"
+            # the same length twice is one length (RFC 9110 allows it)
+            status, _, body = post_raw(d.port, cfg, b"Content-Length: %d\r\nContent-Length: %d\r\n" % (len(cfg), len(cfg)))
+            assert status == 201, (status, body)
+        check("conflicting_content_length_refused", framing)
+
+        def duplicate_keys():
+            r = d.post("/runs", '{"train": {"max_steps": 2, "max_steps": 3}}')
+            assert r.status == 400 and r.error_code() == "duplicate_key" and r.error_field() == "train.max_steps", r
+            r = d.post("/runs", '{"name": "a", "name": "b"}')
+            assert r.status == 400 and r.error_field() == "name", r
+            r = d.post("/runs/1/samples", '{"n": 1, "n": 2}')
+            assert r.status == 400 and r.error_code() == "duplicate_key", r
+        check("duplicate_json_keys_refused", duplicate_keys)
+
+        def nul_in_strings():
+            cfg = tiny_config(train={"max_steps": 2})
+            body = json.dumps(dict(cfg, name="ok\u0000hidden"))  # json.dumps writes the escape
+            assert "\\u0000" in body
+            r = d.post("/runs", body)
+            assert r.status == 400 and "NUL" in r.json()["error"]["message"], r
+            status, _, rb = post_raw(d.port, json.dumps(dict(cfg, name="ok")).encode().replace(b'"ok"', b'"o\x00k"'))
+            assert status == 400, (status, rb)
+            # an escaped backslash before u0000 is the six characters, not a NUL
+            r = d.post("/runs", json.dumps(dict(cfg, name="back\\u0000slash")))
+            assert r.status == 201 and r.json()["name"] == "back\\u0000slash", r
+        check("nul_in_json_strings_refused", nul_in_strings)
+
+        def paths_confined():
+            outside = os.path.join(os.path.dirname(data), "outside.tok")
+            shutil.copy(os.path.join(data, "train.tok"), outside)
+            os.symlink(outside, os.path.join(data, "link-out.tok"))
+            os.symlink("train.tok", os.path.join(data, "link-in.tok"))
+            answers = {}
+            for name in ("link-out.tok", "missing.tok"):
+                r = d.post("/runs", tiny_config(data={"train": name}))
+                assert r.status == 400 and r.error_field() == "data.train", (name, r)
+                msg = r.json()["error"]["message"]
+                assert data not in msg and os.path.dirname(data) not in msg, msg
+                answers[name] = msg.replace(name, "NAME")
+            assert answers["link-out.tok"] == answers["missing.tok"], answers  # no existence oracle
+            r = d.post("/runs", tiny_config(data={"train": "link-in.tok"}, train={"max_steps": 2}))
+            assert r.status == 201, r
+        check("data_paths_confined_by_realpath", paths_confined)
+
+        def run_error_has_no_host_paths():
+            victim = os.path.join(data, "vanishing.tok")
+            shutil.copy(os.path.join(data, "train.tok"), victim)
+            r = d.post("/runs", tiny_config(data={"train": "vanishing.tok"}, train={"max_steps": 1000000}))
+            assert r.status == 201, r
+            rid = r.json()["id"]
+            d.wait_run(rid, lambda x: x["state"] == "running" and x["step"] > 2, 60, "training")
+            assert d.post(f"/runs/{rid}/pause").status == 200
+            d.wait_state(rid, "paused", 60)
+            os.remove(victim)
+            assert d.post(f"/runs/{rid}/resume").status == 200
+            run = d.wait_run(rid, lambda x: x["state"] == "failed", 60, "failed without its token file")
+            err = run["error"] or ""
+            assert "vanishing.tok" in err and data not in err and d.state not in err, err
+            assert data in d.log_text(), "the log keeps the full path for the operator"
+        check("run_errors_show_no_host_paths", run_error_has_no_host_paths)
+
+        def log_lines_not_forged():
+            r = d.post("/runs", dict(tiny_config(train={"max_steps": 2}), name="evil\nFORGED error: pwned\x1b[2J"))
+            assert r.status in (201, 400), r
+            log = d.log_text()
+            assert not any(line.startswith("FORGED") for line in log.splitlines()), "a run name forged a log line"
+            assert "\x1b" not in log, "a control sequence reached the log"
+        check("run_names_cannot_forge_log_lines", log_lines_not_forged)
     finally:
         d.cleanup()
 

@@ -1,6 +1,7 @@
 /* Request dispatch (daemon/router.c) without a socket: which route runs, with which path
  * parameters, and which refusal (404, 405 with Allow, 401, 413, 503, 421 foreign Host, 403
  * foreign Origin, 415 not JSON) is sent otherwise; auth = all with session cookies. */
+#include "http_guard.h"
 #include "router.h"
 #include "test.h"
 
@@ -242,6 +243,16 @@ TEST(test_router_auth_all_and_sessions) {
     EXPECT(d.kind == CDCDD_DISPATCH_ROUTE);
 }
 
+/* The count taken before MHD splits the query (daemon/http_guard.c). */
+TEST(test_router_query_argument_count) {
+    EXPECT(cdcdd_http_query_arg_count("/runs") == 0);
+    EXPECT(cdcdd_http_query_arg_count("/runs?") == 1);
+    EXPECT(cdcdd_http_query_arg_count("/runs?limit=2&before_id=9") == 2);
+    EXPECT(cdcdd_http_query_arg_count("/x?a&&&") == 4); /* MHD makes a record for each */
+    EXPECT(cdcdd_http_query_arg_count(NULL) == 0);
+    EXPECT(CDCDD_MAX_QUERY_ARGS == 64);
+}
+
 int main(void) {
     RUN(test_router_routes_and_params);
     RUN(test_router_methods);
@@ -250,5 +261,6 @@ int main(void) {
     RUN(test_router_host_rebinding);
     RUN(test_router_origin_and_media_type);
     RUN(test_router_auth_all_and_sessions);
+    RUN(test_router_query_argument_count);
     return test_summary();
 }

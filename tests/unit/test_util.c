@@ -1,8 +1,14 @@
 /* Core utilities: RNG streams, arena, clock. */
 #include "arena.h"
 #include "clock.h"
+#include "log.h"
 #include "rng.h"
 #include "test.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
 TEST(test_rng_reproducible_and_streams_differ) {
     cdcd_rng a, b, c;
@@ -83,6 +89,38 @@ TEST(test_clock_monotonic) {
     EXPECT(cdcd_wall_s() > 1.6e9);
 }
 
+/* A log message carries client-chosen strings (run names, URLs): a newline or an escape
+ * sequence in one is written as \xNN, so it can neither forge a line nor drive a terminal. */
+TEST(test_log_escapes_control_characters) {
+    char path[] = "/tmp/cdcd-log-XXXXXX";
+    int fd = mkstemp(path);
+    EXPECT(fd >= 0);
+    close(fd);
+    EXPECT(cdcd_log_open(path) == 0);
+    cdcd_info("run %s created", "evil\nFORGED error: x\x1b[2J");
+    char longer[3000];
+    memset(longer, 'a', sizeof longer - 1);
+    longer[sizeof longer - 1] = '\0';
+    longer[2000] = '\n';
+    cdcd_info("%s", longer);
+    EXPECT(cdcd_log_open(NULL) == 0);
+    FILE *f = fopen(path, "r");
+    EXPECT(f != NULL);
+    char line[4096];
+    int lines = 0, forged = 0, esc = 0, longest = 0;
+    while (f && fgets(line, sizeof line, f)) {
+        lines++;
+        forged += strncmp(line, "FORGED", 6) == 0;
+        esc += strchr(line, 0x1b) != NULL;
+        if ((int)strlen(line) > longest) longest = (int)strlen(line);
+        if (lines == 1) EXPECT(strstr(line, "evil\\x0aFORGED error: x\\x1b[2J created") != NULL);
+    }
+    if (f) fclose(f);
+    unlink(path);
+    EXPECTF(lines == 2 && !forged && !esc, "%d lines, %d forged, %d escapes", lines, forged, esc);
+    EXPECT(longest > 3000); /* a message longer than the stack buffer is written whole */
+}
+
 int main(void) {
     RUN(test_rng_reproducible_and_streams_differ);
     RUN(test_rng_normal_moments);
@@ -90,5 +128,6 @@ int main(void) {
     RUN(test_rng_split_is_deterministic);
     RUN(test_arena_alignment_and_capacity);
     RUN(test_clock_monotonic);
+    RUN(test_log_escapes_control_characters);
     return test_summary();
 }
