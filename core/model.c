@@ -331,12 +331,20 @@ static void linear_fwd(cdcd_model *m, float *out, const float *in, const float *
         cdcd_ops_linear_forward(m->pool, out, in, w, b, N, n_in, n_out);
 }
 
+/* g.emb from detab through the L2 norm: written, or (accumulating) computed in place in
+ * detab, whose rows are read before they are written, and added. */
 static void demb_range(void *vctx, size_t lo, size_t hi) {
     cdcd_model *m = ((model_ctx *)vctx)->m;
     int E = m->cfg.d_emb;
-    for (size_t v = lo; v < hi; v++)
-        cdcd_ops_l2norm_backward(m->g.emb + v * E, m->a.detab + v * E, m->p.emb + v * E,
-                                 m->a.enorm[v], E, 1.0f);
+    for (size_t v = lo; v < hi; v++) {
+        float *g = m->g.emb + v * E, *d = m->a.detab + v * E;
+        if (!m->accumulating) {
+            cdcd_ops_l2norm_backward(g, d, m->p.emb + v * E, m->a.enorm[v], E, 1.0f);
+            continue;
+        }
+        cdcd_ops_l2norm_backward(d, d, m->p.emb + v * E, m->a.enorm[v], E, 1.0f);
+        for (int i = 0; i < E; i++) g[i] += d[i];
+    }
 }
 
 /* Training x = sqrt(E) etab[id] + sigma * eps. */
@@ -780,7 +788,8 @@ static void forward_batch(cdcd_model *m, const cdcd_batch *b) {
 }
 
 /* Loss rows, targets and weights from loss_mask; per-sequence counts. Returns the number
- * of loss rows; *n_valid = sequences with at least one. */
+ * of loss rows; *n_valid = the loss normaliser: b->loss_seqs, or else the sequences here
+ * with at least one. */
 static int gather_loss_rows(cdcd_model *m, const cdcd_batch *b, int *n_valid) {
     int B = b->B, T = b->T, n = 0, valid = 0;
     for (int s = 0; s < B; s++) {
@@ -788,10 +797,11 @@ static int gather_loss_rows(cdcd_model *m, const cdcd_batch *b, int *n_valid) {
         for (int t = 0; t < T; t++) cnt += b->loss_mask[(size_t)s * T + t] != 0;
         valid += cnt > 0;
     }
+    int norm = b->loss_seqs > 0 ? b->loss_seqs : valid;
     for (int s = 0; s < B; s++) {
         int cnt = 0;
         for (int t = 0; t < T; t++) cnt += b->loss_mask[(size_t)s * T + t] != 0;
-        float w = cnt > 0 ? 1.0f / ((float)cnt * (float)valid) : 0.0f;
+        float w = cnt > 0 ? 1.0f / ((float)cnt * (float)norm) : 0.0f;
         for (int t = 0; t < T; t++) {
             size_t r = (size_t)s * T + t;
             if (!b->loss_mask[r]) continue;
@@ -801,7 +811,7 @@ static int gather_loss_rows(cdcd_model *m, const cdcd_batch *b, int *n_valid) {
             n++;
         }
     }
-    *n_valid = valid;
+    *n_valid = norm;
     return n;
 }
 
@@ -889,6 +899,11 @@ static void head_ce(cdcd_model *m, int n_rows, int want_grad) {
 
 int cdcd_model_forward_backward(cdcd_model *m, const cdcd_batch *b, float *loss,
                                 float *per_seq_loss) {
+    return cdcd_model_forward_backward_acc(m, b, 0, loss, per_seq_loss);
+}
+
+int cdcd_model_forward_backward_acc(cdcd_model *m, const cdcd_batch *b, int accumulate, float *loss,
+                                    float *per_seq_loss) {
     if (!m->trainable) {
         cdcd_error("model: created for inference only; it cannot compute gradients");
         return -1;
@@ -901,7 +916,8 @@ int cdcd_model_forward_backward(cdcd_model *m, const cdcd_batch *b, float *loss,
     forward_batch(m, b);
     int n_valid = 0;
     int n_rows = gather_loss_rows(m, b, &n_valid);
-    memset(m->grads, 0, m->n_params * sizeof(float));
+    if (!accumulate) memset(m->grads, 0, m->n_params * sizeof(float));
+    m->accumulating = accumulate != 0;
     memset(a->detab, 0, sizeof(float) * (size_t)cf->vocab_size * E);
     if (cf->head == CDCD_HEAD_LOGITS) {
         memset(a->dz, 0, sizeof(float) * N * D);

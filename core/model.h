@@ -190,6 +190,9 @@ typedef struct {
     const float *noise;       /* (B,T,E) standard normal eps: x = e_ids + sigma * eps */
     const float *self_cond;   /* (B,T,E) x-hat-0 estimate, or NULL (= zeros); only read when
                                  the config has self_cond; never receives a gradient */
+    int loss_seqs;            /* the loss normaliser: sequences with a loss position in the
+                                 whole optimiser batch (every micro-batch and rank); 0 = this
+                                 batch's own count */
 } cdcd_batch;
 
 /* Forward + backward: *loss = batch loss (mean of per-sequence means over sequences with
@@ -198,6 +201,11 @@ typedef struct {
  * Returns 0, or -1 on bad arguments (logged; nothing computed). */
 int cdcd_model_forward_backward(cdcd_model *m, const cdcd_batch *b, float *loss,
                                 float *per_seq_loss);
+/* The same, adding this batch's gradient to the gradient array when accumulate is 1 (a
+ * micro-step of a larger batch; b->loss_seqs then names the whole batch's count, so the
+ * micro-batch losses and gradients sum to the whole batch's). */
+int cdcd_model_forward_backward_acc(cdcd_model *m, const cdcd_batch *b, int accumulate, float *loss,
+                                    float *per_seq_loss);
 /* The same loss, forward only (validation); gradients untouched. 0 or -1. */
 int cdcd_model_forward_loss(cdcd_model *m, const cdcd_batch *b, float *loss,
                             float *per_seq_loss);

@@ -173,6 +173,7 @@ struct cdcd_model {
     float *fourier_w;            /* (C/2) */
     int head_blocks, head_width; /* inference head: vocabulary blocks and their width */
     int etab_valid;              /* etab/enorm match the current parameters */
+    int accumulating; /* in cdcd_model_forward_backward_acc with accumulate: gradients are added to */
     int split;                   /* 1 inside inference: one BLAS thread, tiles on the pool */
     int trainable;               /* 0: created with CDCD_MODEL_INFERENCE (no grads, Adam) */
     cdcd_pool *pool;

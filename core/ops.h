@@ -91,7 +91,7 @@ void cdcd_ops_silu_backward(float *din, const float *dout, const float *in, size
 /* ---- L2 normalisation of one vector: y = scale * x / max(|x|, CDCD_NORM_EPS) */
 /* Returns |x| (the value the backward needs). y may alias x. */
 float cdcd_ops_l2norm_forward(float *y, const float *x, int dim, float scale);
-/* dx (dim) written, from dy, the forward's input x and its returned norm. */
+/* dx (dim) written, from dy, the forward's input x and its returned norm; dx may alias dy. */
 void cdcd_ops_l2norm_backward(float *dx, const float *dy, const float *x, float norm, int dim,
                               float scale);
 

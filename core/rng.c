@@ -21,6 +21,17 @@ void cdcd_rng_init(cdcd_rng *r, uint64_t seed, uint64_t stream_id) {
     r->spare_normal = 0.0;
 }
 
+void cdcd_rng_init_keyed(cdcd_rng *r, uint64_t seed, uint64_t stream, uint64_t step, uint64_t index) {
+    /* one SplitMix64 pass per key word, chained, so (1, 2) and (2, 1) land far apart */
+    uint64_t x = stream ^ 0xbb67ae8584caa73bull;
+    uint64_t id = splitmix64(&x);
+    x = id ^ step;
+    id = splitmix64(&x);
+    x = id ^ index;
+    id = splitmix64(&x);
+    cdcd_rng_init(r, seed, id);
+}
+
 cdcd_rng cdcd_rng_split(cdcd_rng *parent, uint64_t child_id) {
     cdcd_rng child;
     cdcd_rng_init(&child, cdcd_rng_u64(parent), child_id);

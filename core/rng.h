@@ -18,6 +18,11 @@ typedef struct {
 } cdcd_rng;
 
 void cdcd_rng_init(cdcd_rng *r, uint64_t seed, uint64_t stream_id);
+/* A stream keyed by (seed, stream, step, index): the training draws of step `step` for the
+ * global sample `index` (or index 0 for a draw over the whole batch). Each is a pure
+ * function of the key, so the draws do not depend on how a batch is cut into micro-batches
+ * or ranks, and a resumed run needs no saved generator state. */
+void cdcd_rng_init_keyed(cdcd_rng *r, uint64_t seed, uint64_t stream, uint64_t step, uint64_t index);
 /* A child stream: independent of the parent's future output; advances the parent once. */
 cdcd_rng cdcd_rng_split(cdcd_rng *parent, uint64_t child_id);
 

@@ -121,6 +121,7 @@ static const field_spec fields[] = {
     {"data", "mode", F_ENUM, OFF(data.mode), 0, 0, 0, mode_names},
     {"data", "vocab", F_ENUM, OFF(data.vocab), 0, 0, 0, vocab_names},
     {"train", "batch_size", F_INT, OFF(train.batch_size), 1, RUN_MAX_BATCH, 0, NULL},
+    {"train", "grad_accum", F_INT, OFF(train.grad_accum), 1, RUN_MAX_BATCH, 0, NULL},
     {"train", "max_steps", F_INT64, OFF(train.max_steps), 1, (double)RUN_MAX_STEPS, 0, NULL},
     {"train", "minutes", F_FLOAT, OFF(train.minutes), 0, RUN_MAX_MINUTES, 0, NULL},
     {"train", "threads", F_INT, OFF(train.threads), 1, RUN_MAX_THREADS, 0, NULL},
@@ -178,6 +179,7 @@ static void apply_defaults(cdcd_run_config *c) {
     c->data.seq_len = RUN_DEFAULT_SEQ_LEN;
     c->data.mode = CDCD_DATA_WINDOW;
     c->train.batch_size = RUN_DEFAULT_BATCH;
+    c->train.grad_accum = 1;
     c->train.max_steps = RUN_DEFAULT_MAX_STEPS;
     c->train.threads = RUN_DEFAULT_THREADS;
     c->train.checkpoint_every = RUN_DEFAULT_CHECKPOINT_EVERY;
@@ -338,6 +340,8 @@ static int validate(cdcd_run_config *c, int self_cond_given, int prior_given, co
         return set_error(err, "model", bad ? bad : "", "%s", msg);
     if (c->data.seq_len > m->max_seq_len)
         return set_error(err, "data", "seq_len", "(%d) exceeds model.max_seq_len (%d)", c->data.seq_len, m->max_seq_len);
+    if (c->train.batch_size % c->train.grad_accum != 0)
+        return set_error(err, "train", "grad_accum", "must divide train.batch_size (%d)", c->train.batch_size);
     if (c->schedule.tmax <= c->schedule.tmin)
         return set_error(err, "schedule", "tmax", "must be greater than schedule.tmin");
     if (m->output_prior && m->head != CDCD_HEAD_LOGITS)
@@ -507,11 +511,14 @@ int64_t cdcd_run_config_max_steps(const cdcd_run_config *c) { return c->train.ma
 
 uint64_t cdcd_run_config_memory_estimate(const cdcd_run_config *c) {
     cdcd_model_memory mem;
-    if (cdcd_model_memory_estimate(&c->model, c->train.batch_size, c->data.seq_len, &mem) != 0) return UINT64_MAX;
+    int micro = c->train.batch_size / (c->train.grad_accum > 0 ? c->train.grad_accum : 1);
+    if (cdcd_model_memory_estimate(&c->model, micro, c->data.seq_len, &mem) != 0) return UINT64_MAX;
     uint64_t total = mem.total;
     if (c->optim.ema > 0) total += mem.params; /* the EMA copy */
-    /* Trainer buffers: noise and self-conditioning (B,T,E) floats, ids and masks. */
+    /* Trainer buffers: noise and self-conditioning (micro-batch,T,E) floats; ids and masks
+     * of the whole batch. */
     uint64_t bt = (uint64_t)c->train.batch_size * (uint64_t)c->data.seq_len;
-    total += bt * (uint64_t)c->model.d_emb * sizeof(float) * 2 + bt * (sizeof(int32_t) + 3);
+    uint64_t mt = (uint64_t)micro * (uint64_t)c->data.seq_len;
+    total += mt * (uint64_t)c->model.d_emb * sizeof(float) * 2 + bt * (sizeof(int32_t) + 3);
     return total;
 }

@@ -35,7 +35,8 @@ typedef struct cdcd_run_config {
         cdcd_vocab_kind vocab;
     } data;
     struct {
-        int batch_size;
+        int batch_size;       /* the global batch: sequences per optimiser step */
+        int grad_accum;       /* micro-steps per optimiser step (batch_size / grad_accum rows each) */
         int64_t max_steps;
         float minutes;        /* training-time budget: stop, and end the lr schedule, there (0 = none) */
         int threads;

@@ -24,12 +24,16 @@
 #include "tokfile.h"
 #include "vocab_map.h"
 
-/* RNG stream ids: each consumer has its own stream of the run's seed. */
+/* RNG stream ids: each consumer has its own stream of the run's seed. The training draws
+ * (masks, sigmas, self-conditioning choice, noise) are keyed by (seed, stream, step, global
+ * sample index) through cdcd_rng_init_keyed, so they do not depend on how the batch is cut
+ * into micro-batches (train.grad_accum) or ranks, and a checkpoint holds no generator state. */
 enum { STREAM_INIT = 1, STREAM_SIGMA, STREAM_NOISE, STREAM_MASK, STREAM_SELF_COND, STREAM_DATA,
        STREAM_VALID = 100 };
 
 #define TRAIN_STATE_MAGIC 0x43444344545354ull /* "CDCDTST" */
-#define TRAIN_STATE_VERSION 2 /* v2 adds train_seconds; v1 checkpoints resume with 0 */
+#define TRAIN_STATE_VERSION 3 /* v2 adds train_seconds (v1 resumes with 0); v3: keyed draws,
+                                 no "rng" section (a v1/v2 checkpoint resumes with keyed draws) */
 #define TRAIN_VALID_SEED_MIX 0x5eedULL
 
 typedef struct {
@@ -51,19 +55,19 @@ struct cdcd_trainer {
     cdcd_schedule sched;
     cdcd_tokfile *train_tf, *valid_tf;
     cdcd_batcher *train_it;
-    cdcd_rng rng_sigma, rng_noise, rng_mask, rng_self_cond;
     int64_t step, tokens, adam_t;
     double train_seconds; /* time inside cdcd_trainer_step (pauses and sampling excluded) */
     int B, T, E;
-    /* Batch buffers. */
+    int Bm, accum;      /* micro-batch rows (B / accum) and micro-steps per optimiser step */
+    /* Batch buffers: the whole batch's ids, masks and sigmas; a micro-batch's noise. */
     int32_t *ids;       /* (B,T) */
     uint8_t *pad;       /* (B,T) */
     uint8_t *cond;      /* (B,T) */
     uint8_t *loss_mask; /* (B,T) */
     float *sigma;       /* (B) */
     float *per_seq;     /* (B) */
-    float *noise;       /* (B,T,E) */
-    float *self_cond;   /* (B,T,E) or NULL */
+    float *noise;       /* (Bm,T,E) */
+    float *self_cond;   /* (Bm,T,E) or NULL */
     /* Recent (sigma, loss) samples, used for refits when the sink has no store. */
     float *ring_sigma, *ring_loss; /* (window) */
     int64_t ring_n, ring_head;
@@ -248,9 +252,11 @@ static cdcd_trainer *trainer_build(const cdcd_run_config *cfg, const char *run_d
     snprintf(t->run_dir, sizeof t->run_dir, "%s", run_dir ? run_dir : ".");
     if (sink) t->sink = *sink;
     t->B = cfg->train.batch_size;
+    t->accum = cfg->train.grad_accum > 0 ? cfg->train.grad_accum : 1;
+    t->Bm = t->B / t->accum;
     t->T = cfg->data.seq_len;
     t->E = cfg->model.d_emb;
-    size_t bt = (size_t)t->B * (size_t)t->T;
+    size_t bt = (size_t)t->B * (size_t)t->T, mt = (size_t)t->Bm * (size_t)t->T;
     int window = cfg->schedule.window;
 
     char merr[256];
@@ -298,7 +304,7 @@ static cdcd_trainer *trainer_build(const cdcd_run_config *cfg, const char *run_d
         snprintf(err, errlen, "data.train: %s", merr);
         goto fail;
     }
-    t->model = cdcd_model_create(&mc, t->B, t->T, cfg->train.threads, cfg->seed ^ (uint64_t)STREAM_INIT, merr,
+    t->model = cdcd_model_create(&mc, t->Bm, t->T, cfg->train.threads, cfg->seed ^ (uint64_t)STREAM_INIT, merr,
                                  sizeof merr);
     if (!t->model) {
         snprintf(err, errlen, "model: %s", merr);
@@ -309,19 +315,14 @@ static cdcd_trainer *trainer_build(const cdcd_run_config *cfg, const char *run_d
         snprintf(err, errlen, "schedule: invalid noise range [%g, %g]", cfg->schedule.tmin, cfg->schedule.tmax);
         goto fail;
     }
-    cdcd_rng_init(&t->rng_sigma, cfg->seed, STREAM_SIGMA);
-    cdcd_rng_init(&t->rng_noise, cfg->seed, STREAM_NOISE);
-    cdcd_rng_init(&t->rng_mask, cfg->seed, STREAM_MASK);
-    cdcd_rng_init(&t->rng_self_cond, cfg->seed, STREAM_SELF_COND);
-
     t->ids = calloc(bt, sizeof *t->ids);
     t->pad = calloc(bt, 1);
     t->cond = calloc(bt, 1);
     t->loss_mask = calloc(bt, 1);
     t->sigma = calloc((size_t)t->B, sizeof *t->sigma);
     t->per_seq = calloc((size_t)t->B, sizeof *t->per_seq);
-    t->noise = calloc(bt * (size_t)t->E, sizeof *t->noise);
-    if (cfg->model.self_cond) t->self_cond = calloc(bt * (size_t)t->E, sizeof *t->self_cond);
+    t->noise = calloc(mt * (size_t)t->E, sizeof *t->noise);
+    if (cfg->model.self_cond) t->self_cond = calloc(mt * (size_t)t->E, sizeof *t->self_cond);
     t->ring_sigma = calloc((size_t)window, sizeof(float));
     t->ring_loss = calloc((size_t)window, sizeof(float));
     t->fit_sigma = calloc((size_t)window, sizeof(float));
@@ -399,7 +400,7 @@ int cdcd_trainer_validate(cdcd_trainer *t, double *out_loss) {
     char e[256];
     cdcd_batch_opts bo;
     cdcd_batch_opts_default(&bo);
-    bo.batch_size = t->B;
+    bo.batch_size = t->Bm; /* the model's rows; valid_batches x grad_accum of them */
     bo.seq_len = t->T;
     bo.shuffle = 0;
     bo.wrap = 0;
@@ -413,13 +414,13 @@ int cdcd_trainer_validate(cdcd_trainer *t, double *out_loss) {
     cdcd_rng_init(&rn, t->cfg.seed ^ TRAIN_VALID_SEED_MIX, STREAM_VALID + 1);
     double sum = 0;
     int n = 0;
-    size_t bt = (size_t)t->B * (size_t)t->T;
-    for (int i = 0; i < t->cfg.train.valid_batches; i++) {
+    size_t bt = (size_t)t->Bm * (size_t)t->T;
+    for (int i = 0; i < t->cfg.train.valid_batches * t->accum; i++) {
         int rows = cdcd_batch_next(it, t->ids, t->pad, NULL);
         if (rows <= 0) break;
         cdcd_vmap_ids_to_model(t->vmap, t->ids, bt);
         memcpy(t->loss_mask, t->pad, bt);
-        cdcd_schedule_sample_sigmas(&t->sched, &rs, t->B, t->sigma);
+        cdcd_schedule_sample_sigmas(&t->sched, &rs, t->Bm, t->sigma);
         cdcd_rng_fill_normal(&rn, t->noise, bt * (size_t)t->E, 1.0f);
         cdcd_batch b = {.B = rows, .T = t->T, .ids = t->ids, .pad_mask = t->pad, .cond_mask = NULL,
                         .loss_mask = t->loss_mask, .sigma = t->sigma, .noise = t->noise, .self_cond = NULL};
@@ -437,6 +438,75 @@ int cdcd_trainer_validate(cdcd_trainer *t, double *out_loss) {
     return 0;
 }
 
+/* The draws of step t->step over the whole batch, keyed (see the stream ids): conditioning
+ * and loss masks, sigmas (stratified over the whole batch), and how many leading rows get
+ * self-conditioning. */
+static int draw_batch(cdcd_trainer *t) {
+    const cdcd_run_config *c = &t->cfg;
+    uint64_t step = (uint64_t)t->step;
+    cdcd_rng r;
+    cdcd_mask_params mp = {.p_cond = c->cond.p_cond, .p_prefix = c->cond.p_prefix, .p_drop = c->cond.p_drop};
+    cdcd_rng_init_keyed(&r, c->seed, STREAM_MASK, step, 0);
+    cdcd_masks_make(&mp, &r, t->B, t->T, t->pad, t->cond, t->loss_mask);
+    cdcd_rng_init_keyed(&r, c->seed, STREAM_SIGMA, step, 0);
+    cdcd_schedule_sample_sigmas(&t->sched, &r, t->B, t->sigma);
+    int k = 0;
+    if (t->self_cond) {
+        cdcd_rng_init_keyed(&r, c->seed, STREAM_SELF_COND, step, 0);
+        for (int i = 0; i < t->B; i++) k += cdcd_rng_uniform(&r) < c->cond.p_self_cond;
+    }
+    return k;
+}
+
+/* Sequences with a loss position in the whole batch: the loss normaliser of every micro-batch. */
+static int loss_sequences(const cdcd_trainer *t) {
+    int n = 0;
+    for (int i = 0; i < t->B; i++) {
+        int has = 0;
+        for (int j = 0; j < t->T && !has; j++) has = t->loss_mask[(size_t)i * t->T + j];
+        n += has;
+    }
+    return n;
+}
+
+/* Forward and backward of micro-batch j (rows [j*Bm, (j+1)*Bm) of the batch), its gradient
+ * added to the model's (overwritten when j is 0). Noise for global row g is keyed by
+ * (step, g); self-conditioning covers the batch's first k_self rows. 0, or -1 with t->err. */
+static int micro_step(cdcd_trainer *t, int j, int k_self, int loss_seqs, float *loss) {
+    const cdcd_run_config *c = &t->cfg;
+    size_t row0 = (size_t)j * (size_t)t->Bm, te = (size_t)t->T * (size_t)t->E;
+    for (int i = 0; i < t->Bm; i++) {
+        cdcd_rng r;
+        cdcd_rng_init_keyed(&r, c->seed, STREAM_NOISE, (uint64_t)t->step, row0 + (size_t)i);
+        cdcd_rng_fill_normal(&r, t->noise + (size_t)i * te, te, 1.0f);
+    }
+    size_t off = row0 * (size_t)t->T;
+    cdcd_batch b = {.B = t->Bm, .T = t->T, .ids = t->ids + off, .pad_mask = t->pad + off,
+                    .cond_mask = c->model.cond_channels ? t->cond + off : NULL, .loss_mask = t->loss_mask + off,
+                    .sigma = t->sigma + row0, .noise = t->noise, .self_cond = NULL, .loss_seqs = loss_seqs};
+    if (t->self_cond) {
+        /* Self-conditioning on a random share of the batch: its first k rows (the batch
+         * order is already random), whose x-hat-0 comes from an extra no-grad pass. */
+        int k = k_self - (int)row0;
+        k = k < 0 ? 0 : (k > t->Bm ? t->Bm : k);
+        memset(t->self_cond, 0, (size_t)t->Bm * te * sizeof(float));
+        if (k > 0) {
+            cdcd_batch sub = b;
+            sub.B = k;
+            if (cdcd_model_forward_x0(t->model, &sub, t->self_cond) != 0) {
+                set_err(t, "self-conditioning pass failed");
+                return -1;
+            }
+        }
+        b.self_cond = t->self_cond;
+    }
+    if (cdcd_model_forward_backward_acc(t->model, &b, j > 0, loss, t->per_seq + row0) != 0) {
+        set_err(t, "training step %lld failed (bad batch)", (long long)t->step + 1);
+        return -1;
+    }
+    return 0;
+}
+
 int cdcd_trainer_step(cdcd_trainer *t) {
     const cdcd_run_config *c = &t->cfg;
     if (budget_spent(t)) return 1;
@@ -448,38 +518,23 @@ int cdcd_trainer_step(cdcd_trainer *t) {
         return -1;
     }
     cdcd_vmap_ids_to_model(t->vmap, t->ids, bt);
-
-    cdcd_mask_params mp = {.p_cond = c->cond.p_cond, .p_prefix = c->cond.p_prefix, .p_drop = c->cond.p_drop};
-    cdcd_masks_make(&mp, &t->rng_mask, t->B, t->T, t->pad, t->cond, t->loss_mask);
-    cdcd_schedule_sample_sigmas(&t->sched, &t->rng_sigma, t->B, t->sigma);
-    cdcd_rng_fill_normal(&t->rng_noise, t->noise, bt * (size_t)t->E, 1.0f);
-
-    cdcd_batch b = {.B = t->B, .T = t->T, .ids = t->ids, .pad_mask = t->pad,
-                    .cond_mask = c->model.cond_channels ? t->cond : NULL, .loss_mask = t->loss_mask,
-                    .sigma = t->sigma, .noise = t->noise, .self_cond = NULL};
-    if (t->self_cond) {
-        /* Self-conditioning on a random share of the batch: the first k rows (the batch
-         * order is already random), whose x-hat-0 comes from an extra no-grad pass. */
-        int k = 0;
-        for (int i = 0; i < t->B; i++) k += cdcd_rng_uniform(&t->rng_self_cond) < c->cond.p_self_cond;
-        memset(t->self_cond, 0, bt * (size_t)t->E * sizeof(float));
-        if (k > 0) {
-            cdcd_batch sub = b;
-            sub.B = k;
-            if (cdcd_model_forward_x0(t->model, &sub, t->self_cond) != 0) {
-                set_err(t, "self-conditioning pass failed");
-                return -1;
-            }
-        }
-        b.self_cond = t->self_cond;
+    int k_self = draw_batch(t);
+    int loss_seqs = loss_sequences(t);
+    cdcd_train_result res = {0};
+    for (int j = 0; j < t->accum; j++) {
+        float part = 0.0f;
+        if (micro_step(t, j, k_self, loss_seqs, &part) != 0) return -1;
+        res.loss += part; /* each part is already divided by the whole batch's count */
     }
     double lr = cdcd_train_lr(c, t->step, t->train_seconds);
     cdcd_adamw_params op = {.lr = (float)lr, .beta1 = c->optim.beta1, .beta2 = c->optim.beta2,
                             .eps = c->optim.eps, .weight_decay = c->optim.weight_decay, .clip = c->optim.clip};
-    cdcd_train_result res;
-    if (cdcd_model_train_step(t->model, &b, &op, t->adam_t + 1, t->per_seq, &res) != 0) {
-        set_err(t, "training step %lld failed (bad batch)", (long long)t->step + 1);
-        return -1;
+    if (!isfinite(res.loss)) {
+        res.nonfinite = 1;
+        res.grad_norm = cdcd_model_grad_norm(t->model);
+    } else {
+        res.grad_norm = cdcd_adamw_step(t->model, &op, t->adam_t + 1);
+        res.nonfinite = !isfinite(res.grad_norm);
     }
     if (!res.nonfinite) t->adam_t++;
     t->step++;
@@ -581,7 +636,6 @@ int cdcd_trainer_checkpoint(cdcd_trainer *t) {
                            .tokens = t->tokens, .adam_t = t->adam_t, .ring_n = t->ring_n,
                            .ring_head = t->ring_head, .n_params = n, .has_ema = cdcd_model_has_ema(t->model),
                            .train_seconds = t->train_seconds};
-    cdcd_rng rngs[4] = {t->rng_sigma, t->rng_noise, t->rng_mask, t->rng_self_cond};
     cdcd_batch_state data_state;
     cdcd_batch_get_state(t->train_it, &data_state);
     cdcd_schedule_serialise(&t->sched, sched_blob);
@@ -616,7 +670,6 @@ int cdcd_trainer_checkpoint(cdcd_trainer *t) {
         rc |= cdcd_ckpt_add(w, SECTIONS[i].name, data, n * sizeof(float));
     }
     rc |= cdcd_ckpt_add(w, "schedule", sched_blob, sizeof sched_blob);
-    rc |= cdcd_ckpt_add(w, "rng", rngs, sizeof rngs);
     rc |= cdcd_ckpt_add(w, "data", &data_state, sizeof data_state);
     rc |= cdcd_ckpt_add(w, "ring_sigma", t->ring_sigma, (size_t)t->cfg.schedule.window * sizeof(float));
     rc |= cdcd_ckpt_add(w, "ring_loss", t->ring_loss, (size_t)t->cfg.schedule.window * sizeof(float));
@@ -753,7 +806,6 @@ cdcd_trainer *cdcd_trainer_resume(const char *checkpoint_path, const char *run_d
     size_t n = cdcd_model_param_count(t->model);
     size_t window = (size_t)cfg->schedule.window;
     double sched_blob[CDCD_SCHEDULE_SERIAL_LEN];
-    cdcd_rng rngs[4];
     cdcd_batch_state data_state;
     if (read_state(r, &st) != 0 || st.n_params != n) {
         snprintf(err, errlen, "%s: training state missing or made by another model shape", checkpoint_path);
@@ -764,7 +816,6 @@ cdcd_trainer *cdcd_trainer_resume(const char *checkpoint_path, const char *run_d
         ckpt_to_model(r, "adam_v", t->model, CDCD_MODEL_ADAM_V) != 0 ||
         (cdcd_model_has_ema(t->model) && ckpt_to_model(r, "ema", t->model, CDCD_MODEL_EMA) != 0) ||
         cdcd_ckpt_read_exact(r, "schedule", sched_blob, sizeof sched_blob) != 0 ||
-        cdcd_ckpt_read_exact(r, "rng", rngs, sizeof rngs) != 0 ||
         cdcd_ckpt_read_exact(r, "data", &data_state, sizeof data_state) != 0 ||
         cdcd_ckpt_read_exact(r, "ring_sigma", t->ring_sigma, window * sizeof(float)) != 0 ||
         cdcd_ckpt_read_exact(r, "ring_loss", t->ring_loss, window * sizeof(float)) != 0) {
@@ -776,10 +827,6 @@ cdcd_trainer *cdcd_trainer_resume(const char *checkpoint_path, const char *run_d
         snprintf(err, errlen, "%s: schedule or data position cannot be restored", checkpoint_path);
         goto fail;
     }
-    t->rng_sigma = rngs[0];
-    t->rng_noise = rngs[1];
-    t->rng_mask = rngs[2];
-    t->rng_self_cond = rngs[3];
     t->step = st.step;
     t->tokens = st.tokens;
     t->adam_t = st.adam_t;

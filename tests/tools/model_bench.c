@@ -81,10 +81,10 @@ int main(int argc, char **argv) {
         double t0 = cdcd_now_s();
         int nsc = (int)(sc_share * B);
         if (nsc > 0) {
-            cdcd_batch sb = {nsc, T, ids, pad, NULL, lm, sigma, noise, NULL};
+            cdcd_batch sb = {nsc, T, ids, pad, NULL, lm, sigma, noise, NULL, 0};
             cdcd_model_forward_x0(m, &sb, x0);
         }
-        cdcd_batch b = {B, T, ids, pad, NULL, lm, sigma, noise, nsc > 0 ? x0 : NULL};
+        cdcd_batch b = {B, T, ids, pad, NULL, lm, sigma, noise, nsc > 0 ? x0 : NULL, 0};
         cdcd_train_result res;
         if (cdcd_model_train_step(m, &b, &o, s + warmup + 1, NULL, &res) != 0) return 1;
         double dt = (cdcd_now_s() - t0) * 1e3;

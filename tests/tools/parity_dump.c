@@ -289,7 +289,7 @@ int main(int argc, char **argv) {
     for (int b = 0; b < B; b++) sigma[b] = SIGMAS[b % 6];
     cdcd_rng_fill_normal(&r, noise, N * E, 1.0f);
     cdcd_rng_fill_normal(&r, sc, N * E, 1.0f);
-    cdcd_batch batch = {B, T, ids, pad, cm, lm, sigma, noise, c.self_cond ? sc : NULL};
+    cdcd_batch batch = {B, T, ids, pad, cm, lm, sigma, noise, c.self_cond ? sc : NULL, 0};
 
     /* logits of sequence 0 by the forward-only path, on x = e + sigma eps */
     float *et = malloc((size_t)V * E * sizeof *et), *x = malloc((size_t)T * E * sizeof *x);

@@ -92,7 +92,7 @@ static void make_batch(test_batch *tb, const cdcd_model_config *c, uint64_t seed
     for (int b = 0; b < B; b++) tb->sigma[b] = sig[b % 4];
     cdcd_rng_fill_normal(&r, tb->noise, (size_t)B * T * E, 1.0f);
     cdcd_rng_fill_normal(&r, tb->self_cond, (size_t)B * T * E, 1.0f);
-    cdcd_batch b = {B, T, tb->ids, tb->pad, tb->cond, tb->loss, tb->sigma, tb->noise, tb->self_cond};
+    cdcd_batch b = {B, T, tb->ids, tb->pad, tb->cond, tb->loss, tb->sigma, tb->noise, tb->self_cond, 0};
     tb->b = b;
 }
 
@@ -559,7 +559,7 @@ TEST(test_loss_falls) {
             sigma[b] = (float)exp(cdcd_rng_uniform(&r) * 4.0 - 2.0); /* 0.14 .. 7.4 */
         }
         cdcd_rng_fill_normal(&r, noise, sizeof noise / sizeof noise[0], 1.0f);
-        cdcd_batch batch = {B, T, ids, pad, NULL, lm, sigma, noise, NULL};
+        cdcd_batch batch = {B, T, ids, pad, NULL, lm, sigma, noise, NULL, 0};
         cdcd_train_result res;
         ASSERT(cdcd_model_train_step(m, &batch, &o, s, NULL, &res) == 0);
         ASSERT(!res.nonfinite);

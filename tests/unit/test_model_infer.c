@@ -254,7 +254,7 @@ TEST(test_inference_only_model) {
     uint8_t pad[IT], loss[IT];
     float sig = 1.0f, *noise = calloc((size_t)IT * E, sizeof(float));
     for (int t = 0; t < IT; t++) ids[t] = t, pad[t] = 1, loss[t] = 1;
-    cdcd_batch b = {1, IT, ids, pad, NULL, loss, &sig, noise, NULL};
+    cdcd_batch b = {1, IT, ids, pad, NULL, loss, &sig, noise, NULL, 0};
     float l;
     cdcd_adamw_params op = {1e-3f, 0.9f, 0.99f, 1e-8f, 0.01f, 1.0f};
     cdcd_train_result r;

@@ -80,7 +80,7 @@ typedef struct {
 static void *train_thread(void *arg) {
     train_job *j = arg;
     cdcd_batch b = {TB, TT, j->in->ids, j->in->pad, NULL, j->in->loss, j->in->sigma, j->in->noise,
-                    NULL};
+                    NULL, 0};
     cdcd_adamw_params o = {1e-3f, 0.9f, 0.99f, 1e-8f, 0.01f, 1.0f};
     double t0 = now_s();
     j->ok = 1;

@@ -414,6 +414,69 @@ TEST(test_train_bad_data_is_an_error) {
     cdcd_run_config_free(c);
 }
 
+/* train.grad_accum: the same 6-sequence batch in 1, 2 or 3 micro-steps. The draws are keyed
+ * by (step, global row), so only the float summation order differs: losses and parameters
+ * after STEPS steps agree closely, with self-conditioning (a prefix of the batch) on. */
+static double grad_accum_run(int accum, float *params, size_t n_max, size_t *n_out, double *losses) {
+    char run[4400], err[1024], extra[64];
+    snprintf(run, sizeof run, "%s/accum-%d", dir, accum);
+    mkdir(run, 0755);
+    snprintf(extra, sizeof extra, ",\"vocab\":\"full\"");
+    cdcd_run_config *c = config_ex(1, "logits", "", extra);
+    if (!c) return -1;
+    c->train.grad_accum = accum;
+    c->train.checkpoint_every = 0;
+    c->train.valid_every = 0;
+    record rec = {0};
+    cdcd_train_sink sk = {.ctx = &rec, .on_step = on_step};
+    cdcd_trainer *t = cdcd_trainer_create(c, run, &sk, err, sizeof err);
+    cdcd_run_config_free(c);
+    if (!t) {
+        printf("  trainer: %s\n", err);
+        return -1;
+    }
+    for (int i = 0; i < STEPS; i++) cdcd_trainer_step(t);
+    cdcd_model *m = cdcd_trainer_model(t);
+    size_t n = cdcd_model_param_count(m);
+    if (n > n_max) n = n_max;
+    cdcd_model_read(m, CDCD_MODEL_PARAMS, 0, n, params);
+    *n_out = n;
+    for (int i = 1; i <= STEPS; i++) losses[i] = rec.loss[i];
+    cdcd_trainer_free(t);
+    return 0;
+}
+
+TEST(test_train_grad_accum_matches_whole_batch) {
+    static float p1[1 << 16], p2[1 << 16];
+    double l1[STEPS + 1], l2[STEPS + 1];
+    size_t n1 = 0, n2 = 0;
+    ASSERT(grad_accum_run(1, p1, 1 << 16, &n1, l1) == 0);
+    for (int accum = 2; accum <= 3; accum++) {
+        ASSERT(grad_accum_run(accum, p2, 1 << 16, &n2, l2) == 0);
+        ASSERT(n1 == n2 && n1 > 0);
+        double worst = 0;
+        for (int i = 1; i <= STEPS; i++) worst = fmax(worst, fabs(l1[i] - l2[i]) / fabs(l1[i]));
+        double dn = 0, nn = 0;
+        for (size_t i = 0; i < n1; i++) {
+            dn += ((double)p1[i] - p2[i]) * ((double)p1[i] - p2[i]);
+            nn += (double)p1[i] * p1[i];
+        }
+        EXPECTF(worst < 1e-5, "accum %d: loss relative difference %.3g", accum, worst);
+        EXPECTF(sqrt(dn / nn) < 1e-5, "accum %d: parameters relative difference %.3g", accum, sqrt(dn / nn));
+        EXPECTF(l1[1] != l1[2], "the losses move (%g, %g)", l1[1], l1[2]);
+    }
+}
+
+TEST(test_train_grad_accum_must_divide_the_batch) {
+    const char json[] = "{\"train\":{\"batch_size\":6,\"grad_accum\":4}}";
+    cdcd_config_env env = {.skip_file_checks = 1};
+    cdcd_config_error e;
+    cdcd_run_config *c = cdcd_run_config_parse(json, sizeof json - 1, &env, &e);
+    EXPECT(c == NULL);
+    EXPECT_STREQ(e.field, "train.grad_accum");
+    cdcd_run_config_free(c);
+}
+
 int main(void) {
     if (make_data() != 0) {
         printf("FAIL setup: cannot write the synthetic token files\n");
@@ -425,6 +488,8 @@ int main(void) {
     RUN(test_train_resume_bit_exact_self_cond_embedding_head);
     RUN(test_train_resume_bit_exact_corpus_vocab_output_prior);
     RUN(test_self_conditioning_trains);
+    RUN(test_train_grad_accum_matches_whole_batch);
+    RUN(test_train_grad_accum_must_divide_the_batch);
     RUN(test_train_vocab_file_checked);
     RUN(test_train_bad_data_is_an_error);
     return test_summary();
