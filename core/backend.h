@@ -59,6 +59,8 @@ typedef struct {
     void (*ema)(cdcd_backend *be, float *ema, const float *w, size_t n, float decay);
     /* exchanges the contents of a and b (n floats) */
     void (*swap)(cdcd_backend *be, float *a, float *b, size_t n);
+    /* y = a + y over n floats, one rounding per element (the order of an all-reduce of two) */
+    void (*add)(cdcd_backend *be, float *y, const float *a, size_t n);
 } cdcd_backend_ops;
 
 struct cdcd_backend {

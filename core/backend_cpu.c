@@ -125,6 +125,16 @@ static void cpu_swap(cdcd_backend *be, float *a, float *b, size_t n) {
     cdcd_pool_for(cpu(be)->pool, n, CDCD_BACKEND_SEGMENT, swap_range, &c);
 }
 
+static void add_range(void *vctx, size_t lo, size_t hi) {
+    const opt_ctx *c = vctx;
+    for (size_t i = lo; i < hi; i++) c->dst[i] = c->src[i] + c->dst[i];
+}
+
+static void cpu_add(cdcd_backend *be, float *y, const float *a, size_t n) {
+    opt_ctx c = {.dst = y, .src = a};
+    cdcd_pool_for(cpu(be)->pool, n, CDCD_BACKEND_SEGMENT, add_range, &c);
+}
+
 static void cpu_destroy(cdcd_backend *be) {
     if (!be) return;
     cdcd_pool_free(cpu(be)->pool);
@@ -146,6 +156,7 @@ static const cdcd_backend_ops CPU_OPS = {
     .adamw = cpu_adamw,
     .ema = cpu_ema,
     .swap = cpu_swap,
+    .add = cpu_add,
 };
 
 cdcd_backend *cdcd_backend_cpu_create(int n_threads, int max_segments) {

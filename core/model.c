@@ -182,6 +182,7 @@ void cdcd_model_free(cdcd_model *m) {
         m->be->ops->free(m->be, m->adam_m);
         m->be->ops->free(m->be, m->adam_v);
         m->be->ops->free(m->be, m->ema);
+        m->be->ops->free(m->be, m->grad_sum);
     }
     cdcd_backend_free(m->be); /* stops the pool */
     free(m->p_blocks);
@@ -331,20 +332,12 @@ static void linear_fwd(cdcd_model *m, float *out, const float *in, const float *
         cdcd_ops_linear_forward(m->pool, out, in, w, b, N, n_in, n_out);
 }
 
-/* g.emb from detab through the L2 norm: written, or (accumulating) computed in place in
- * detab, whose rows are read before they are written, and added. */
 static void demb_range(void *vctx, size_t lo, size_t hi) {
     cdcd_model *m = ((model_ctx *)vctx)->m;
     int E = m->cfg.d_emb;
-    for (size_t v = lo; v < hi; v++) {
-        float *g = m->g.emb + v * E, *d = m->a.detab + v * E;
-        if (!m->accumulating) {
-            cdcd_ops_l2norm_backward(g, d, m->p.emb + v * E, m->a.enorm[v], E, 1.0f);
-            continue;
-        }
-        cdcd_ops_l2norm_backward(d, d, m->p.emb + v * E, m->a.enorm[v], E, 1.0f);
-        for (int i = 0; i < E; i++) g[i] += d[i];
-    }
+    for (size_t v = lo; v < hi; v++)
+        cdcd_ops_l2norm_backward(m->g.emb + v * E, m->a.detab + v * E, m->p.emb + v * E,
+                                 m->a.enorm[v], E, 1.0f);
 }
 
 /* Training x = sqrt(E) etab[id] + sigma * eps. */
@@ -916,8 +909,18 @@ int cdcd_model_forward_backward_acc(cdcd_model *m, const cdcd_batch *b, int accu
     forward_batch(m, b);
     int n_valid = 0;
     int n_rows = gather_loss_rows(m, b, &n_valid);
-    if (!accumulate) memset(m->grads, 0, m->n_params * sizeof(float));
-    m->accumulating = accumulate != 0;
+    size_t gbytes = m->n_params * sizeof(float);
+    if (accumulate) {
+        /* The gradient so far moves aside and this batch's is computed alone, then added
+         * (sum + new): element for element what an all-reduce of two ranks computes, so
+         * micro-steps and ranks agree bit for bit. */
+        if (!m->grad_sum && !(m->grad_sum = m->be->ops->alloc(m->be, gbytes))) {
+            cdcd_error("model: out of memory for the accumulated gradient");
+            return -1;
+        }
+        m->be->ops->copy(m->be, m->grad_sum, m->grads, gbytes);
+    }
+    memset(m->grads, 0, gbytes);
     memset(a->detab, 0, sizeof(float) * (size_t)cf->vocab_size * E);
     if (cf->head == CDCD_HEAD_LOGITS) {
         memset(a->dz, 0, sizeof(float) * N * D);
@@ -937,6 +940,7 @@ int cdcd_model_forward_backward_acc(cdcd_model *m, const cdcd_batch *b, int accu
     }
     reduce_losses(m, b, n_rows, n_valid, loss, per_seq_loss);
     trunk_backward(m, b->ids, b->cond_mask);
+    if (accumulate) m->be->ops->add(m->be, m->grads, m->grad_sum, m->n_params);
     return 0;
 }
 

@@ -160,6 +160,7 @@ struct cdcd_model {
     size_t n_params;
     cdcd_backend *be;            /* memory and the optimiser ops (core/backend.h) */
     float *params, *grads, *adam_m, *adam_v, *ema; /* backend buffers; ema NULL until enabled */
+    float *grad_sum; /* the gradient so far of an accumulated batch; NULL until first used */
     param_ptrs p, g;
     block_ptrs *p_blocks, *g_blocks;
     cdcd_param_info *table;
@@ -173,7 +174,6 @@ struct cdcd_model {
     float *fourier_w;            /* (C/2) */
     int head_blocks, head_width; /* inference head: vocabulary blocks and their width */
     int etab_valid;              /* etab/enorm match the current parameters */
-    int accumulating; /* in cdcd_model_forward_backward_acc with accumulate: gradients are added to */
     int split;                   /* 1 inside inference: one BLAS thread, tiles on the pool */
     int trainable;               /* 0: created with CDCD_MODEL_INFERENCE (no grads, Adam) */
     cdcd_pool *pool;
