@@ -27,6 +27,15 @@ DAEMON_PKGS += libsystemd
 SYSTEMD_DEF := -DCDCD_HAVE_SYSTEMD=1
 endif
 
+# Open MPI (distributed training, bin/cdcd only): core/dist_mpi.c joins the job when found.
+# MPI=0 builds without it (a process mpirun starts then refuses to run).
+MPI ?= $(shell pkg-config --exists ompi-c && echo 1)
+ifeq ($(MPI),1)
+MPI_DEF := -DCDCD_HAVE_MPI=1
+MPI_CFLAGS := $(shell pkg-config --cflags ompi-c)
+MPI_LIBS := $(shell pkg-config --libs ompi-c)
+endif
+
 ARCH ?= -march=native
 OPT ?= -O2
 WARN := -Wall -Wextra -Wno-unused-parameter
@@ -42,11 +51,11 @@ BASE_CFLAGS := -std=c11 -D_GNU_SOURCE -DCDCD_VERSION=\"$(VERSION)\" \
   $(WARN) $(CFLAGS) $(SAN) -fno-omit-frame-pointer -pthread -MMD -MP
 pkg_cflags = $(shell pkg-config --cflags $(1) 2>/dev/null)
 pkg_libs = $(shell pkg-config --libs $(1) 2>/dev/null)
-CORE_CFLAGS := $(BASE_CFLAGS) -Icore $(call pkg_cflags,$(CORE_PKGS))
+CORE_CFLAGS := $(BASE_CFLAGS) $(MPI_DEF) -Icore $(call pkg_cflags,$(CORE_PKGS)) $(MPI_CFLAGS)
 CLI_CFLAGS := $(BASE_CFLAGS) -Icore $(call pkg_cflags,$(CLI_PKGS))
 DAEMON_CFLAGS := $(BASE_CFLAGS) $(SYSTEMD_DEF) -Icore -Idaemon $(call pkg_cflags,$(DAEMON_PKGS))
 CORE_LDLIBS := $(call pkg_libs,$(CORE_PKGS)) -lm -lpthread
-CLI_LDLIBS := $(call pkg_libs,$(CLI_PKGS)) -lm -lpthread
+CLI_LDLIBS := $(call pkg_libs,$(CLI_PKGS)) $(MPI_LIBS) -lm -lpthread
 DAEMON_LDLIBS := $(call pkg_libs,$(DAEMON_PKGS)) -lm -lpthread
 LDFLAGS += $(SAN) -pthread
 

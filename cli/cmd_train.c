@@ -3,7 +3,12 @@
  * DIR receives: checkpoints (step-NNNNNNNN.ckpt), metrics.csv (one row per step),
  * entropy.csv (one (step, sigma, loss) row per sequence: the samples the schedule is fitted
  * to), fits.csv (every schedule refit), valid.csv, config.json (the normalised config) and
- * train.log. SIGINT/SIGTERM stop after the current step with a final checkpoint. */
+ * train.log. SIGINT/SIGTERM stop after the current step with a final checkpoint.
+ *
+ * Under mpirun (`mpirun -np N bin/cdcd train ...`) each rank trains its share of every batch
+ * (core/dist.h); rank 0 writes DIR's files. SIGUSR1 checkpoints at the next step, SIGUSR2
+ * checkpoints and exits; a signal reaching any rank counts for all, since the ranks agree on
+ * the flags at every step boundary and act on the same step. */
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
@@ -16,14 +21,42 @@
 
 #include "clock.h"
 #include "commands.h"
+#include "dist.h"
 #include "log.h"
 #include "runconfig.h"
 #include "train.h"
 
-static volatile sig_atomic_t stop_requested;
+static volatile sig_atomic_t stop_requested, checkpoint_requested;
 static void on_signal(int sig) {
-    (void)sig;
-    stop_requested = 1;
+    if (sig == SIGUSR1) checkpoint_requested = 1;
+    else stop_requested = 1; /* SIGINT, SIGTERM, SIGUSR2: checkpoint and exit */
+}
+
+/* The ranks' agreement on the signal flags at a step boundary: any rank's flag counts. */
+static int agree_flags(cdcd_dist *d, int64_t *stop, int64_t *ckpt, char *err, size_t errlen) {
+    *stop = stop_requested;
+    *ckpt = checkpoint_requested;
+    if (d->size == 1) return 0;
+    return d->ops->allreduce_max_i64(d, stop, err, errlen) || d->ops->allreduce_max_i64(d, ckpt, err, errlen) ? -1 : 0;
+}
+
+/* Steps until the budget is spent (1), a stop is agreed (0) or an error (-1, err set). */
+static int train_loop(cdcd_trainer *t, cdcd_dist *d, char *err, size_t errlen) {
+    for (;;) {
+        int64_t stop, ckpt;
+        if (agree_flags(d, &stop, &ckpt, err, errlen) != 0) return -1;
+        if (stop) return 0;
+        if (ckpt) {
+            checkpoint_requested = 0;
+            if (cdcd_trainer_checkpoint(t) != 0) {
+                snprintf(err, errlen, "%s", cdcd_trainer_error(t));
+                return -1;
+            }
+        }
+        int st = cdcd_trainer_step(t);
+        if (st < 0) snprintf(err, errlen, "%s", cdcd_trainer_error(t));
+        if (st != 0) return st;
+    }
 }
 
 typedef struct {
@@ -175,6 +208,14 @@ int cdcd_cmd_train(int argc, char **argv) {
     }
     char log_path[4096];
     snprintf(log_path, sizeof log_path, "%s/train.log", out_dir);
+    char derr[512] = "";
+    cdcd_dist *dist = cdcd_dist_mpi_init(derr, sizeof derr);
+    if (!dist) {
+        fprintf(stderr, "cdcd train: %s\n", derr);
+        return 1;
+    }
+    int lead = dist->rank == 0; /* writes the files and prints */
+    if (!lead) quiet = 1;
 
     int rc = 1;
     cdcd_run_config *cfg = NULL;
@@ -201,11 +242,14 @@ int cdcd_cmd_train(int argc, char **argv) {
         if (time_limit_min > 0) cfg->train.minutes = (float)time_limit_min;
     }
     int append = resume != NULL;
-    c.metrics = open_csv(out_dir, "metrics.csv", "step,loss,lr,grad_norm,tokens_per_s,tokens,step_ms,nonfinite", append);
-    c.entropy = open_csv(out_dir, "entropy.csv", "step,sigma,loss", append);
-    c.fits = open_csv(out_dir, "fits.csv", "step,ok,mu,s,h,o,rmse,n", append);
-    c.valid = open_csv(out_dir, "valid.csv", "step,valid_loss", append);
-    if (!c.metrics || !c.entropy || !c.fits || !c.valid) goto done;
+    if (lead) {
+        c.metrics = open_csv(out_dir, "metrics.csv", "step,loss,lr,grad_norm,tokens_per_s,tokens,step_ms,nonfinite",
+                             append);
+        c.entropy = open_csv(out_dir, "entropy.csv", "step,sigma,loss", append);
+        c.fits = open_csv(out_dir, "fits.csv", "step,ok,mu,s,h,o,rmse,n", append);
+        c.valid = open_csv(out_dir, "valid.csv", "step,valid_loss", append);
+        if (!c.metrics || !c.entropy || !c.fits || !c.valid) goto done;
+    }
     c.quiet = quiet;
     c.tty = isatty(STDERR_FILENO);
     cdcd_train_sink sink = {.ctx = &c,
@@ -215,18 +259,22 @@ int cdcd_cmd_train(int argc, char **argv) {
                             .on_valid = sink_valid,
                             .on_checkpoint = sink_checkpoint,
                             .recent_samples = NULL};
-    t = resume ? cdcd_trainer_resume(resume, out_dir, &sink, err, sizeof err)
-               : cdcd_trainer_create(cfg, out_dir, &sink, err, sizeof err);
+    const cdcd_train_sink *sk = lead ? &sink : NULL;
+    t = resume ? cdcd_trainer_resume_dist(resume, out_dir, sk, dist, err, sizeof err)
+               : cdcd_trainer_create_dist(cfg, out_dir, sk, dist, err, sizeof err);
     if (!t) {
         fprintf(stderr, "cdcd train: %s\n", err);
         goto done;
     }
+    if (lead && dist->size > 1)
+        fprintf(stderr, "cdcd train: %d ranks, %d sequences each per step\n", dist->size,
+                cdcd_trainer_config(t)->train.batch_size / dist->size);
     if (resume && max_steps_override > 0) cdcd_trainer_set_max_steps(t, max_steps_override);
     /* On resume a time limit is more training time on top of what the run has had. */
     if (resume && time_limit_min > 0)
         cdcd_trainer_set_minutes(t, cdcd_trainer_train_seconds(t) / 60.0 + time_limit_min);
     /* The trainer's config: what the run really is (a corpus vocabulary's size included). */
-    char *norm = cdcd_run_config_to_json(cdcd_trainer_config(t));
+    char *norm = lead ? cdcd_run_config_to_json(cdcd_trainer_config(t)) : NULL;
     if (norm) {
         char p[4096];
         snprintf(p, sizeof p, "%s/config.json", out_dir);
@@ -246,15 +294,17 @@ int cdcd_cmd_train(int argc, char **argv) {
     sa.sa_handler = on_signal;
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
-    int st = 0;
-    while (!stop_requested && (st = cdcd_trainer_step(t)) == 0) continue;
+    sigaction(SIGUSR1, &sa, NULL);
+    sigaction(SIGUSR2, &sa, NULL);
+    int st = train_loop(t, dist, err, sizeof err);
     if (!quiet && c.tty) fputc('\n', stderr);
     float minutes = cdcd_trainer_config(t)->train.minutes;
-    if (st == 1 && minutes > 0 && cdcd_trainer_step_count(t) < cdcd_run_config_max_steps(cdcd_trainer_config(t)))
+    if (lead && st == 1 && minutes > 0 && cdcd_trainer_step_count(t) < cdcd_run_config_max_steps(cdcd_trainer_config(t)))
         fprintf(stderr, "cdcd train: time budget of %g minutes spent at step %lld\n", (double)minutes,
                 (long long)cdcd_trainer_step_count(t));
     if (st < 0) {
-        fprintf(stderr, "cdcd train: %s\n", cdcd_trainer_error(t));
+        fprintf(stderr, "cdcd train: %s\n", err);
+        if (dist->size > 1) cdcd_dist_abort(dist, 1); /* the other ranks may wait in a collective */
         cdcd_trainer_checkpoint(t);
         goto done;
     }
@@ -262,7 +312,7 @@ int cdcd_cmd_train(int argc, char **argv) {
         fprintf(stderr, "cdcd train: final checkpoint failed: %s\n", cdcd_trainer_error(t));
         goto done;
     }
-    if (stop_requested) fprintf(stderr, "cdcd train: interrupted at step %lld; checkpoint written\n",
+    if (lead && stop_requested) fprintf(stderr, "cdcd train: interrupted at step %lld; checkpoint written\n",
                                 (long long)cdcd_trainer_step_count(t));
     rc = 0;
 done:
@@ -272,5 +322,6 @@ done:
     if (c.entropy) fclose(c.entropy);
     if (c.fits) fclose(c.fits);
     if (c.valid) fclose(c.valid);
+    cdcd_dist_finalize(dist);
     return rc;
 }

@@ -17,6 +17,7 @@
 #include "log.h"
 #include "masks.h"
 #include "model.h"
+#include "dist.h"
 #include "rng.h"
 #include "runconfig.h"
 #include "schedule.h"
@@ -35,6 +36,7 @@ enum { STREAM_INIT = 1, STREAM_SIGMA, STREAM_NOISE, STREAM_MASK, STREAM_SELF_CON
 #define TRAIN_STATE_VERSION 3 /* v2 adds train_seconds (v1 resumes with 0); v3: keyed draws,
                                  no "rng" section (a v1/v2 checkpoint resumes with keyed draws) */
 #define TRAIN_VALID_SEED_MIX 0x5eedULL
+#define TRAIN_DIST_CHECK_EVERY 50 /* steps between the ranks' parameter-hash comparisons */
 
 typedef struct {
     uint64_t magic;
@@ -58,7 +60,10 @@ struct cdcd_trainer {
     int64_t step, tokens, adam_t;
     double train_seconds; /* time inside cdcd_trainer_step (pauses and sampling excluded) */
     int B, T, E;
-    int Bm, accum;      /* micro-batch rows (B / accum) and micro-steps per optimiser step */
+    int Bm, accum;      /* micro-batch rows (B / (ranks * accum)) and micro-steps per step */
+    cdcd_dist *dist;    /* the job's ranks (cdcd_dist_single() alone); rank r trains rows
+                           [r * B / ranks, (r + 1) * B / ranks) of every batch */
+    float *per_seq_all; /* (B) allgather target; NULL alone */
     /* Batch buffers: the whole batch's ids, masks and sigmas; a micro-batch's noise. */
     int32_t *ids;       /* (B,T) */
     uint8_t *pad;       /* (B,T) */
@@ -140,6 +145,7 @@ static void free_buffers(cdcd_trainer *t) {
     free(t->loss_mask);
     free(t->sigma);
     free(t->per_seq);
+    free(t->per_seq_all);
     free(t->noise);
     free(t->self_cond);
     free(t->ring_sigma);
@@ -236,8 +242,8 @@ static int trainer_vocab(cdcd_trainer *t, char *err, size_t errlen) {
  * training file when data.vocab is "corpus". vocab: the resumed run's vocabulary bytes
  * (taken over), or NULL to read them from data.vocab_file (trainer_vocab). */
 static cdcd_trainer *trainer_build(const cdcd_run_config *cfg, const char *run_dir,
-                                   const cdcd_train_sink *sink, cdcd_vocab_map *vmap, char *vocab,
-                                   size_t vocab_len, char *err, size_t errlen) {
+                                   const cdcd_train_sink *sink, cdcd_dist *dist, cdcd_vocab_map *vmap,
+                                   char *vocab, size_t vocab_len, char *err, size_t errlen) {
     cdcd_trainer *t = calloc(1, sizeof *t);
     if (!t) {
         snprintf(err, errlen, "out of memory");
@@ -253,7 +259,16 @@ static cdcd_trainer *trainer_build(const cdcd_run_config *cfg, const char *run_d
     if (sink) t->sink = *sink;
     t->B = cfg->train.batch_size;
     t->accum = cfg->train.grad_accum > 0 ? cfg->train.grad_accum : 1;
-    t->Bm = t->B / t->accum;
+    t->dist = dist ? dist : cdcd_dist_single();
+    if (t->B % (t->dist->size * t->accum) != 0) {
+        snprintf(err, errlen, "train.batch_size (%d) must divide by ranks (%d) x train.grad_accum (%d)", t->B,
+                 t->dist->size, t->accum);
+        free(t);
+        cdcd_vmap_free(vmap);
+        free(vocab);
+        return NULL;
+    }
+    t->Bm = t->B / (t->dist->size * t->accum);
     t->T = cfg->data.seq_len;
     t->E = cfg->model.d_emb;
     size_t bt = (size_t)t->B * (size_t)t->T, mt = (size_t)t->Bm * (size_t)t->T;
@@ -321,6 +336,7 @@ static cdcd_trainer *trainer_build(const cdcd_run_config *cfg, const char *run_d
     t->loss_mask = calloc(bt, 1);
     t->sigma = calloc((size_t)t->B, sizeof *t->sigma);
     t->per_seq = calloc((size_t)t->B, sizeof *t->per_seq);
+    if (t->dist->size > 1) t->per_seq_all = calloc((size_t)t->B, sizeof *t->per_seq_all);
     t->noise = calloc(mt * (size_t)t->E, sizeof *t->noise);
     if (cfg->model.self_cond) t->self_cond = calloc(mt * (size_t)t->E, sizeof *t->self_cond);
     t->ring_sigma = calloc((size_t)window, sizeof(float));
@@ -331,7 +347,7 @@ static cdcd_trainer *trainer_build(const cdcd_run_config *cfg, const char *run_d
     int ema_failed = cfg->optim.ema > 0 && cdcd_model_ema_enable(t->model) != 0;
     if (!t->ids || !t->pad || !t->cond || !t->loss_mask || !t->sigma || !t->per_seq || !t->noise ||
         (cfg->model.self_cond && !t->self_cond) || !t->ring_sigma || !t->ring_loss || !t->fit_sigma ||
-        !t->fit_loss || ema_failed) {
+        !t->fit_loss || ema_failed || (t->dist->size > 1 && !t->per_seq_all)) {
         snprintf(err, errlen, "out of memory for the training buffers");
         goto fail;
     }
@@ -343,7 +359,12 @@ fail:
 
 cdcd_trainer *cdcd_trainer_create(const cdcd_run_config *cfg, const char *run_dir,
                                   const cdcd_train_sink *sink, char *err, size_t errlen) {
-    return trainer_build(cfg, run_dir, sink, NULL, NULL, 0, err, errlen);
+    return trainer_build(cfg, run_dir, sink, NULL, NULL, NULL, 0, err, errlen);
+}
+
+cdcd_trainer *cdcd_trainer_create_dist(const cdcd_run_config *cfg, const char *run_dir,
+                                       const cdcd_train_sink *sink, cdcd_dist *dist, char *err, size_t errlen) {
+    return trainer_build(cfg, run_dir, sink, dist, NULL, NULL, 0, err, errlen);
 }
 
 const struct cdcd_vocab_map *cdcd_trainer_vocab_map(const cdcd_trainer *t) { return t->vmap; }
@@ -400,7 +421,7 @@ int cdcd_trainer_validate(cdcd_trainer *t, double *out_loss) {
     char e[256];
     cdcd_batch_opts bo;
     cdcd_batch_opts_default(&bo);
-    bo.batch_size = t->Bm; /* the model's rows; valid_batches x grad_accum of them */
+    bo.batch_size = t->Bm; /* the model's rows: valid_batches x (B / Bm) of them, a batch's worth each */
     bo.seq_len = t->T;
     bo.shuffle = 0;
     bo.wrap = 0;
@@ -415,7 +436,7 @@ int cdcd_trainer_validate(cdcd_trainer *t, double *out_loss) {
     double sum = 0;
     int n = 0;
     size_t bt = (size_t)t->Bm * (size_t)t->T;
-    for (int i = 0; i < t->cfg.train.valid_batches * t->accum; i++) {
+    for (int i = 0; i < t->cfg.train.valid_batches * (t->B / t->Bm); i++) {
         int rows = cdcd_batch_next(it, t->ids, t->pad, NULL);
         if (rows <= 0) break;
         cdcd_vmap_ids_to_model(t->vmap, t->ids, bt);
@@ -469,12 +490,14 @@ static int loss_sequences(const cdcd_trainer *t) {
     return n;
 }
 
-/* Forward and backward of micro-batch j (rows [j*Bm, (j+1)*Bm) of the batch), its gradient
+/* Forward and backward of this rank's micro-batch j (rows [row0, row0 + Bm) of the batch,
+ * row0 = rank * B / ranks + j * Bm), its gradient
  * added to the model's (overwritten when j is 0). Noise for global row g is keyed by
  * (step, g); self-conditioning covers the batch's first k_self rows. 0, or -1 with t->err. */
 static int micro_step(cdcd_trainer *t, int j, int k_self, int loss_seqs, float *loss) {
     const cdcd_run_config *c = &t->cfg;
-    size_t row0 = (size_t)j * (size_t)t->Bm, te = (size_t)t->T * (size_t)t->E;
+    size_t row0 = (size_t)t->dist->rank * (size_t)(t->B / t->dist->size) + (size_t)j * (size_t)t->Bm;
+    size_t te = (size_t)t->T * (size_t)t->E;
     for (int i = 0; i < t->Bm; i++) {
         cdcd_rng r;
         cdcd_rng_init_keyed(&r, c->seed, STREAM_NOISE, (uint64_t)t->step, row0 + (size_t)i);
@@ -507,6 +530,78 @@ static int micro_step(cdcd_trainer *t, int j, int k_self, int loss_seqs, float *
     return 0;
 }
 
+/* The ranks' sum of gradients and losses, and every rank's per-sequence losses on every
+ * rank (for identical schedule refits). 0, or -1 with t->err. */
+static int reduce_ranks(cdcd_trainer *t, float *loss) {
+    char e[256];
+    float *g = cdcd_model_grads(t->model);
+    if (!g) {
+        set_err(t, "distributed training needs the gradients in host memory (the CPU backend)");
+        return -1;
+    }
+    double l = *loss;
+    int per = t->B / t->dist->size;
+    if (t->dist->ops->allreduce_sum_f32(t->dist, g, cdcd_model_param_count(t->model), e, sizeof e) != 0 ||
+        t->dist->ops->allreduce_sum_f64(t->dist, &l, 1, e, sizeof e) != 0 ||
+        t->dist->ops->allgather_f32(t->dist, t->per_seq + (size_t)t->dist->rank * per, (size_t)per, t->per_seq_all,
+                                    e, sizeof e) != 0) {
+        set_err(t, "step %lld: %s", (long long)t->step + 1, e);
+        return -1;
+    }
+    memcpy(t->per_seq, t->per_seq_all, (size_t)t->B * sizeof *t->per_seq);
+    *loss = (float)l;
+    return 0;
+}
+
+/* FNV-1a over the parameters' bytes: equal on every rank of a healthy job. */
+static uint64_t params_hash(cdcd_trainer *t) {
+    const float *p = cdcd_model_params(t->model);
+    size_t n = cdcd_model_param_count(t->model) * sizeof(float);
+    const unsigned char *b = (const unsigned char *)p;
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; p && i < n; i++) h = (h ^ b[i]) * 0x100000001b3ull;
+    return h;
+}
+
+/* Every TRAIN_DIST_CHECK_EVERY steps the ranks compare their parameters' hashes: pure data
+ * parallelism keeps them equal, so a difference is a bug or a fault, and the run stops. */
+static int ranks_agree(cdcd_trainer *t) {
+    uint64_t all[256];
+    char e[256];
+    if (t->dist->size > (int)(sizeof all / sizeof all[0])) return 0; /* not compared past 256 ranks */
+    if (t->dist->ops->allgather_u64(t->dist, params_hash(t), all, e, sizeof e) != 0) {
+        set_err(t, "parameter check: %s", e);
+        return -1;
+    }
+    for (int r = 1; r < t->dist->size; r++)
+        if (all[r] != all[0]) {
+            set_err(t, "step %lld: the parameters of rank %d differ from rank 0's (hash %016llx vs %016llx)",
+                    (long long)t->step, r, (unsigned long long)all[r], (unsigned long long)all[0]);
+            return -1;
+        }
+    return 0;
+}
+
+/* Rank 0's training clock on every rank, so the time budget and the lr agree. */
+static int share_clock(cdcd_trainer *t) {
+    char e[256];
+    if (t->dist->ops->bcast(t->dist, &t->train_seconds, sizeof t->train_seconds, 0, e, sizeof e) == 0) return 0;
+    set_err(t, "step %lld: %s", (long long)t->step, e);
+    return -1;
+}
+
+/* Rank 0's schedule (its refit may read a store the others do not have) on every rank. */
+static int share_schedule(cdcd_trainer *t) {
+    double blob[CDCD_SCHEDULE_SERIAL_LEN];
+    char e[256];
+    cdcd_schedule_serialise(&t->sched, blob);
+    if (t->dist->ops->bcast(t->dist, blob, sizeof blob, 0, e, sizeof e) != 0) {
+        set_err(t, "step %lld: %s", (long long)t->step, e);
+        return -1;
+    }
+    return cdcd_schedule_deserialise(&t->sched, blob, CDCD_SCHEDULE_SERIAL_LEN) == 0 ? 0 : -1;
+}
+
 int cdcd_trainer_step(cdcd_trainer *t) {
     const cdcd_run_config *c = &t->cfg;
     if (budget_spent(t)) return 1;
@@ -526,6 +621,7 @@ int cdcd_trainer_step(cdcd_trainer *t) {
         if (micro_step(t, j, k_self, loss_seqs, &part) != 0) return -1;
         res.loss += part; /* each part is already divided by the whole batch's count */
     }
+    if (t->dist->size > 1 && reduce_ranks(t, &res.loss) != 0) return -1;
     double lr = cdcd_train_lr(c, t->step, t->train_seconds);
     cdcd_adamw_params op = {.lr = (float)lr, .beta1 = c->optim.beta1, .beta2 = c->optim.beta2,
                             .eps = c->optim.eps, .weight_decay = c->optim.weight_decay, .clip = c->optim.clip};
@@ -561,12 +657,19 @@ int cdcd_trainer_step(cdcd_trainer *t) {
                               .step_ms = dt * 1e3, .nonfinite = res.nonfinite};
         t->sink.on_step(t->sink.ctx, &r);
     }
-    if (c->schedule.refit_every > 0 && t->step % c->schedule.refit_every == 0) refit(t);
-    if (c->train.valid_every > 0 && t->step % c->train.valid_every == 0) {
+    if (c->schedule.refit_every > 0 && t->step % c->schedule.refit_every == 0) {
+        refit(t);
+        if (t->dist->size > 1 && share_schedule(t) != 0) return -1;
+    }
+    if (c->train.valid_every > 0 && t->step % c->train.valid_every == 0 && t->dist->rank == 0) {
         double vl;
         if (cdcd_trainer_validate(t, &vl) == 0 && t->sink.on_valid) t->sink.on_valid(t->sink.ctx, t->step, vl);
     }
     t->train_seconds += cdcd_now_s() - t0;
+    if (t->dist->size > 1) {
+        if (share_clock(t) != 0) return -1;
+        if (t->step % TRAIN_DIST_CHECK_EVERY == 0 && ranks_agree(t) != 0) return -1;
+    }
     if (c->train.checkpoint_every > 0 && t->step % c->train.checkpoint_every == 0 && !budget_spent(t)) {
         if (cdcd_trainer_checkpoint(t) != 0) return -1;
     }
@@ -623,7 +726,24 @@ static const float *model_section(cdcd_trainer *t, cdcd_model_buffer which, floa
     return *copy;
 }
 
+static int checkpoint_write(cdcd_trainer *t);
+
+/* Rank 0 writes (every rank holds the same state); the ranks then agree whether it did, so
+ * all go on or all stop at the same step. */
 int cdcd_trainer_checkpoint(cdcd_trainer *t) {
+    int64_t failed = t->dist->rank == 0 ? checkpoint_write(t) != 0 : 0;
+    if (t->dist->size > 1) {
+        char e[256];
+        if (t->dist->ops->allreduce_max_i64(t->dist, &failed, e, sizeof e) != 0) {
+            set_err(t, "checkpoint: %s", e);
+            return -1;
+        }
+        if (failed && t->dist->rank != 0) set_err(t, "checkpoint at step %lld: rank 0 could not write it", (long long)t->step);
+    }
+    return failed ? -1 : 0;
+}
+
+static int checkpoint_write(cdcd_trainer *t) {
     char path[CDCD_RUN_PATH_MAX + 64];
     float *copies[4] = {NULL, NULL, NULL, NULL};
     char *json = NULL;
@@ -785,6 +905,11 @@ static int read_state(const cdcd_ckpt_reader *r, train_state_blob *st) {
 
 cdcd_trainer *cdcd_trainer_resume(const char *checkpoint_path, const char *run_dir,
                                   const cdcd_train_sink *sink, char *err, size_t errlen) {
+    return cdcd_trainer_resume_dist(checkpoint_path, run_dir, sink, NULL, err, errlen);
+}
+
+cdcd_trainer *cdcd_trainer_resume_dist(const char *checkpoint_path, const char *run_dir,
+                                       const cdcd_train_sink *sink, cdcd_dist *dist, char *err, size_t errlen) {
     cdcd_ckpt_reader *r = cdcd_ckpt_open(checkpoint_path, err, errlen);
     cdcd_run_config *cfg = NULL;
     cdcd_trainer *t = NULL;
@@ -800,7 +925,7 @@ cdcd_trainer *cdcd_trainer_resume(const char *checkpoint_path, const char *run_d
         cdcd_vmap_free(vmap);
         goto fail;
     }
-    t = trainer_build(cfg, run_dir, sink, vmap, vocab, vocab_len, err, errlen);
+    t = trainer_build(cfg, run_dir, sink, dist, vmap, vocab, vocab_len, err, errlen);
     if (!t) goto fail;
     train_state_blob st;
     size_t n = cdcd_model_param_count(t->model);

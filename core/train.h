@@ -54,6 +54,17 @@ typedef struct {
 /* Returns NULL on error with a message in err. run_dir receives checkpoints. */
 cdcd_trainer *cdcd_trainer_create(const cdcd_run_config *cfg, const char *run_dir,
                                   const cdcd_train_sink *sink, char *err, size_t errlen);
+/* The same as one rank of a data-parallel job (core/dist.h): every rank calls it with the
+ * same config; rank r trains rows [r B / ranks, (r + 1) B / ranks) of each batch (in
+ * train.grad_accum micro-steps), the ranks sum their gradients, and rank 0 writes the
+ * checkpoints. B must divide by ranks x grad_accum. NULL dist: alone. */
+struct cdcd_dist;
+cdcd_trainer *cdcd_trainer_create_dist(const cdcd_run_config *cfg, const char *run_dir,
+                                       const cdcd_train_sink *sink, struct cdcd_dist *dist, char *err,
+                                       size_t errlen);
+cdcd_trainer *cdcd_trainer_resume_dist(const char *checkpoint_path, const char *run_dir,
+                                       const cdcd_train_sink *sink, struct cdcd_dist *dist, char *err,
+                                       size_t errlen);
 /* Resumes from a checkpoint file (config, weights, optimiser, schedule, RNG and data
  * position all come from it): the following steps are bit-identical to an uninterrupted
  * run with the same thread count. NULL on error with a message in err. */

@@ -2,7 +2,8 @@
 # Installs the Debian packages cdcdd needs, only those that are missing.
 # Fast path: when everything is present it does no apt work at all.
 # Usage: scripts/deps.sh [--build-only]
-#   --build-only  what building and running need (`make run`): compiler, libraries,
+#   --build-only  what building and running need (`make run`): compiler, libraries
+#                 (Open MPI for `mpirun -np N bin/cdcd train`),
 #                 nodejs/npm for the dashboard build (scripts/build-web.sh), curl for
 #                 `make data`
 #   (default)     also the test and benchmark extras (`make test`, `make bench`, .ci/run)
@@ -13,6 +14,7 @@ BUILD_PKGS=(
   build-essential pkg-config
   libmicrohttpd-dev libcjson-dev libsqlite3-dev libuv1-dev
   libopenblas-pthread-dev libutf8proc-dev libsystemd-dev libssl-dev
+  libopenmpi-dev openmpi-bin
   ca-certificates curl
   nodejs npm
 )
