@@ -312,6 +312,15 @@ int cdcd_cmd_train(int argc, char **argv) {
         fprintf(stderr, "cdcd train: final checkpoint failed: %s\n", cdcd_trainer_error(t));
         goto done;
     }
+    if (lead && dist->size > 1) {
+        double comm, total;
+        cdcd_trainer_comm_time(t, &comm, &total);
+        int64_t steps = cdcd_trainer_step_count(t) - c.start_step;
+        if (steps > 0 && total > 0)
+            fprintf(stderr, "cdcd train: %d ranks, %lld steps: %.1f ms per step, of which %.1f ms all-reduce (%.1f%%)\n",
+                    dist->size, (long long)steps, 1e3 * total / (double)steps, 1e3 * comm / (double)steps,
+                    100.0 * comm / total);
+    }
     if (lead && stop_requested) fprintf(stderr, "cdcd train: interrupted at step %lld; checkpoint written\n",
                                 (long long)cdcd_trainer_step_count(t));
     rc = 0;

@@ -64,6 +64,7 @@ struct cdcd_trainer {
     cdcd_dist *dist;    /* the job's ranks (cdcd_dist_single() alone); rank r trains rows
                            [r * B / ranks, (r + 1) * B / ranks) of every batch */
     float *per_seq_all; /* (B) allgather target; NULL alone */
+    double comm_seconds, step_seconds; /* time in reduce_ranks, and in whole steps (this process) */
     /* Batch buffers: the whole batch's ids, masks and sigmas; a micro-batch's noise. */
     int32_t *ids;       /* (B,T) */
     uint8_t *pad;       /* (B,T) */
@@ -133,6 +134,11 @@ static int budget_spent(const cdcd_trainer *t) {
 }
 
 double cdcd_trainer_train_seconds(const cdcd_trainer *t) { return t->train_seconds; }
+
+void cdcd_trainer_comm_time(const cdcd_trainer *t, double *comm_s, double *step_s) {
+    *comm_s = t->comm_seconds;
+    *step_s = t->step_seconds;
+}
 
 void cdcd_trainer_set_minutes(cdcd_trainer *t, double minutes) {
     if (minutes >= 0) t->cfg.train.minutes = (float)minutes;
@@ -539,7 +545,7 @@ static int reduce_ranks(cdcd_trainer *t, float *loss) {
         set_err(t, "distributed training needs the gradients in host memory (the CPU backend)");
         return -1;
     }
-    double l = *loss;
+    double l = *loss, c0 = cdcd_now_s();
     int per = t->B / t->dist->size;
     if (t->dist->ops->allreduce_sum_f32(t->dist, g, cdcd_model_param_count(t->model), e, sizeof e) != 0 ||
         t->dist->ops->allreduce_sum_f64(t->dist, &l, 1, e, sizeof e) != 0 ||
@@ -550,6 +556,7 @@ static int reduce_ranks(cdcd_trainer *t, float *loss) {
     }
     memcpy(t->per_seq, t->per_seq_all, (size_t)t->B * sizeof *t->per_seq);
     *loss = (float)l;
+    t->comm_seconds += cdcd_now_s() - c0;
     return 0;
 }
 
@@ -666,6 +673,7 @@ int cdcd_trainer_step(cdcd_trainer *t) {
         if (cdcd_trainer_validate(t, &vl) == 0 && t->sink.on_valid) t->sink.on_valid(t->sink.ctx, t->step, vl);
     }
     t->train_seconds += cdcd_now_s() - t0;
+    t->step_seconds += cdcd_now_s() - t0;
     if (t->dist->size > 1) {
         if (share_clock(t) != 0) return -1;
         if (t->step % TRAIN_DIST_CHECK_EVERY == 0 && ranks_agree(t) != 0) return -1;

@@ -88,6 +88,9 @@ void cdcd_trainer_set_minutes(cdcd_trainer *t, double minutes);
 /* Seconds spent inside cdcd_trainer_step so far (kept across resume): train.minutes' clock. */
 double cdcd_trainer_train_seconds(const cdcd_trainer *t);
 int64_t cdcd_trainer_step_count(const cdcd_trainer *t);
+/* This process's seconds in the ranks' all-reduce and gathers, and in whole steps, since
+ * create or resume (both 0 alone): the communication share of a distributed step. */
+void cdcd_trainer_comm_time(const cdcd_trainer *t, double *comm_s, double *step_s);
 const cdcd_run_config *cdcd_trainer_config(const cdcd_trainer *t);
 struct cdcd_model *cdcd_trainer_model(cdcd_trainer *t);
 struct cdcd_schedule *cdcd_trainer_schedule(cdcd_trainer *t);
