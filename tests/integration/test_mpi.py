@@ -11,6 +11,8 @@ machine (Open MPI, --oversubscribe, shared-memory transport, one BLAS thread per
     within 1e-5 of the 2-rank run's);
   - signals: SIGUSR1 writes a checkpoint at the next step and training goes on; SIGUSR2
     writes one and every rank exits 0;
+  - a rank killed (SIGKILL) ends the whole job with a failure, no rank left waiting, and the
+    last checkpoint resumes;
   - bad input: a batch that does not divide by the ranks is refused with a clear message.
 SKIP when mpirun is absent or bin/cdcd was built without MPI. Binaries from $CDCD_BIN."""
 import json
@@ -166,6 +168,35 @@ def main():
                     os.killpg(p.pid, signal.SIGKILL)
                     p.wait()
         check("sigusr1_checkpoints_sigusr2_checkpoints_and_exits", signals)
+
+        def killed_rank_ends_the_job():
+            cfg = run.config(max_steps=1000000, checkpoint_every=20, valid_every=0)
+            out = os.path.join(tmp, "kill")
+            p = subprocess.Popen(run.cmd(2, ["--config", cfg, "--out", out]), env=ENV, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
+            try:
+                t0 = time.time()
+                while time.time() - t0 < 60 and not (os.path.isdir(out) and
+                                                      any(f.endswith(".ckpt") for f in os.listdir(out))):
+                    time.sleep(0.2)
+                pids = [int(x) for x in subprocess.run(["pgrep", "-f", "--", f"--out {out}"], capture_output=True,
+                                                       text=True).stdout.split()]
+                ranks = [pid for pid in pids if open(f"/proc/{pid}/comm").read().strip() == "cdcd"]
+                assert len(ranks) == 2, ranks
+                os.kill(ranks[1], signal.SIGKILL)
+                rc = p.wait(timeout=60)  # mpirun ends the other rank and fails
+                assert rc != 0, "the job reported success after losing a rank"
+                left = [pid for pid in ranks if os.path.exists(f"/proc/{pid}") and
+                        open(f"/proc/{pid}/stat").read().split()[2] != "Z"]
+                assert not left, f"ranks still running: {left}"
+            finally:
+                if p.poll() is None:
+                    os.killpg(p.pid, signal.SIGKILL)
+                    p.wait()
+            ck = sorted(f for f in os.listdir(out) if f.endswith(".ckpt"))[-1]
+            r, _ = run.train(2, "kill-resumed", resume=os.path.join(out, ck), extra=["--max-steps", "22"])
+            assert r.returncode == 0, r.stderr[-600:]
+        check("killed_rank_ends_the_job_and_the_checkpoint_resumes", killed_rank_ends_the_job)
 
         def bad_batch():
             r, _ = run.train(2, "bad", run.config(batch_size=33))
