@@ -3,7 +3,8 @@
 (default 20) under every kind of load at once, and whether the daemon's footprint grows.
 
 Load, all at the same time:
-  - one tiny-preset run training (step budget only, checkpoints every 200 steps);
+  - one tiny-preset run training (step budget only, checkpoints every 25 steps, so the kill
+    -9 below lands after several);
   - 4 SSE clients on the run's events, one of which never reads;
   - a metrics poller: GET /runs/ID/metrics?points=500 back to back (2 threads), or wrk when
     installed (`wrk -t2 -c4`), for request latency;
@@ -12,7 +13,8 @@ Load, all at the same time:
   - one kill -9 half-way, then a restart (the run resumes; the readers reconnect).
 Every 10 s: the daemon's RSS and open fds (/proc), the run's tokens/s. At the end: latency
 percentiles, tokens/s with and without load, RSS/fd growth after warm-up (from the restart
-plus 2 minutes, or a fifth of a short soak), PRAGMA integrity_check, and every metrics step stored once.
+plus 2 minutes, or a fifth of a short soak), PRAGMA integrity_check, every metrics step stored once, no step missing, and every row up to
+the checkpoint the restart resumed from still there.
 Verdict: PASS when, after warm-up, RSS grew < 10% and fds by <= 4, and the store is intact.
 Writes bench/results/soak.json.  Usage: bench/soak.py [--minutes 20] [--data-dir data]"""
 import argparse
@@ -96,7 +98,7 @@ def run(minutes, data_dir):
     tmp = tempfile.mkdtemp(prefix="cdcdd-soak-")
     d = Daemon(["--max-connections-per-ip", "64"], tmp=tmp, data_dir=data_dir)
     d.start()
-    cfg = {"preset": "tiny", "train": {"max_steps": 100000000, "minutes": 0, "checkpoint_every": 200}}
+    cfg = {"preset": "tiny", "train": {"max_steps": 100000000, "minutes": 0, "checkpoint_every": 25}}
     rid = d.create_run(cfg)["id"]
     d.wait_run(rid, lambda r: r["step"] >= 3, 300, "training")
     t0 = time.time()
@@ -107,7 +109,7 @@ def run(minutes, data_dir):
     for _ in range(2):
         load.spawn(load.poll_metrics)
     load.spawn(load.sampler)
-    series, killed_at, last_hup = [], None, time.time()
+    series, killed_at, last_hup, kept = [], None, time.time(), None
     end = t0 + minutes * 60
     last_tokens = d.run(rid)["tokens"], time.time()
     while time.time() < end:
@@ -118,6 +120,7 @@ def run(minutes, data_dir):
             last_hup = now
         if killed_at is None and now - t0 >= minutes * 30:
             d.kill9()
+            kept = stored_at_kill(d.state, rid)
             d.start()
             killed_at = now
             last_tokens = d.run(rid)["tokens"], time.time()
@@ -136,8 +139,29 @@ def run(minutes, data_dir):
     integrity = db.execute("PRAGMA integrity_check").fetchone()[0]
     dup = db.execute("SELECT count(*) FROM (SELECT step FROM metrics WHERE run = ? GROUP BY step HAVING count(*) > 1)",
                      (rid,)).fetchone()[0]
+    steps = [r[0] for r in db.execute("SELECT step FROM metrics WHERE run = ? AND loss IS NOT NULL ORDER BY step",
+                                      (rid,))]
     db.close()
-    return summarise(series, killed_at - t0 if killed_at else 0, load, idle_tps, integrity, dup)
+    res = summarise(series, killed_at - t0 if killed_at else 0, load, idle_tps, integrity, dup)
+    # nothing stored up to the checkpoint the restart resumed from is lost, and no step is missing
+    res["checkpoint_at_kill"] = kept[0] if kept else None
+    res["rows_kept_across_kill"] = bool(kept) and kept[0] > 0 and steps[:kept[0]] == list(range(1, kept[0] + 1))
+    res["gapless_steps"] = steps == list(range(1, len(steps) + 1))
+    if not (res["rows_kept_across_kill"] and res["gapless_steps"]):
+        res["verdict"] = "FAIL"
+    return res
+
+
+def stored_at_kill(state, rid):
+    """(newest checkpoint step, metric rows up to it) in the store right after the kill."""
+    db = sqlite3.connect(f"file:{os.path.join(state, 'cdcdd.db')}?mode=ro", uri=True)
+    try:
+        ck = db.execute("SELECT max(step) FROM checkpoints WHERE run = ?", (rid,)).fetchone()[0] or 0
+        n = db.execute("SELECT count(*) FROM metrics WHERE run = ? AND step <= ? AND loss IS NOT NULL",
+                       (rid, ck)).fetchone()[0]
+    finally:
+        db.close()
+    return ck, n
 
 
 def tokens_per_s(d, rid, seconds):
