@@ -1,5 +1,6 @@
-/* The CPU backend (backend.h): host memory, and the optimiser ops fanned out over the
- * thread pool in fixed segments. */
+/* The CPU backend (backend.h): host memory, the optimiser ops fanned out over the thread
+ * pool in fixed segments, and the table (the model kernels are backend_cpu_block.c,
+ * backend_cpu_embed.c and backend_cpu_head.c). */
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC optimize("tree-loop-vectorize", "vect-cost-model=dynamic", "no-trapping-math")
 #endif
@@ -9,15 +10,9 @@
 #include <string.h>
 
 #include "arena.h"
-#include "backend.h"
+#include "backend_cpu_internal.h"
 
-typedef struct {
-    cdcd_backend base;
-    cdcd_pool *pool;
-    double *seg_partial; /* (max_segments) */
-} cpu_backend;
-
-static cpu_backend *cpu(cdcd_backend *be) { return (cpu_backend *)be; }
+static cpu_backend *cpu(cdcd_backend *be) { return cpu_of(be); }
 
 static void *cpu_alloc(cdcd_backend *be, size_t bytes) {
     (void)be;
@@ -137,6 +132,7 @@ static void cpu_add(cdcd_backend *be, float *y, const float *a, size_t n) {
 
 static void cpu_destroy(cdcd_backend *be) {
     if (!be) return;
+    cdcd_blas_user_remove(cpu(be)->blas);
     cdcd_pool_free(cpu(be)->pool);
     free(cpu(be)->seg_partial);
     free(be);
@@ -157,9 +153,37 @@ static const cdcd_backend_ops CPU_OPS = {
     .ema = cpu_ema,
     .swap = cpu_swap,
     .add = cpu_add,
+    .set_inference = cpu_set_inference,
+    .linear_forward = cpu_linear_forward,
+    .linear_backward = cpu_linear_backward,
+    .unit_embed_forward = cpu_unit_embed_forward,
+    .unit_embed_backward = cpu_unit_embed_backward,
+    .noisy_input = cpu_noisy_input,
+    .input_channels = cpu_input_channels,
+    .embed_backward = cpu_embed_backward,
+    .time_fourier = cpu_time_fourier,
+    .adaln_forward = cpu_adaln_forward,
+    .adaln_recompute = cpu_adaln_recompute,
+    .adaln_backward = cpu_adaln_backward,
+    .gate_residual_forward = cpu_gate_residual_forward,
+    .gate_residual_backward = cpu_gate_residual_backward,
+    .gelu_forward = cpu_gelu_forward,
+    .gelu_backward = cpu_gelu_backward,
+    .silu_forward = cpu_silu_forward,
+    .silu_backward = cpu_silu_backward,
+    .qk_norm_rope_forward = cpu_qk_norm_rope_forward,
+    .qk_norm_rope_backward = cpu_qk_norm_rope_backward,
+    .attention_forward = cpu_attention_forward,
+    .attention_backward = cpu_attention_backward,
+    .precondition = cpu_precondition,
+    .precondition_backward = cpu_precondition_backward,
+    .prior_scale = cpu_prior_scale,
+    .linear_ce = cpu_linear_ce,
+    .head_infer = cpu_head_infer,
+    .guide_mix = cpu_guide_mix,
 };
 
-cdcd_backend *cdcd_backend_cpu_create(int n_threads, int max_segments) {
+cdcd_backend *cdcd_backend_cpu_create(int n_threads, int max_segments, int blas_threads) {
     cpu_backend *c = calloc(1, sizeof *c);
     if (!c) return NULL;
     c->base.ops = &CPU_OPS;
@@ -167,11 +191,13 @@ cdcd_backend *cdcd_backend_cpu_create(int n_threads, int max_segments) {
     c->base.max_segments = max_segments > 0 ? max_segments : 1;
     c->seg_partial = calloc((size_t)c->base.max_segments, sizeof *c->seg_partial);
     c->pool = cdcd_pool_create(n_threads);
+    c->n_threads = n_threads;
+    c->blas_threads = blas_threads > 1 ? blas_threads : 1;
+    /* blas.h: the count is the largest demand of the live models, never lowered for us */
+    c->blas = cdcd_blas_user_add(c->blas_threads);
     if (!c->seg_partial || !c->pool) {
         cpu_destroy(&c->base);
         return NULL;
     }
     return &c->base;
 }
-
-cdcd_pool *cdcd_backend_cpu_pool(cdcd_backend *be) { return cpu(be)->pool; }

@@ -206,6 +206,7 @@ int cdcd_model_memory_estimate_ex(const cdcd_model_config *c, int max_batch, int
     out->other = (uint64_t)n_tensors * sizeof(cdcd_param_info) +
                  (uint64_t)(P / CDCD_BACKEND_SEGMENT + n_tensors + 1) * (sizeof(cdcd_backend_segment) + sizeof(double)) +
                  (uint64_t)max_seq * hd * sizeof(float) + (uint64_t)c->cond_dim * sizeof(float) +
+                 (uint64_t)max_batch * max_seq * (2 * sizeof(int32_t) + 3 * sizeof(float)) +
                  (uint64_t)c->n_layers * (sizeof(block_ptrs) * 2 + sizeof(layer_acts)) +
                  sizeof(struct cdcd_model);
     out->total = out->params + out->grads + out->adam + out->activations + out->other;

@@ -13,12 +13,9 @@
 
 #include "arena.h"
 #include "backend.h"
-#include "blas.h"
 #include "model.h"
-#include "threadpool.h"
 
 #define CE_CHUNK_ROWS 256       /* rows of logits held at once: memory O(CE_CHUNK_ROWS * V) */
-#define ROW_GRAIN 32            /* rows per pool task for O(D) row work */
 /* The inference head splits the vocabulary into at most this many fixed blocks, one pool
  * task each (one BLAS thread): a block's logits tile and weights stay in L2 from the
  * logits product to the x0 product, and no thread waits on another within a chunk.
@@ -27,7 +24,6 @@
 #define HEAD_VOCAB_BLOCKS 64
 #define HEAD_TILE_ROWS 128      /* rows of one block's logits tile */
 #define HEAD_CHUNK_ROWS 1024    /* rows per head pass (per-block partial sums are kept) */
-#define VOCAB_GRAIN 256         /* embedding-table rows per pool task */
 #define FOURIER_MAX_FREQ 100.0  /* frequencies 1 .. 100, log-spaced */
 #define CLIP_EPS 1e-6           /* torch.nn.utils.clip_grad_norm_: max_norm / (norm + 1e-6) */
 
@@ -66,7 +62,8 @@ typedef struct {
  * X(type, name, count, when): a buffer of `count` elements carved from the activation
  * arena when `when` holds (NULL otherwise), in this order. N = B*T rows of the largest
  * batch; the expressions also use Bm, TT (T*T), H, KD (max(D,E)), chunk (CE rows),
- * train (gradients wanted), emb_head, prior (output prior) and the head's blocking
+ * train (gradients wanted), emb_head, prior (output prior), selfc (self-conditioning
+ * input) and the head's blocking
  * (hblocks, hchunk, tiles). */
 #define CDCD_LAYER_ACTS(X)                                                                   \
     X(float, mod, Bm * 6 * D, 1)       /* shift_a scale_a gate_a shift_m scale_m gate_m */    \
@@ -83,6 +80,11 @@ typedef struct {
 
 /* before the layers' buffers */
 #define CDCD_ACTS_PRE(X)                                                                     \
+    X(int32_t, ids, N, 1)              /* the call's inputs, uploaded: token ids */           \
+    X(float, noise, N * E, 1)          /* eps */                                              \
+    X(uint8_t, pad, N, 1)              /* pad mask */                                         \
+    X(int32_t, cond_ids, N, 1) X(uint8_t, cond_mask, N, 1) /* conditioning rows */            \
+    X(float, self_cond, N * E, selfc)  /* previous estimate (self-conditioning) */            \
     X(float, x, N * E, 1)              /* noisy input e + sigma * eps */                      \
     X(float, chan, N * IN, 1)          /* concatenated input channels */                      \
     X(float, sigma, Bm, 1)                                                                    \
@@ -158,7 +160,7 @@ struct cdcd_model {
     cdcd_model_config cfg;
     int max_batch, max_seq, n_threads, in_dim, hd;
     size_t n_params;
-    cdcd_backend *be;            /* memory and the optimiser ops (core/backend.h) */
+    cdcd_backend *be;            /* memory and every kernel (core/backend.h) */
     float *params, *grads, *adam_m, *adam_v, *ema; /* backend buffers; ema NULL until enabled */
     float *grad_sum; /* the gradient so far of an accumulated batch; NULL until first used */
     param_ptrs p, g;
@@ -167,21 +169,22 @@ struct cdcd_model {
     int n_tensors;
     cdcd_backend_segment *segs;  /* AdamW / grad-norm pieces: tensors cut at fixed sizes */
     int n_segs;
-    cdcd_arena arena;
+    void *act_base;              /* the activation buffer (backend), carved by the layout */
+    size_t act_bytes;
     acts a;
     layer_acts *layer_store;
-    float *rope_cos, *rope_sin;  /* (max_seq, hd/2) */
-    float *fourier_w;            /* (C/2) */
+    float *rope_cos, *rope_sin;  /* (max_seq, hd/2), backend */
+    float *fourier_w;            /* (C/2), backend */
+    /* host scratch of the loss rows and sampling draws, uploaded / downloaded per call */
+    int32_t *host_rows, *host_targets;
+    float *host_row_w, *host_row_loss, *host_uniform;
     int head_blocks, head_width; /* inference head: vocabulary blocks and their width */
     int etab_valid;              /* etab/enorm match the current parameters */
-    int split;                   /* 1 inside inference: one BLAS thread, tiles on the pool */
     int trainable;               /* 0: created with CDCD_MODEL_INFERENCE (no grads, Adam) */
-    cdcd_pool *pool;
-    cdcd_blas_user *blas;        /* this model's demand in the process's BLAS thread policy */
     size_t other_bytes;
     /* current call */
     int B, T;
-    const uint8_t *pad_mask;
+    const uint8_t *pad;          /* a.pad, or NULL when the call has no pad mask */
 };
 
 /* model_config.c: 0, or -1 with a message in err. */

@@ -29,6 +29,7 @@ void cdcd_model_layout_acts(const cdcd_model_config *c, int Bm, int Tm, int trai
     size_t TT = (size_t)Tm * Tm, KD = D > E ? D : E;
     size_t chunk = N < CE_CHUNK_ROWS ? N : CE_CHUNK_ROWS;
     int emb_head = c->head == CDCD_HEAD_EMBEDDING, prior = c->output_prior;
+    int selfc = c->self_cond;
     int hblocks_i, hwidth_i;
     cdcd_model_head_vocab_split(c, &hblocks_i, &hwidth_i);
     size_t hblocks = (size_t)hblocks_i, hwidth = (size_t)hwidth_i;
