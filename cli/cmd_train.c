@@ -1,4 +1,4 @@
-/* cdcd train --config run.json --out DIR [--resume CKPT] [--quiet]
+/* cdcd train --config run.json --out DIR [--resume CKPT] [--quiet] [--report]
  *
  * DIR receives: checkpoints (step-NNNNNNNN.ckpt), metrics.csv (one row per step),
  * entropy.csv (one (step, sigma, loss) row per sequence: the samples the schedule is fitted
@@ -8,7 +8,9 @@
  * Under mpirun (`mpirun -np N bin/cdcd train ...`) each rank trains its share of every batch
  * (core/dist.h); rank 0 writes DIR's files. SIGUSR1 checkpoints at the next step, SIGUSR2
  * checkpoints and exits; a signal reaching any rank counts for all, since the ranks agree on
- * the flags at every step boundary and act on the same step. */
+ * the flags at every step boundary and act on the same step. With --report, rank 0 also
+ * writes its account of the run to stdout as JSON lines (train_report.h): how cdcdd follows
+ * a run it launched under mpirun. */
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
@@ -24,7 +26,9 @@
 #include "dist.h"
 #include "log.h"
 #include "runconfig.h"
+#include "schedule.h"
 #include "train.h"
+#include "train_report.h"
 
 static volatile sig_atomic_t stop_requested, checkpoint_requested;
 static void on_signal(int sig) {
@@ -67,12 +71,15 @@ typedef struct {
     double budget_left_s; /* train.minutes still to go at start (0 = no time budget) */
     int quiet, tty;
     double last_print;
+    FILE *report;    /* --report: JSON lines (rank 0), else NULL */
+    cdcd_trainer *t; /* for the fitted schedule's knots in the report */
 } train_cli;
 
 static void sink_step(void *ctx, const cdcd_step_report *r) {
     train_cli *c = ctx;
     fprintf(c->metrics, "%lld,%.6f,%.6g,%.6f,%.1f,%lld,%.2f,%d\n", (long long)r->step, r->loss, r->lr,
             r->grad_norm, r->tokens_per_s, (long long)r->tokens, r->step_ms, r->nonfinite);
+    if (c->report) cdcd_report_step(c->report, r);
     if (c->quiet) return;
     double now = cdcd_now_s();
     if (!c->tty && now - c->last_print < 10.0 && r->step != c->max_steps) return;
@@ -91,6 +98,7 @@ static void sink_step(void *ctx, const cdcd_step_report *r) {
 static void sink_entropy(void *ctx, int64_t step, int n, const float *sigma, const float *loss) {
     train_cli *c = ctx;
     for (int i = 0; i < n; i++) fprintf(c->entropy, "%lld,%.6g,%.6f\n", (long long)step, sigma[i], loss[i]);
+    if (c->report) cdcd_report_entropy(c->report, step, n, sigma, loss);
 }
 
 static void sink_fit(void *ctx, const cdcd_fit_report *f) {
@@ -98,12 +106,17 @@ static void sink_fit(void *ctx, const cdcd_fit_report *f) {
     fprintf(c->fits, "%lld,%d,%.6g,%.6g,%.6g,%.6g,%.6g,%d\n", (long long)f->step, f->ok, f->mu, f->s, f->h,
             f->o, f->rmse, f->n);
     fflush(c->fits);
+    if (c->report) {
+        const struct cdcd_schedule *sc = c->t ? cdcd_trainer_schedule(c->t) : NULL;
+        cdcd_report_fit(c->report, f, sc ? sc->last.knots : NULL, CDCD_PWL_KNOTS);
+    }
 }
 
 static void sink_valid(void *ctx, int64_t step, double loss) {
     train_cli *c = ctx;
     fprintf(c->valid, "%lld,%.6f\n", (long long)step, loss);
     fflush(c->valid);
+    if (c->report) cdcd_report_valid(c->report, step, loss);
     if (!c->quiet) fprintf(stderr, "%sstep %lld  valid loss %.4f\n", c->tty ? "\n" : "", (long long)step, loss);
 }
 
@@ -113,7 +126,7 @@ static void sink_checkpoint(void *ctx, int64_t step, const char *path, uint64_t 
     fflush(c->entropy);
     cdcd_info("checkpoint step %lld: %s (%llu bytes, sha256 %.12s)", (long long)step, path,
               (unsigned long long)bytes, sha);
-    (void)c;
+    if (c->report) cdcd_report_checkpoint(c->report, step, path, bytes, sha);
 }
 
 static FILE *open_csv(const char *dir, const char *name, const char *header, int append) {
@@ -166,12 +179,14 @@ static void usage(FILE *out) {
             "  --max-steps N   override train.max_steps (also when resuming)\n"
             "  --time-limit M  train for M minutes (train.minutes: the lr schedule ends there,\n"
             "                  then the final checkpoint)\n"
-            "  --quiet         no progress line\n");
+            "  --quiet         no progress line\n"
+            "  --report        rank 0 writes the run's steps, samples, fits, validation and\n"
+            "                  checkpoints to stdout as JSON lines (what cdcdd reads)\n");
 }
 
 int cdcd_cmd_train(int argc, char **argv) {
     const char *config_path = NULL, *out_dir = NULL, *resume = NULL, *data_dir = NULL;
-    int quiet = 0;
+    int quiet = 0, report = 0;
     long long max_steps_override = 0;
     double time_limit_min = 0;
     static const struct option opts[] = {{"config", required_argument, 0, 'c'},
@@ -181,11 +196,12 @@ int cdcd_cmd_train(int argc, char **argv) {
                                          {"max-steps", required_argument, 0, 'm'},
                                          {"quiet", no_argument, 0, 'q'},
                                          {"time-limit", required_argument, 0, 'T'},
+                                         {"report", no_argument, 0, 'R'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     int ch;
     optind = 1;
-    while ((ch = getopt_long(argc, argv, "c:o:r:d:m:qT:h", opts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "c:o:r:d:m:qT:Rh", opts, NULL)) != -1) {
         switch (ch) {
         case 'c': config_path = optarg; break;
         case 'o': out_dir = optarg; break;
@@ -194,6 +210,7 @@ int cdcd_cmd_train(int argc, char **argv) {
         case 'm': max_steps_override = atoll(optarg); break;
         case 'q': quiet = 1; break;
         case 'T': time_limit_min = atof(optarg); break;
+        case 'R': report = 1; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -208,6 +225,14 @@ int cdcd_cmd_train(int argc, char **argv) {
     }
     char log_path[4096];
     snprintf(log_path, sizeof log_path, "%s/train.log", out_dir);
+    /* from here on a signal is a request (a pause that arrives while the data loads is
+     * acted on at the first step boundary), never the default termination */
+    struct sigaction sa = {0};
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGUSR1, &sa, NULL);
+    sigaction(SIGUSR2, &sa, NULL);
     char derr[512] = "";
     cdcd_dist *dist = cdcd_dist_mpi_init(derr, sizeof derr);
     if (!dist) {
@@ -252,6 +277,7 @@ int cdcd_cmd_train(int argc, char **argv) {
     }
     c.quiet = quiet;
     c.tty = isatty(STDERR_FILENO);
+    c.report = report && lead ? stdout : NULL;
     cdcd_train_sink sink = {.ctx = &c,
                             .on_step = sink_step,
                             .on_entropy = sink_entropy,
@@ -266,6 +292,8 @@ int cdcd_cmd_train(int argc, char **argv) {
         fprintf(stderr, "cdcd train: %s\n", err);
         goto done;
     }
+    c.t = t;
+    if (c.report) cdcd_report_started(c.report, cdcd_trainer_step_count(t), dist->size);
     if (lead && dist->size > 1)
         fprintf(stderr, "cdcd train: %d ranks, %d sequences each per step\n", dist->size,
                 cdcd_trainer_config(t)->train.batch_size / dist->size);
@@ -290,12 +318,6 @@ int cdcd_cmd_train(int argc, char **argv) {
     c.t0 = cdcd_now_s();
     if (cdcd_trainer_config(t)->train.minutes > 0)
         c.budget_left_s = 60.0 * cdcd_trainer_config(t)->train.minutes - cdcd_trainer_train_seconds(t);
-    struct sigaction sa = {0};
-    sa.sa_handler = on_signal;
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGUSR1, &sa, NULL);
-    sigaction(SIGUSR2, &sa, NULL);
     int st = train_loop(t, dist, err, sizeof err);
     if (!quiet && c.tty) fputc('\n', stderr);
     float minutes = cdcd_trainer_config(t)->train.minutes;

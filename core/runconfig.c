@@ -151,10 +151,12 @@ static const field_spec fields[] = {
     {"cond", "p_prefix", F_FLOAT, OFF(cond.p_prefix), 0, 1, 0, NULL},
     {"cond", "p_drop", F_FLOAT, OFF(cond.p_drop), 0, 1, 0, NULL},
     {"cond", "p_self_cond", F_FLOAT, OFF(cond.p_self_cond), 0, 1, 0, NULL},
+    {"distributed", "ranks", F_INT, OFF(distributed.ranks), 1, CDCD_RUN_MAX_RANKS, 0, NULL},
+    {"distributed", "hostfile", F_STRING, OFF(distributed.hostfile), 0, 0, CDCD_RUN_HOSTFILE_MAX, NULL},
 };
 #undef OFF
 
-static const char *const sections[] = {"model", "data", "train", "optim", "schedule", "cond", NULL};
+static const char *const sections[] = {"model", "data", "train", "optim", "schedule", "cond", "distributed", NULL};
 
 static int set_error(cdcd_config_error *err, const char *section, const char *key, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
@@ -180,6 +182,7 @@ static void apply_defaults(cdcd_run_config *c) {
     c->data.mode = CDCD_DATA_WINDOW;
     c->train.batch_size = RUN_DEFAULT_BATCH;
     c->train.grad_accum = 1;
+    c->distributed.ranks = 1;
     c->train.max_steps = RUN_DEFAULT_MAX_STEPS;
     c->train.threads = RUN_DEFAULT_THREADS;
     c->train.checkpoint_every = RUN_DEFAULT_CHECKPOINT_EVERY;
@@ -342,6 +345,15 @@ static int validate(cdcd_run_config *c, int self_cond_given, int prior_given, co
         return set_error(err, "data", "seq_len", "(%d) exceeds model.max_seq_len (%d)", c->data.seq_len, m->max_seq_len);
     if (c->train.batch_size % c->train.grad_accum != 0)
         return set_error(err, "train", "grad_accum", "must divide train.batch_size (%d)", c->train.batch_size);
+    if (c->train.batch_size % (c->distributed.ranks * c->train.grad_accum) != 0)
+        return set_error(err, "distributed", "ranks", "ranks x train.grad_accum (%d x %d) must divide train.batch_size (%d)",
+                         c->distributed.ranks, c->train.grad_accum, c->train.batch_size);
+    const char *hf = c->distributed.hostfile;
+    if (hf[0] && (hf[0] == '/' || strcmp(hf, "..") == 0 || strncmp(hf, "../", 3) == 0 || strstr(hf, "/../") ||
+                  (strlen(hf) >= 3 && strcmp(hf + strlen(hf) - 3, "/..") == 0)))
+        return set_error(err, "distributed", "hostfile", "must be a path inside the state directory (no leading / and no ..)");
+    if (hf[0] && c->distributed.ranks < 2)
+        return set_error(err, "distributed", "hostfile", "needs distributed.ranks of 2 or more");
     if (c->schedule.tmax <= c->schedule.tmin)
         return set_error(err, "schedule", "tmax", "must be greater than schedule.tmin");
     if (m->output_prior && m->head != CDCD_HEAD_LOGITS)

@@ -12,6 +12,8 @@
 
 #define CDCD_RUN_NAME_MAX 64
 #define CDCD_RUN_PATH_MAX 1024
+#define CDCD_RUN_MAX_RANKS 256   /* distributed.ranks */
+#define CDCD_RUN_HOSTFILE_MAX 256
 
 typedef enum { CDCD_DECAY_COSINE = 0, CDCD_DECAY_EXP = 1, CDCD_DECAY_NONE = 2 } cdcd_lr_decay;
 typedef enum { CDCD_DATA_WINDOW = 0, CDCD_DATA_TRUNCATE = 1 } cdcd_data_mode;
@@ -67,6 +69,11 @@ typedef struct cdcd_run_config {
         float p_drop;      /* conditioning dropped (for classifier-free guidance) */
         float p_self_cond; /* share of the batch trained with self-conditioning */
     } cond;
+    struct {
+        int ranks;   /* MPI ranks the daemon launches the run on (1 = a trainer thread in cdcdd) */
+        char hostfile[CDCD_RUN_HOSTFILE_MAX]; /* Open MPI hostfile, relative to cdcdd's state
+                                                 directory; "" = every rank on this machine */
+    } distributed;
 } cdcd_run_config;
 
 typedef struct {

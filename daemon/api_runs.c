@@ -7,6 +7,7 @@
 #include "api_wait.h"
 #include "json.h"
 #include "run_json.h"
+#include "trainer_mpi.h"
 
 cdcdd_run *cdcdd_api_run_or_404(cdcdd_req *req) {
     cdcdd_app *app = req->ctx;
@@ -78,6 +79,13 @@ void cdcdd_api_runs_create(cdcdd_req *req) {
     if (!cfg) {
         cdcdd_reply_error(req, 400, "invalid_config", cerr.field, "%s%s%s", cerr.field, cerr.field[0] ? ": " : "",
                           cerr.message[0] ? cerr.message : "invalid run config");
+        return;
+    }
+    const char *field = NULL;
+    char why[512];
+    if (cdcdd_mpi_check(cfg, app->opts->state_dir, &field, why, sizeof why) != 0) {
+        cdcd_run_config_free(cfg);
+        cdcdd_reply_error(req, 400, "invalid_config", field, "%s: %s", field, why);
         return;
     }
     cdcdd_req_suspend(req); /* answered by on_created once the row is committed */

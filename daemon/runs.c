@@ -163,6 +163,7 @@ static void run_start(cdcdd_runs *runs, cdcdd_run *r) {
                               .hub = runs->cfg.hub,
                               .run_id = r->id,
                               .runs_dir = runs->cfg.runs_dir,
+                              .state_dir = runs->cfg.opts->state_dir,
                               .config_json = r->config_json,
                               .threads = 0,
                               .on_event = on_trainer_event,

@@ -19,6 +19,7 @@
 #include "runconfig.h"
 #include "schedule.h"
 #include "stories.h"
+#include "trainer_mpi.h"
 
 struct cdcdd_trainer_ctl {
     cdcdd_trainer_params p;
@@ -35,6 +36,9 @@ struct cdcdd_trainer_ctl {
     int64_t last_ckpt_step;
     int64_t tokens;
     uint64_t store_errors; /* the store's failed transactions when this trainer began */
+    int mpi;                   /* 1: a distributed run, trained by mpirun's ranks (trainer_mpi.h) */
+    char resume_path[CDCDD_RUN_DIR_MAX + 64]; /* mpi: the checkpoint the ranks resume from */
+    int64_t mpi_step;          /* mpi: the last step reported */
 };
 
 /* ------------------------------------------------------------------ events */
@@ -122,9 +126,8 @@ static char *knots_json(cdcdd_trainer_ctl *ctl) {
     return cdcdd_buf_take(&b, NULL);
 }
 
-static void sink_on_fit(void *ctx, const cdcd_fit_report *fit) {
-    cdcdd_trainer_ctl *ctl = ctx;
-    char *knots = knots_json(ctl);
+/* Stores a fit and posts it with its knots (owned: freed with the event). */
+static void store_fit(cdcdd_trainer_ctl *ctl, const cdcd_fit_report *fit, char *knots) {
     cdcdd_run_store_fit(ctl->p.store, ctl->p.run_id, fit, knots);
     cdcdd_trainer_event *ev = event_new(CDCDD_TEV_FIT);
     if (!ev) {
@@ -134,6 +137,16 @@ static void sink_on_fit(void *ctx, const cdcd_fit_report *fit) {
     ev->fit = *fit;
     ev->json = knots; /* the knots travel along for the SSE event */
     post(ctl, ev);
+}
+
+static void sink_on_fit(void *ctx, const cdcd_fit_report *fit) {
+    cdcdd_trainer_ctl *ctl = ctx;
+    store_fit(ctl, fit, knots_json(ctl));
+}
+
+/* A distributed run's fit: the knots come with rank 0's report. */
+static void mpi_on_fit(void *ctx, const cdcd_fit_report *fit, const char *knots) {
+    store_fit(ctx, fit, knots ? strdup(knots) : NULL);
 }
 
 static void sink_on_valid(void *ctx, int64_t step, double valid_loss) {
@@ -238,6 +251,15 @@ static void record_found_checkpoint(cdcdd_trainer_ctl *ctl, const char *path, in
     if (bytes) sink_on_checkpoint(ctl, step, path, bytes, sha);
 }
 
+/* 1 when the checkpoint file opens and its checksum holds (what a distributed run checks
+ * before its ranks resume from it; they load it themselves), else 0 with e set. */
+static int checkpoint_readable(const char *path, char *e, size_t elen) {
+    cdcd_ckpt_reader *r = cdcd_ckpt_open(path, e, elen);
+    if (!r) return 0;
+    cdcd_ckpt_close(r);
+    return 1;
+}
+
 /* Resumes from the newest checkpoint that loads, then drops the rows logged after it (never
  * before: a resume that fails deletes nothing). 1 resumed, 0 no checkpoint ever existed,
  * -1 with err: the store cannot say, or checkpoints exist and none loads (the run keeps its
@@ -256,10 +278,13 @@ static int trainer_resume(cdcdd_trainer_ctl *ctl, const cdcd_train_sink *sink, i
     char why[512] = "";
     for (int i = 0; i < n; i++) {
         char e[512] = "";
+        int usable = 0;
         if (access(cands[i].path, R_OK) != 0) snprintf(e, sizeof e, "%s", strerror(errno));
-        else ctl->t = cdcd_trainer_resume(cands[i].path, ctl->run_dir, sink, e, sizeof e);
-        if (ctl->t) {
-            *from_step = cdcd_trainer_step_count(ctl->t);
+        else if (ctl->mpi) usable = checkpoint_readable(cands[i].path, e, sizeof e);
+        else usable = (ctl->t = cdcd_trainer_resume(cands[i].path, ctl->run_dir, sink, e, sizeof e)) != NULL;
+        if (usable) {
+            *from_step = ctl->t ? cdcd_trainer_step_count(ctl->t) : cands[i].step;
+            if (ctl->mpi) snprintf(ctl->resume_path, sizeof ctl->resume_path, "%s", cands[i].path);
             ctl->last_ckpt_step = *from_step;
             cdcdd_run_store_truncate_after(store, run, cands[i].step);
             cdcdd_store_sync(store);
@@ -295,6 +320,9 @@ static int trainer_open(cdcdd_trainer_ctl *ctl, const cdcd_train_sink *sink, int
     /* no usable checkpoint: start from scratch, dropping whatever was logged */
     cdcdd_run_store_truncate_after(ctl->p.store, ctl->p.run_id, 0);
     cdcdd_store_sync(ctl->p.store);
+    *from_step = 0;
+    ctl->last_ckpt_step = -1;
+    if (ctl->mpi) return 0; /* the ranks create the model */
     ctl->t = cdcd_trainer_create(ctl->cfg, ctl->run_dir, sink, err, errlen);
     if (!ctl->t) return -1;
     *from_step = 0;
@@ -366,6 +394,30 @@ static cdcdd_trainer_exit train_loop(cdcdd_trainer_ctl *ctl, cdcdd_stories *stor
     }
 }
 
+static int mpi_command(void *ctx) { return read_cmd(ctx) != CDCDD_TRAINER_CMD_NONE; }
+static void mpi_beat(void *ctx) { cdcdd_notify_heartbeat_beat(((cdcdd_trainer_ctl *)ctx)->hb); }
+
+/* A distributed run: mpirun's ranks train; their reports go through the same sink. */
+static cdcdd_trainer_exit mpi_loop(cdcdd_trainer_ctl *ctl, const cdcd_train_sink *sink, int64_t from, char *err,
+                                   size_t errlen) {
+    cdcdd_mpi_job j = {.run_dir = ctl->run_dir, .state_dir = ctl->p.state_dir, .cfg = ctl->cfg,
+                       .resume = ctl->resume_path[0] ? ctl->resume_path : NULL, .sink = sink,
+                       .on_fit = mpi_on_fit, .command = mpi_command, .beat = mpi_beat, .ctx = ctl};
+    int64_t last = 0;
+    cdcdd_mpi_result r = cdcdd_mpi_job_run(&j, &last, err, errlen);
+    ctl->mpi_step = last > from ? last : from;
+    if (rows_lost(ctl, err, errlen)) return CDCDD_TRAINER_FAILED;
+    if (r == CDCDD_MPI_FAILED) {
+        cdcd_error("run %lld: %s", (long long)ctl->p.run_id, err);
+        return CDCDD_TRAINER_FAILED;
+    }
+    if (r == CDCDD_MPI_FINISHED) return CDCDD_TRAINER_FINISHED;
+    cdcdd_trainer_cmd cmd = read_cmd(ctl);
+    return cmd == CDCDD_TRAINER_PAUSE ? CDCDD_TRAINER_PAUSED
+           : cmd == CDCDD_TRAINER_STOP ? CDCDD_TRAINER_STOPPED
+                                       : CDCDD_TRAINER_SHUT_DOWN;
+}
+
 static void trainer_main(void *arg) {
     cdcdd_trainer_ctl *ctl = arg;
     char name[CDCDD_HEARTBEAT_NAME_MAX];
@@ -397,6 +449,10 @@ static void trainer_main(void *arg) {
             ev->at_step = from;
             post(ctl, ev);
         }
+    }
+    if (open_rc == 0 && ctl->mpi) {
+        reason = mpi_loop(ctl, &sink, from, err, sizeof err);
+    } else if (open_rc == 0) {
         cdcdd_stories_params sp = {.store = ctl->p.store, .vocab = ctl->p.vocab, .loopq = ctl->p.loopq,
                                    .hub = ctl->p.hub, .run_id = ctl->p.run_id, .cfg = ctl->cfg, .from_step = from,
                                    .hb = ctl->hb, .cancelled = winding_down, .cancel_ctx = ctl};
@@ -407,7 +463,7 @@ static void trainer_main(void *arg) {
     }
     cdcdd_trainer_event *exit_ev = ctl->exit_ev;
     exit_ev->leftover = cdcdd_taskq_close(&ctl->tasks); /* no more tasks; the loop cancels these */
-    exit_ev->at_step = ctl->t ? cdcd_trainer_step_count(ctl->t) : from;
+    exit_ev->at_step = ctl->t ? cdcd_trainer_step_count(ctl->t) : ctl->mpi ? ctl->mpi_step : from;
     cdcdd_stories_free(stories);
     if (ctl->t) {
         cdcd_trainer_free(ctl->t);
@@ -461,6 +517,7 @@ int cdcdd_trainer_start(const cdcdd_trainer_params *p, cdcdd_trainer_ctl **out, 
         return -1;
     }
     if (p->threads > 0) ctl->cfg->train.threads = p->threads;
+    ctl->mpi = ctl->cfg->distributed.ranks > 1;
     uv_thread_options_t topt = {.flags = UV_THREAD_HAS_STACK_SIZE, .stack_size = CDCDD_TRAINER_STACK};
     int rc = uv_thread_create_ex(&ctl->thread, &topt, trainer_main, ctl);
     if (rc != 0) {
@@ -481,8 +538,9 @@ void cdcdd_trainer_command(cdcdd_trainer_ctl *ctl, cdcdd_trainer_cmd cmd) {
 }
 
 int cdcdd_trainer_submit(cdcdd_trainer_ctl *ctl, cdcdd_task *task) {
-    /* a trainer told to wind down runs no new work: it would hold up the pause */
-    if (read_cmd(ctl) != CDCDD_TRAINER_CMD_NONE) return -1;
+    /* a trainer told to wind down runs no new work: it would hold up the pause; a
+     * distributed run's model is in its ranks (jobs sample its checkpoint instead) */
+    if (ctl->mpi || read_cmd(ctl) != CDCDD_TRAINER_CMD_NONE) return -1;
     return cdcdd_taskq_push(&ctl->tasks, task);
 }
 

@@ -7,7 +7,12 @@
  * checkpoints (unless it just did) and exits. Events posted to the loop: STARTED, STEP,
  * ENTROPY, FIT, VALID, CHECKPOINT, and EXIT last of all, whose node is allocated with the
  * control block, so the exit always arrives. After EXIT the owner calls
- * cdcdd_trainer_join. Everything the run logged is committed before EXIT is posted. */
+ * cdcdd_trainer_join. Everything the run logged is committed before EXIT is posted.
+ *
+ * A distributed run ("distributed": {"ranks": N > 1}) is trained by mpirun's ranks instead
+ * (trainer_mpi.h); this thread follows rank 0's reports into the same sink, so everything
+ * above holds for it too, except that it runs no tasks (sampling uses its checkpoints) and
+ * samples no periodic stories. */
 #ifndef CDCDD_TRAINER_H
 #define CDCDD_TRAINER_H
 
@@ -70,6 +75,7 @@ typedef struct {
     cdcdd_sse_hub *hub;
     int64_t run_id;
     const char *runs_dir;       /* the run's files go to RUNS_DIR/<id>/ */
+    const char *state_dir;      /* a distributed run's hostfile is relative to it */
     const char *config_json;    /* the stored, normalised config (parsed here) */
     int threads;                /* BLAS threads (replaces train.threads) */
     void (*on_event)(cdcdd_trainer_event *ev); /* loop thread; frees ev with cdcdd_trainer_event_free */
