@@ -18,20 +18,6 @@ void cpu_linear_ce(cdcd_backend *be, const cdcd_ops_ce_args *a) {
 
 #define ROW_ACC 16 /* independent accumulators: vectorisable, fixed-order row reductions */
 
-static float row_max(const float *x, int n) {
-    float acc[ROW_ACC];
-    float m = -INFINITY;
-    int i = 0;
-    if (n >= ROW_ACC) {
-        for (int k = 0; k < ROW_ACC; k++) acc[k] = x[k];
-        for (i = ROW_ACC; i + ROW_ACC <= n; i += ROW_ACC)
-            for (int k = 0; k < ROW_ACC; k++) acc[k] = x[i + k] > acc[k] ? x[i + k] : acc[k];
-        for (int k = 0; k < ROW_ACC; k++) m = acc[k] > m ? acc[k] : m;
-    }
-    for (; i < n; i++) m = x[i] > m ? x[i] : m;
-    return m;
-}
-
 /* In place over l (n): e = exp(y), y = (l - mx) * it; *S = sum e, *Sy = sum e * y
  * (ROW_ACC fixed-order accumulators: vectorised and deterministic). */
 static void exp_sums(float *l, int n, float mx, float it, float *S_out, float *Sy_out) {
@@ -74,7 +60,7 @@ static void infer_row(const rows_ctx *c, float *l, size_t n) {
     if (a->b)
         for (int j = 0; j < V; j++) l[j] += a->b[j];
     if (a->logits) memcpy(a->logits + n * V, l, sizeof(float) * V);
-    float mx = row_max(l, V);
+    float mx = cdcd_ops_max(l, V);
     int arg = 0;
     if (a->argmax || a->sampled)
         while (arg < V - 1 && !(l[arg] == mx)) arg++; /* first maximum, as torch.argmax */
@@ -169,7 +155,7 @@ static void head_block_task(void *vctx, int blk) {
                         c->px + (size_t)r0 * E, E, a->etab + (size_t)v0 * E, E, 1.0f, tile, w);
         for (int r = 0; r < R; r++) {
             float *l = tile + (size_t)r * w;
-            float mx = row_max(l, w);
+            float mx = cdcd_ops_max(l, w);
             float *st = stats + (size_t)(r0 + r) * 3;
             st[0] = mx;
             if (c->want_arg) {

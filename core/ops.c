@@ -77,6 +77,8 @@ static inline float vmax(const float *x, int n) {
     return m;
 }
 
+float cdcd_ops_max(const float *x, int n) { return vmax(x, n); }
+
 /* ------------------------------------------------------------- LayerNorm */
 
 static inline void ln_stats(const float *x, int D, float *mean, float *rstd) {

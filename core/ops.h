@@ -79,6 +79,10 @@ void cdcd_ops_gate_residual_forward(float *h, const float *branch, const float *
 void cdcd_ops_gate_residual_backward(float *dbranch, float *dgate, const float *dh,
                                      const float *branch, const float *gate, int T, int D);
 
+/* max of x[0..n) (-inf for n = 0), in a fixed order of VEC_ACC accumulators: vectorised,
+ * the same result for the same x wherever it is called */
+float cdcd_ops_max(const float *x, int n);
+
 /* ---- elementwise activations over n values */
 /* GELU with erf: 0.5 x (1 + erf(x / sqrt 2)). out may alias in. */
 void cdcd_ops_gelu_forward(float *out, const float *in, size_t n);
