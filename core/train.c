@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stddef.h>
 #include <stdarg.h>
@@ -716,6 +717,8 @@ static void prune_checkpoints(cdcd_trainer *t) {
         char p[CDCD_RUN_PATH_MAX + 64];
         snprintf(p, sizeof p, "%s/step-%08lld.ckpt", t->run_dir, steps[i]);
         unlink(p);
+        snprintf(p, sizeof p, "%s/step-%08lld.ckpt%s", t->run_dir, steps[i], CDCD_CKPT_DONE_SUFFIX);
+        unlink(p);
     }
 }
 
@@ -734,12 +737,35 @@ static const float *model_section(cdcd_trainer *t, cdcd_model_buffer which, floa
     return *copy;
 }
 
-static int checkpoint_write(cdcd_trainer *t);
+static int checkpoint_write(cdcd_trainer *t, uint64_t *bytes, char sha[65]);
+
+/* CHECKPOINT.done, durable: the file, then its directory. 0 or -1. */
+static int write_done_marker(const char *ckpt_path) {
+    char p[CDCD_RUN_PATH_MAX + 80];
+    snprintf(p, sizeof p, "%s%s", ckpt_path, CDCD_CKPT_DONE_SUFFIX);
+    int fd = open(p, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) return -1;
+    int rc = fsync(fd);
+    close(fd);
+    char dir[CDCD_RUN_PATH_MAX + 80];
+    snprintf(dir, sizeof dir, "%s", ckpt_path);
+    char *slash = strrchr(dir, '/');
+    if (slash) *slash = '\0';
+    int dfd = open(slash ? dir : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+        rc |= fsync(dfd);
+        close(dfd);
+    }
+    return rc ? -1 : 0;
+}
 
 /* Rank 0 writes (every rank holds the same state); the ranks then agree whether it did, so
- * all go on or all stop at the same step. */
+ * all go on or all stop at the same step; with several ranks rank 0 then marks it DONE.
+ * Only then is it reported (the daemon's row) and are older ones pruned. */
 int cdcd_trainer_checkpoint(cdcd_trainer *t) {
-    int64_t failed = t->dist->rank == 0 ? checkpoint_write(t) != 0 : 0;
+    uint64_t bytes = 0;
+    char sha[65] = "";
+    int64_t failed = t->dist->rank == 0 ? checkpoint_write(t, &bytes, sha) != 0 : 0;
     if (t->dist->size > 1) {
         char e[256];
         if (t->dist->ops->allreduce_max_i64(t->dist, &failed, e, sizeof e) != 0) {
@@ -748,10 +774,19 @@ int cdcd_trainer_checkpoint(cdcd_trainer *t) {
         }
         if (failed && t->dist->rank != 0) set_err(t, "checkpoint at step %lld: rank 0 could not write it", (long long)t->step);
     }
-    return failed ? -1 : 0;
+    if (failed || t->dist->rank != 0) return failed ? -1 : 0;
+    char path[CDCD_RUN_PATH_MAX + 64];
+    cdcd_trainer_checkpoint_path(t, t->step, path, sizeof path);
+    if (t->dist->size > 1 && write_done_marker(path) != 0) {
+        set_err(t, "checkpoint at step %lld: cannot write its DONE marker: %s", (long long)t->step, strerror(errno));
+        return -1;
+    }
+    if (t->sink.on_checkpoint) t->sink.on_checkpoint(t->sink.ctx, t->step, path, bytes, sha);
+    prune_checkpoints(t);
+    return 0;
 }
 
-static int checkpoint_write(cdcd_trainer *t) {
+static int checkpoint_write(cdcd_trainer *t, uint64_t *bytes_out, char sha_out[65]) {
     char path[CDCD_RUN_PATH_MAX + 64];
     float *copies[4] = {NULL, NULL, NULL, NULL};
     char *json = NULL;
@@ -803,6 +838,8 @@ static int checkpoint_write(cdcd_trainer *t) {
     rc |= cdcd_ckpt_add(w, "ring_loss", t->ring_loss, (size_t)t->cfg.schedule.window * sizeof(float));
     if (vmap_blob) rc |= cdcd_ckpt_add(w, "vocab_map", vmap_blob, vmap_len);
     if (t->vocab) rc |= cdcd_ckpt_add(w, "vocab", t->vocab, t->vocab_len);
+    int32_t ranks = (int32_t)t->dist->size;
+    if (ranks > 1) rc |= cdcd_ckpt_add(w, "ranks", &ranks, sizeof ranks);
     if (rc) {
         set_err(t, "checkpoint: too many sections");
         goto fail;
@@ -818,8 +855,8 @@ static int checkpoint_write(cdcd_trainer *t) {
     free(json);
     free(vmap_blob);
     for (int i = 0; i < 4; i++) free(copies[i]);
-    if (t->sink.on_checkpoint) t->sink.on_checkpoint(t->sink.ctx, t->step, path, bytes, sha);
-    prune_checkpoints(t);
+    *bytes_out = bytes;
+    memcpy(sha_out, sha, 65);
     return 0;
 fail:
     if (w) cdcd_ckpt_writer_abort(w);
@@ -916,12 +953,38 @@ cdcd_trainer *cdcd_trainer_resume(const char *checkpoint_path, const char *run_d
     return cdcd_trainer_resume_dist(checkpoint_path, run_dir, sink, NULL, err, errlen);
 }
 
+/* -1 with err when r (at path) was written by several ranks and has no DONE marker. */
+static int check_done_marker(const cdcd_ckpt_reader *r, const char *path, char *err, size_t errlen) {
+    const void *data;
+    size_t bytes;
+    int32_t ranks = 1;
+    if (cdcd_ckpt_get(r, "ranks", &data, &bytes) == 0 && bytes == sizeof ranks) memcpy(&ranks, data, sizeof ranks);
+    if (ranks <= 1) return 0;
+    char p[CDCD_RUN_PATH_MAX + 80];
+    snprintf(p, sizeof p, "%s%s", path, CDCD_CKPT_DONE_SUFFIX);
+    if (access(p, F_OK) == 0) return 0;
+    snprintf(err, errlen,
+             "%s: written by %d ranks but has no DONE marker (%s), so not every rank confirmed it; resume from an "
+             "earlier checkpoint",
+             path, (int)ranks, CDCD_CKPT_DONE_SUFFIX);
+    return -1;
+}
+
+int cdcd_checkpoint_complete(const char *path, char *err, size_t errlen) {
+    cdcd_ckpt_reader *r = cdcd_ckpt_open(path, err, errlen);
+    if (!r) return -1;
+    int rc = check_done_marker(r, path, err, errlen);
+    cdcd_ckpt_close(r);
+    return rc;
+}
+
 cdcd_trainer *cdcd_trainer_resume_dist(const char *checkpoint_path, const char *run_dir,
                                        const cdcd_train_sink *sink, cdcd_dist *dist, char *err, size_t errlen) {
     cdcd_ckpt_reader *r = cdcd_ckpt_open(checkpoint_path, err, errlen);
     cdcd_run_config *cfg = NULL;
     cdcd_trainer *t = NULL;
     if (!r) return NULL;
+    if (check_done_marker(r, checkpoint_path, err, errlen) != 0) goto fail;
     cfg = ckpt_config(r, checkpoint_path, err, errlen);
     if (!cfg) goto fail;
     cdcd_vocab_map *vmap;

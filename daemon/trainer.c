@@ -251,13 +251,11 @@ static void record_found_checkpoint(cdcdd_trainer_ctl *ctl, const char *path, in
     if (bytes) sink_on_checkpoint(ctl, step, path, bytes, sha);
 }
 
-/* 1 when the checkpoint file opens and its checksum holds (what a distributed run checks
- * before its ranks resume from it; they load it themselves), else 0 with e set. */
+/* 1 when the checkpoint file opens, its checksum holds and, when several ranks wrote it, its
+ * DONE marker is there (what a distributed run checks before its ranks resume from it; they
+ * load it themselves), else 0 with e set. */
 static int checkpoint_readable(const char *path, char *e, size_t elen) {
-    cdcd_ckpt_reader *r = cdcd_ckpt_open(path, e, elen);
-    if (!r) return 0;
-    cdcd_ckpt_close(r);
-    return 1;
+    return cdcd_checkpoint_complete(path, e, elen) == 0;
 }
 
 /* Resumes from the newest checkpoint that loads, then drops the rows logged after it (never

@@ -9,6 +9,8 @@ machine (Open MPI, --oversubscribe, shared-memory transport, one BLAS thread per
   - resume: a 2-rank run resumed from its step-5 checkpoint ends bit for bit where the
     uninterrupted run does; resumed at 1 rank it continues with the same data (losses
     within 1e-5 of the 2-rank run's);
+  - DONE markers: every checkpoint of a 2-rank run has CHECKPOINT.done (a 1-rank run writes
+    none), and a 2-rank checkpoint without its marker is refused for resume at 2 and 1 ranks;
   - signals: SIGUSR1 writes a checkpoint at the next step and training goes on; SIGUSR2
     writes one and every rank exits 0;
   - a rank killed (SIGKILL) ends the whole job with a failure, no rank left waiting, and the
@@ -136,6 +138,20 @@ def main():
             assert worst <= 1e-5, f"resumed at 1 rank: losses differ by {worst:.3g}"
             assert sections(os.path.join(o1, "step-00000010.ckpt"))["data"] == a["data"], "data position differs"
         check("resume_at_two_ranks_bitwise_and_at_one_rank", resume_any_world_size)
+
+        def done_marker():
+            out = state["r2"]
+            ck = sorted(f for f in os.listdir(out) if f.endswith(".ckpt"))
+            assert ck and all(os.path.exists(os.path.join(out, f + ".done")) for f in ck), os.listdir(out)
+            assert not [f for f in os.listdir(os.path.join(tmp, "a2")) if f.endswith(".done")], \
+                "a one-process run wrote DONE markers"
+            lone = os.path.join(tmp, "no-marker")
+            os.makedirs(lone)
+            shutil.copy(os.path.join(out, "step-00000005.ckpt"), lone)  # the file without its marker
+            for ranks in (2, 1):
+                r, _ = run.train(ranks, f"no-marker-{ranks}", resume=os.path.join(lone, "step-00000005.ckpt"))
+                assert r.returncode != 0 and "no DONE marker" in r.stderr, (ranks, r.returncode, r.stderr[-400:])
+        check("checkpoints_of_several_ranks_need_their_done_marker", done_marker)
 
         def signals():
             cfg = run.config(max_steps=1000000, checkpoint_every=0, valid_every=0)
