@@ -11,6 +11,8 @@ machine (Open MPI, --oversubscribe, shared-memory transport, one BLAS thread per
     within 1e-5 of the 2-rank run's);
   - DONE markers: every checkpoint of a 2-rank run has CHECKPOINT.done (a 1-rank run writes
     none), and a 2-rank checkpoint without its marker is refused for resume at 2 and 1 ranks;
+  - a hash mismatch: ranks resumed from two different checkpoints (mpirun's MPMD form) stop
+    at the step-50 parameter comparison with an error naming the rank;
   - signals: SIGUSR1 writes a checkpoint at the next step and training goes on; SIGUSR2
     writes one and every rank exits 0;
   - a rank killed (SIGKILL) ends the whole job with a failure, no rank left waiting, and the
@@ -152,6 +154,32 @@ def main():
                 r, _ = run.train(ranks, f"no-marker-{ranks}", resume=os.path.join(lone, "step-00000005.ckpt"))
                 assert r.returncode != 0 and "no DONE marker" in r.stderr, (ranks, r.returncode, r.stderr[-400:])
         check("checkpoints_of_several_ranks_need_their_done_marker", done_marker)
+
+        def hash_mismatch():
+            # Two one-process runs that differ only in their seed, to step 5; then one job whose
+            # rank 0 resumes the first and rank 1 the second (mpirun's MPMD form), so the ranks
+            # hold different parameters from the start: the comparison at step 50 must stop it.
+            starts = []
+            for seed in (1, 2):
+                path = run.config(max_steps=5, checkpoint_every=5)
+                with open(path) as f:
+                    cfg = json.load(f)
+                cfg["seed"] = seed
+                with open(path, "w") as f:
+                    json.dump(cfg, f)
+                r, out = run.train(1, f"seed{seed}", path)
+                assert r.returncode == 0, r.stderr[-400:]
+                starts.append(os.path.join(out, "step-00000005.ckpt"))
+            base = [CLI, "train", "--data-dir", data, "--quiet", "--out", os.path.join(tmp, "mismatch"),
+                    "--max-steps", "100"]
+            cmd = (["mpirun", "--oversubscribe", "--mca", "btl", "self,vader", "-np", "1"] + base +
+                   ["--resume", starts[0], ":", "-np", "1"] + base + ["--resume", starts[1]])
+            r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+            out = r.stdout + r.stderr
+            assert r.returncode != 0, "the job succeeded with different parameters on its ranks"
+            assert "step 50: the parameters of rank 1 differ from rank 0's" in out, out[-800:]
+            assert not os.path.exists(os.path.join(tmp, "mismatch", "step-00000100.ckpt")), "it trained on"
+        check("parameter_hash_mismatch_stops_the_run", hash_mismatch)
 
         def signals():
             cfg = run.config(max_steps=1000000, checkpoint_every=0, valid_every=0)
