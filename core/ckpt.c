@@ -334,3 +334,22 @@ void cdcd_ckpt_close(cdcd_ckpt_reader *r) {
     free(r->buf);
     free(r);
 }
+
+int cdcd_ckpt_mark_done(const char *path) {
+    char p[PATH_MAX];
+    if ((size_t)snprintf(p, sizeof p, "%s%s", path, CDCD_CKPT_DONE_SUFFIX) >= sizeof p) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    int fd = open(p, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) return -1;
+    int rc = fsync(fd);
+    close(fd);
+    return rc < 0 || fsync_dir_of(p) < 0 ? -1 : 0;
+}
+
+int cdcd_ckpt_is_done(const char *path) {
+    char p[PATH_MAX];
+    if ((size_t)snprintf(p, sizeof p, "%s%s", path, CDCD_CKPT_DONE_SUFFIX) >= sizeof p) return 0;
+    return access(p, F_OK) == 0;
+}

@@ -46,6 +46,12 @@ int cdcd_ckpt_get(const cdcd_ckpt_reader *r, const char *name, const void **data
 int cdcd_ckpt_read_exact(const cdcd_ckpt_reader *r, const char *name, void *dst, size_t bytes);
 void cdcd_ckpt_close(cdcd_ckpt_reader *r);
 
+/* The DONE marker of a checkpoint: an empty file PATH.done, created durably (the file, then
+ * its directory, as commit does) once every rank agreed the checkpoint was written. */
+#define CDCD_CKPT_DONE_SUFFIX ".done"
+int cdcd_ckpt_mark_done(const char *path);   /* 0, or -1 with errno */
+int cdcd_ckpt_is_done(const char *path);     /* 1 when PATH.done exists */
+
 /* SHA-256 of a buffer, as 64 hex digits plus NUL. */
 void cdcd_sha256_hex(const void *buf, size_t len, char out[65]);
 

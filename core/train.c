@@ -2,7 +2,6 @@
 
 #include <dirent.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <math.h>
 #include <stddef.h>
 #include <stdarg.h>
@@ -739,26 +738,6 @@ static const float *model_section(cdcd_trainer *t, cdcd_model_buffer which, floa
 
 static int checkpoint_write(cdcd_trainer *t, uint64_t *bytes, char sha[65]);
 
-/* CHECKPOINT.done, durable: the file, then its directory. 0 or -1. */
-static int write_done_marker(const char *ckpt_path) {
-    char p[CDCD_RUN_PATH_MAX + 80];
-    snprintf(p, sizeof p, "%s%s", ckpt_path, CDCD_CKPT_DONE_SUFFIX);
-    int fd = open(p, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) return -1;
-    int rc = fsync(fd);
-    close(fd);
-    char dir[CDCD_RUN_PATH_MAX + 80];
-    snprintf(dir, sizeof dir, "%s", ckpt_path);
-    char *slash = strrchr(dir, '/');
-    if (slash) *slash = '\0';
-    int dfd = open(slash ? dir : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-        rc |= fsync(dfd);
-        close(dfd);
-    }
-    return rc ? -1 : 0;
-}
-
 /* Rank 0 writes (every rank holds the same state); the ranks then agree whether it did, so
  * all go on or all stop at the same step; with several ranks rank 0 then marks it DONE.
  * Only then is it reported (the daemon's row) and are older ones pruned. */
@@ -777,7 +756,7 @@ int cdcd_trainer_checkpoint(cdcd_trainer *t) {
     if (failed || t->dist->rank != 0) return failed ? -1 : 0;
     char path[CDCD_RUN_PATH_MAX + 64];
     cdcd_trainer_checkpoint_path(t, t->step, path, sizeof path);
-    if (t->dist->size > 1 && write_done_marker(path) != 0) {
+    if (t->dist->size > 1 && cdcd_ckpt_mark_done(path) != 0) {
         set_err(t, "checkpoint at step %lld: cannot write its DONE marker: %s", (long long)t->step, strerror(errno));
         return -1;
     }
@@ -960,9 +939,7 @@ static int check_done_marker(const cdcd_ckpt_reader *r, const char *path, char *
     int32_t ranks = 1;
     if (cdcd_ckpt_get(r, "ranks", &data, &bytes) == 0 && bytes == sizeof ranks) memcpy(&ranks, data, sizeof ranks);
     if (ranks <= 1) return 0;
-    char p[CDCD_RUN_PATH_MAX + 80];
-    snprintf(p, sizeof p, "%s%s", path, CDCD_CKPT_DONE_SUFFIX);
-    if (access(p, F_OK) == 0) return 0;
+    if (cdcd_ckpt_is_done(path)) return 0;
     snprintf(err, errlen,
              "%s: written by %d ranks but has no DONE marker (%s), so not every rank confirmed it; resume from an "
              "earlier checkpoint",

@@ -110,12 +110,11 @@ int cdcd_trainer_checkpoint_path(const cdcd_trainer *t, int64_t step, char *out,
 
 /* The DONE marker (issue 15): a checkpoint written by N > 1 ranks records N (section
  * "ranks"), and after every rank has agreed that it was written, rank 0 creates
- * CHECKPOINT.done beside it (fsync'd, then its directory). Such a checkpoint is never
+ * CHECKPOINT.done beside it (cdcd_ckpt_mark_done). Such a checkpoint is never
  * resumed from without its marker: the ranks may not all have reached its step. A checkpoint
  * of one process needs no marker (nor do checkpoints from before markers existed).
  * 0 when `path` may be resumed from, -1 with err when it was written by several ranks and
  * has no marker, or cannot be read. */
-#define CDCD_CKPT_DONE_SUFFIX ".done"
 int cdcd_checkpoint_complete(const char *path, char *err, size_t errlen);
 /* Learning rate at 0-based optimiser step `step` after `train_seconds` of training (warmup,
  * then the configured decay to the end of max_steps or of train.minutes, the earlier). */
