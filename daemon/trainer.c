@@ -360,6 +360,13 @@ static int rows_lost(cdcdd_trainer_ctl *ctl, char *err, size_t errlen) {
     return 1;
 }
 
+/* How a trainer told `cmd` ends. */
+static cdcdd_trainer_exit exit_for(cdcdd_trainer_cmd cmd) {
+    return cmd == CDCDD_TRAINER_PAUSE  ? CDCDD_TRAINER_PAUSED
+           : cmd == CDCDD_TRAINER_STOP ? CDCDD_TRAINER_STOPPED
+                                       : CDCDD_TRAINER_SHUT_DOWN;
+}
+
 /* Steps until the run ends or is told to wind down; tasks run between steps. */
 static cdcdd_trainer_exit train_loop(cdcdd_trainer_ctl *ctl, cdcdd_stories *stories, char *err, size_t errlen) {
     for (;;) {
@@ -371,9 +378,7 @@ static cdcdd_trainer_exit train_loop(cdcdd_trainer_ctl *ctl, cdcdd_stories *stor
         cdcdd_trainer_cmd cmd = read_cmd(ctl);
         if (cmd != CDCDD_TRAINER_CMD_NONE) {
             if (checkpoint_now(ctl, "checkpoint", err, errlen) != 0) return CDCDD_TRAINER_FAILED;
-            return cmd == CDCDD_TRAINER_PAUSE  ? CDCDD_TRAINER_PAUSED
-                   : cmd == CDCDD_TRAINER_STOP ? CDCDD_TRAINER_STOPPED
-                                               : CDCDD_TRAINER_SHUT_DOWN;
+            return exit_for(cmd);
         }
         int rc = cdcd_trainer_step(ctl->t);
         cdcdd_notify_heartbeat_beat(ctl->hb);
@@ -410,10 +415,7 @@ static cdcdd_trainer_exit mpi_loop(cdcdd_trainer_ctl *ctl, const cdcd_train_sink
         return CDCDD_TRAINER_FAILED;
     }
     if (r == CDCDD_MPI_FINISHED) return CDCDD_TRAINER_FINISHED;
-    cdcdd_trainer_cmd cmd = read_cmd(ctl);
-    return cmd == CDCDD_TRAINER_PAUSE ? CDCDD_TRAINER_PAUSED
-           : cmd == CDCDD_TRAINER_STOP ? CDCDD_TRAINER_STOPPED
-                                       : CDCDD_TRAINER_SHUT_DOWN;
+    return exit_for(read_cmd(ctl));
 }
 
 static void trainer_main(void *arg) {
