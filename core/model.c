@@ -328,29 +328,35 @@ static void begin_call(cdcd_model *m, int B, int T, const float *sigma, const ui
     }
 }
 
-/* Input channels from a.x: cond_mask / self_cond host arrays (NULL = none / zeros). */
-static void input_channels(cdcd_model *m, const int32_t *cond_ids, const uint8_t *cond_mask,
-                           const float *self_cond) {
+/* Input channels from a.x and the conditioning already in backend memory: with_cond uses
+ * a.cond_ids / a.cond_mask, with_self a.self_cond (else zeros). */
+static void build_channels(cdcd_model *m, int with_cond, int with_self) {
     const cdcd_model_config *cf = &m->cfg;
-    cdcd_backend *be = m->be;
-    size_t N = (size_t)m->B * m->T;
     cdcd_backend_channels ch = {.chan = m->a.chan, .x = m->a.x, .etab = m->a.etab,
                                 .sigma = m->a.sigma, .B = m->B, .T = m->T, .E = cf->d_emb,
                                 .in_dim = m->in_dim, .cond_channels = cf->cond_channels,
-                                .self_cond_slot = cf->self_cond};
+                                .self_cond_slot = cf->self_cond,
+                                .cond_ids = with_cond ? m->a.cond_ids : NULL,
+                                .cond_mask = with_cond ? m->a.cond_mask : NULL,
+                                .self_cond = with_self ? m->a.self_cond : NULL};
+    m->be->ops->input_channels(m->be, &ch);
+}
+
+/* Uploads the call's conditioning (host arrays; NULL = none / zeros) and builds the input
+ * channels. Returns whether a self-conditioning input was uploaded. */
+static int input_channels(cdcd_model *m, const int32_t *cond_ids, const uint8_t *cond_mask,
+                          const float *self_cond) {
+    cdcd_backend *be = m->be;
+    size_t N = (size_t)m->B * m->T;
+    int with_self = m->cfg.self_cond && self_cond;
     if (cond_mask) {
         be->ops->upload(be, m->a.cond_mask, cond_mask, N);
-        ch.cond_mask = m->a.cond_mask;
-        if (cond_ids) {
-            be->ops->upload(be, m->a.cond_ids, cond_ids, N * sizeof(int32_t));
-            ch.cond_ids = m->a.cond_ids;
-        }
+        be->ops->upload(be, m->a.cond_ids, cond_ids, N * sizeof(int32_t));
     }
-    if (cf->self_cond && self_cond) {
-        be->ops->upload(be, m->a.self_cond, self_cond, N * cf->d_emb * sizeof(float));
-        ch.self_cond = m->a.self_cond;
-    }
-    be->ops->input_channels(be, &ch);
+    if (with_self)
+        be->ops->upload(be, m->a.self_cond, self_cond, N * m->cfg.d_emb * sizeof(float));
+    build_channels(m, cond_mask != NULL, with_self);
+    return with_self;
 }
 
 /* ================================================================ forward */
@@ -757,13 +763,12 @@ int cdcd_model_infer(cdcd_model *m, const cdcd_infer_input *in, cdcd_infer_outpu
     if (!m->etab_valid) compute_etab(m);
     be->ops->set_inference(be, 1);
     be->ops->upload(be, m->a.x, in->x, sizeof(float) * N * E);
-    const float *sc = cf->self_cond ? in->self_cond : NULL;
-    input_channels(m, in->cond_ids, in->cond_mask, sc);
+    int with_self = input_channels(m, in->cond_ids, in->cond_mask, in->self_cond);
     trunk_forward(m);
     int guided = in->cond_mask && in->guidance != 1.0f;
     if (guided) {
         be->ops->copy(be, m->a.hguide, head_input(m), sizeof(float) * N * K);
-        input_channels(m, NULL, NULL, sc);
+        build_channels(m, 0, with_self); /* the unconditional pass: same input, no prompt */
         trunk_forward(m);
         be->ops->guide_mix(be, (float *)head_input(m), m->a.hguide, in->guidance, N * K);
     }
