@@ -1,4 +1,4 @@
-/* cdcd train --config run.json --out DIR [--resume CKPT] [--quiet] [--report]
+/* cdcd train --config run.json --out DIR [--resume CKPT] [--quiet] [--report [--fits-from-stdin]]
  *
  * DIR receives: checkpoints (step-NNNNNNNN.ckpt), metrics.csv (one row per step),
  * entropy.csv (one (step, sigma, loss) row per sequence: the samples the schedule is fitted
@@ -10,7 +10,8 @@
  * checkpoints and exits; a signal reaching any rank counts for all, since the ranks agree on
  * the flags at every step boundary and act on the same step. With --report, rank 0 also
  * writes its account of the run to stdout as JSON lines (train_report.h): how cdcdd follows
- * a run it launched under mpirun. */
+ * a run it launched under mpirun; with --fits-from-stdin the daemon also does the
+ * schedule refits, from its store (train_control.h). */
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
@@ -28,6 +29,7 @@
 #include "runconfig.h"
 #include "schedule.h"
 #include "train.h"
+#include "train_control.h"
 #include "train_report.h"
 
 static volatile sig_atomic_t stop_requested, checkpoint_requested;
@@ -73,6 +75,7 @@ typedef struct {
     double last_print;
     FILE *report;    /* --report: JSON lines (rank 0), else NULL */
     cdcd_trainer *t; /* for the fitted schedule's knots in the report */
+    cdcd_control control; /* --fits-from-stdin */
 } train_cli;
 
 static void sink_step(void *ctx, const cdcd_step_report *r) {
@@ -110,6 +113,10 @@ static void sink_fit(void *ctx, const cdcd_fit_report *f) {
         const struct cdcd_schedule *sc = c->t ? cdcd_trainer_schedule(c->t) : NULL;
         cdcd_report_fit(c->report, f, sc ? sc->last.knots : NULL, CDCD_PWL_KNOTS);
     }
+}
+
+static int sink_refit(void *ctx, cdcd_schedule *s, int64_t step, char *err, size_t errlen) {
+    return cdcd_control_refit(&((train_cli *)ctx)->control, s, step, err, errlen);
 }
 
 static void sink_valid(void *ctx, int64_t step, double loss) {
@@ -181,12 +188,15 @@ static void usage(FILE *out) {
             "                  then the final checkpoint)\n"
             "  --quiet         no progress line\n"
             "  --report        rank 0 writes the run's steps, samples, fits, validation and\n"
-            "                  checkpoints to stdout as JSON lines (what cdcdd reads)\n");
+            "                  checkpoints to stdout as JSON lines (what cdcdd reads)\n"
+            "  --fits-from-stdin  with --report: rank 0 asks for each schedule refit on stdout\n"
+            "                  and reads the refitted schedule from stdin (cdcdd fits it from\n"
+            "                  its store)\n");
 }
 
 int cdcd_cmd_train(int argc, char **argv) {
     const char *config_path = NULL, *out_dir = NULL, *resume = NULL, *data_dir = NULL;
-    int quiet = 0, report = 0;
+    int quiet = 0, report = 0, fits_from_stdin = 0;
     long long max_steps_override = 0;
     double time_limit_min = 0;
     static const struct option opts[] = {{"config", required_argument, 0, 'c'},
@@ -197,11 +207,12 @@ int cdcd_cmd_train(int argc, char **argv) {
                                          {"quiet", no_argument, 0, 'q'},
                                          {"time-limit", required_argument, 0, 'T'},
                                          {"report", no_argument, 0, 'R'},
+                                         {"fits-from-stdin", no_argument, 0, 'F'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     int ch;
     optind = 1;
-    while ((ch = getopt_long(argc, argv, "c:o:r:d:m:qT:Rh", opts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "c:o:r:d:m:qT:RFh", opts, NULL)) != -1) {
         switch (ch) {
         case 'c': config_path = optarg; break;
         case 'o': out_dir = optarg; break;
@@ -211,12 +222,17 @@ int cdcd_cmd_train(int argc, char **argv) {
         case 'q': quiet = 1; break;
         case 'T': time_limit_min = atof(optarg); break;
         case 'R': report = 1; break;
+        case 'F': fits_from_stdin = 1; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
     }
     if ((!config_path && !resume) || !out_dir) {
         usage(stderr);
+        return 2;
+    }
+    if (fits_from_stdin && !report) {
+        fprintf(stderr, "cdcd train: --fits-from-stdin needs --report (the refit requests go there)\n");
         return 2;
     }
     if (mkdir(out_dir, 0755) < 0 && errno != EEXIST) {
@@ -278,13 +294,15 @@ int cdcd_cmd_train(int argc, char **argv) {
     c.quiet = quiet;
     c.tty = isatty(STDERR_FILENO);
     c.report = report && lead ? stdout : NULL;
+    c.control = (cdcd_control){.report = stdout, .in_fd = STDIN_FILENO, .timeout_s = CDCD_CONTROL_TIMEOUT_S};
     cdcd_train_sink sink = {.ctx = &c,
                             .on_step = sink_step,
                             .on_entropy = sink_entropy,
                             .on_fit = sink_fit,
                             .on_valid = sink_valid,
                             .on_checkpoint = sink_checkpoint,
-                            .recent_samples = NULL};
+                            .recent_samples = NULL,
+                            .refit_schedule = fits_from_stdin ? sink_refit : NULL};
     const cdcd_train_sink *sk = lead ? &sink : NULL;
     t = resume ? cdcd_trainer_resume_dist(resume, out_dir, sk, dist, err, sizeof err)
                : cdcd_trainer_create_dist(cfg, out_dir, sk, dist, err, sizeof err);

@@ -8,6 +8,7 @@
  *   fit         step ok mu s h o rmse n kind knots[] (knots absent when unknown)
  *   valid       step loss
  *   checkpoint  step path bytes sha256
+ *   refit       step schedule[]          (--fits-from-stdin: a request; train_control.h)
  * Numbers are printed with enough digits to read back the same double ("%.17g") or float
  * ("%.9g"). */
 #ifndef CDCD_TRAIN_REPORT_H

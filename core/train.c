@@ -399,16 +399,31 @@ static int ring_recent(cdcd_trainer *t, int n, float *sigma, float *loss) {
     return n;
 }
 
-static void refit(cdcd_trainer *t) {
-    int window = t->cfg.schedule.window;
-    int n = t->sink.recent_samples ? t->sink.recent_samples(t->sink.ctx, window, t->fit_sigma, t->fit_loss)
-                                   : ring_recent(t, window, t->fit_sigma, t->fit_loss);
-    if (n < 0) {
-        cdcd_warn("schedule refit at step %lld: the sample store failed; keeping the current fit",
-                  (long long)t->step);
-        return;
+/* Refits the schedule from the recent samples, or has the sink's owner refit it. Only rank
+ * 0 refits: the others take its schedule by broadcast right after. 0, or -1 with t->err. */
+static int refit(cdcd_trainer *t) {
+    if (t->dist->rank != 0) return 0;
+    int ok;
+    if (t->sink.refit_schedule) {
+        char e[256] = "";
+        int rc = t->sink.refit_schedule(t->sink.ctx, &t->sched, t->step, e, sizeof e);
+        if (rc < 0) {
+            set_err(t, "schedule refit at step %lld: %s", (long long)t->step, e);
+            return -1;
+        }
+        if (rc == 0) return 0;
+        ok = t->sched.last.ok;
+    } else {
+        int window = t->cfg.schedule.window;
+        int n = t->sink.recent_samples ? t->sink.recent_samples(t->sink.ctx, window, t->fit_sigma, t->fit_loss)
+                                       : ring_recent(t, window, t->fit_sigma, t->fit_loss);
+        if (n < 0) {
+            cdcd_warn("schedule refit at step %lld: the sample store failed; keeping the current fit",
+                      (long long)t->step);
+            return 0;
+        }
+        ok = cdcd_schedule_refit(&t->sched, t->fit_sigma, t->fit_loss, n, t->step) == CDCD_FIT_OK;
     }
-    int ok = cdcd_schedule_refit(&t->sched, t->fit_sigma, t->fit_loss, n, t->step) == CDCD_FIT_OK;
     const cdcd_schedule_fit rec = t->sched.last;
     if (!ok)
         cdcd_warn("schedule refit at step %lld failed (%s); keeping the previous parameters",
@@ -418,6 +433,7 @@ static void refit(cdcd_trainer *t) {
                              .rmse = rec.rmse, .n = rec.n, .kind = t->sched.kind};
         t->sink.on_fit(t->sink.ctx, &r);
     }
+    return 0;
 }
 
 /* Validation: the first valid_batches batches of the valid file in file order, sigma
@@ -665,7 +681,7 @@ int cdcd_trainer_step(cdcd_trainer *t) {
         t->sink.on_step(t->sink.ctx, &r);
     }
     if (c->schedule.refit_every > 0 && t->step % c->schedule.refit_every == 0) {
-        refit(t);
+        if (refit(t) != 0) return -1;
         if (t->dist->size > 1 && share_schedule(t) != 0) return -1;
     }
     if (c->train.valid_every > 0 && t->step % c->train.valid_every == 0 && t->dist->rank == 0) {

@@ -36,6 +36,8 @@ typedef struct {
     int kind; /* CDCD_SCHEDULE_CAUCHY or CDCD_SCHEDULE_PWL (schedule.h) */
 } cdcd_fit_report;
 
+struct cdcd_schedule;
+
 /* Every callback is optional and runs on the trainer thread: keep it short (queue work). */
 typedef struct {
     void *ctx;
@@ -49,6 +51,13 @@ typedef struct {
     /* The most recent n (sigma, loss) samples of this run, oldest first; returns the count
      * written, or -1 on error. When NULL the trainer keeps its own ring buffer. */
     int (*recent_samples)(void *ctx, int n, float *sigma, float *loss);
+    /* When set, the owner refits the schedule instead of the trainer (rank 0 of a run that
+     * cdcdd launched: the daemon fits the samples in its store and sends the result back).
+     * sched is the active schedule; the owner replaces it with the refitted one, whose
+     * `last` record says how the fit went. Returns 1 refitted, 0 nothing to fit (the
+     * schedule is kept and no fit is reported, as when recent_samples fails), -1 when the
+     * owner cannot answer (err set; the step fails). */
+    int (*refit_schedule)(void *ctx, struct cdcd_schedule *sched, int64_t step, char *err, size_t errlen);
 } cdcd_train_sink;
 
 /* Returns NULL on error with a message in err. run_dir receives checkpoints. */

@@ -111,16 +111,15 @@ static void sink_on_entropy(void *ctx, int64_t step, int n, const float *sigma, 
     post(ctl, ev);
 }
 
-/* The knots of the schedule just fitted, as a JSON array; NULL when unknown. */
-static char *knots_json(cdcdd_trainer_ctl *ctl) {
-    const struct cdcd_schedule *s = ctl->t ? cdcd_trainer_schedule(ctl->t) : NULL;
-    if (!s) return NULL;
+/* Knots (CDCD_PWL_KNOTS) as a JSON array, each read back to the same double; NULL for none. */
+static char *knots_json(const double *knots) {
+    if (!knots) return NULL;
     cdcdd_buf b;
     cdcdd_buf_init(&b);
     cdcdd_buf_putc(&b, '[');
     for (int i = 0; i < CDCD_PWL_KNOTS; i++) {
         if (i) cdcdd_buf_putc(&b, ',');
-        cdcdd_buf_json_num(&b, s->last.knots[i]);
+        cdcdd_buf_json_num17(&b, knots[i]);
     }
     cdcdd_buf_putc(&b, ']');
     return cdcdd_buf_take(&b, NULL);
@@ -141,12 +140,13 @@ static void store_fit(cdcdd_trainer_ctl *ctl, const cdcd_fit_report *fit, char *
 
 static void sink_on_fit(void *ctx, const cdcd_fit_report *fit) {
     cdcdd_trainer_ctl *ctl = ctx;
-    store_fit(ctl, fit, knots_json(ctl));
+    const struct cdcd_schedule *s = ctl->t ? cdcd_trainer_schedule(ctl->t) : NULL;
+    store_fit(ctl, fit, knots_json(s ? s->last.knots : NULL));
 }
 
 /* A distributed run's fit: the knots come with rank 0's report. */
-static void mpi_on_fit(void *ctx, const cdcd_fit_report *fit, const char *knots) {
-    store_fit(ctx, fit, knots ? strdup(knots) : NULL);
+static void mpi_on_fit(void *ctx, const cdcd_fit_report *fit, const double *knots) {
+    store_fit(ctx, fit, knots_json(knots));
 }
 
 static void sink_on_valid(void *ctx, int64_t step, double valid_loss) {
@@ -397,6 +397,17 @@ static cdcdd_trainer_exit train_loop(cdcdd_trainer_ctl *ctl, cdcdd_stories *stor
     }
 }
 
+/* Rank 0's refit request: the window comes from the store, as a local run's does. */
+static int mpi_refit(void *ctx, cdcd_schedule *sched, int64_t step) {
+    cdcdd_trainer_ctl *ctl = ctx;
+    int window = ctl->cfg->schedule.window;
+    float *sigma = malloc(sizeof(float) * (size_t)(window > 0 ? window : 1) * 2);
+    int n = sigma ? cdcdd_run_store_recent_samples(ctl->p.store, ctl->p.run_id, window, sigma, sigma + window) : -1;
+    if (n >= 0) cdcd_schedule_refit(sched, sigma, sigma + window, n, step);
+    free(sigma);
+    return n >= 0;
+}
+
 static int mpi_command(void *ctx) { return read_cmd(ctx) != CDCDD_TRAINER_CMD_NONE; }
 static void mpi_beat(void *ctx) { cdcdd_notify_heartbeat_beat(((cdcdd_trainer_ctl *)ctx)->hb); }
 
@@ -405,7 +416,7 @@ static cdcdd_trainer_exit mpi_loop(cdcdd_trainer_ctl *ctl, const cdcd_train_sink
                                    size_t errlen) {
     cdcdd_mpi_job j = {.run_dir = ctl->run_dir, .state_dir = ctl->p.state_dir, .cfg = ctl->cfg,
                        .resume = ctl->resume_path[0] ? ctl->resume_path : NULL, .sink = sink,
-                       .on_fit = mpi_on_fit, .command = mpi_command, .beat = mpi_beat, .ctx = ctl};
+                       .on_fit = mpi_on_fit, .refit = mpi_refit, .command = mpi_command, .beat = mpi_beat, .ctx = ctl};
     int64_t last = 0;
     cdcdd_mpi_result r = cdcdd_mpi_job_run(&j, &last, err, errlen);
     ctl->mpi_step = last > from ? last : from;

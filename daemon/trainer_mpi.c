@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -19,6 +20,7 @@
 
 #include "clock.h"
 #include "log.h"
+#include "schedule_json.h"
 
 #define PIDFILE "mpirun.pid"
 #define LOGFILE "mpirun.log"
@@ -154,12 +156,14 @@ static int write_launch_config(const cdcdd_mpi_job *j, char *path, size_t cap, c
 typedef struct {
     pid_t pid;   /* mpirun; also its process group */
     int out_fd;  /* rank 0's report lines */
+    int in_fd;   /* mpirun's stdin, forwarded to rank 0: the control channel (a socket, so a
+                    write after mpirun died is EPIPE, never a SIGPIPE to the daemon) */
 } child;
 
 /* Between fork and exec: async-signal-safe calls only. The child gets a clean signal state
  * (the trainer thread blocks signals the loop handles; a blocked SIGUSR2 would never reach
  * mpirun) and none of the daemon's descriptors (its listening socket, the database). */
-static void child_exec(char *const argv[], int out_fd, int log_fd, pid_t daemon_pid) {
+static void child_exec(char *const argv[], int in_fd, int out_fd, int log_fd, pid_t daemon_pid) {
     setpgid(0, 0);
     prctl(PR_SET_PDEATHSIG, SIGKILL); /* the trainer thread that started it is gone: so is it */
     if (getppid() != daemon_pid) _exit(126); /* it was gone before the line above */
@@ -168,8 +172,7 @@ static void child_exec(char *const argv[], int out_fd, int log_fd, pid_t daemon_
     sigprocmask(SIG_SETMASK, &none, NULL);
     const int reset[] = {SIGPIPE, SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2, SIGCHLD};
     for (size_t i = 0; i < sizeof reset / sizeof reset[0]; i++) signal(reset[i], SIG_DFL);
-    int null_fd = open("/dev/null", O_RDONLY);
-    if (null_fd >= 0) dup2(null_fd, STDIN_FILENO);
+    dup2(in_fd, STDIN_FILENO);
     dup2(out_fd, STDOUT_FILENO);
     dup2(log_fd, STDERR_FILENO);
     if (syscall(SYS_close_range, 3u, ~0u, 0u) != 0)
@@ -195,30 +198,36 @@ static int spawn(const cdcdd_mpi_job *j, child *c, char *err, size_t errlen) {
     if (geteuid() == 0) argv[n++] = "--allow-run-as-root";
     if (j->cfg->distributed.hostfile[0]) argv[n++] = "--hostfile", argv[n++] = hostfile;
     argv[n++] = cdcd, argv[n++] = "train", argv[n++] = "--out", argv[n++] = (char *)j->run_dir;
-    argv[n++] = "--quiet", argv[n++] = "--report";
+    argv[n++] = "--quiet", argv[n++] = "--report", argv[n++] = "--fits-from-stdin";
     if (j->resume) argv[n++] = "--resume", argv[n++] = (char *)j->resume;
     else argv[n++] = "--config", argv[n++] = config;
     argv[n] = NULL;
     snprintf(logp, sizeof logp, "%.1200s/%s", j->run_dir, LOGFILE);
-    int pfd[2] = {-1, -1}, log_fd = open(logp, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
-    if (log_fd < 0 || pipe2(pfd, O_CLOEXEC) != 0) {
-        snprintf(err, errlen, "cannot set up mpirun's output: %s", strerror(errno));
-        if (log_fd >= 0) close(log_fd);
+    int pfd[2] = {-1, -1}, sfd[2] = {-1, -1};
+    int log_fd = open(logp, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+    if (log_fd < 0 || pipe2(pfd, O_CLOEXEC) != 0 || socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sfd) != 0) {
+        snprintf(err, errlen, "cannot set up mpirun's input and output: %s", strerror(errno));
+        int fds[] = {log_fd, pfd[0], pfd[1]};
+        for (int i = 0; i < 3; i++)
+            if (fds[i] >= 0) close(fds[i]);
         return -1;
     }
     pid_t self = getpid(), pid = fork();
-    if (pid == 0) child_exec(argv, pfd[1], log_fd, self); /* dup2 clears CLOEXEC on 0-2 */
+    if (pid == 0) child_exec(argv, sfd[1], pfd[1], log_fd, self); /* dup2 clears CLOEXEC on 0-2 */
     int fork_errno = errno;
     close(pfd[1]);
+    close(sfd[1]);
     close(log_fd);
     if (pid < 0) {
         close(pfd[0]);
+        close(sfd[0]);
         snprintf(err, errlen, "cannot start mpirun: %s", strerror(fork_errno));
         return -1;
     }
     setpgid(pid, pid); /* also here: no race with a signal to the group */
     c->pid = pid;
     c->out_fd = pfd[0];
+    c->in_fd = sfd[0];
     char pidp[1400];
     snprintf(pidp, sizeof pidp, "%.1200s/%s", j->run_dir, PIDFILE);
     FILE *f = fopen(pidp, "w");
@@ -265,14 +274,52 @@ static void fit_line(const cdcdd_mpi_job *j, const cJSON *o) {
                          .h = num(o, "h"), .o = num(o, "o"), .rmse = num(o, "rmse"), .n = (int)i64(o, "n"),
                          .kind = (int)i64(o, "kind")};
     const cJSON *k = cJSON_GetObjectItemCaseSensitive(o, "knots");
-    char *knots = cJSON_IsArray(k) ? cJSON_PrintUnformatted(k) : NULL;
-    if (j->on_fit) j->on_fit(j->ctx, &f, knots);
-    free(knots);
+    double knots[CDCD_PWL_KNOTS];
+    int n = 0;
+    for (const cJSON *e = cJSON_IsArray(k) ? k->child : NULL; e && n < CDCD_PWL_KNOTS; e = e->next)
+        knots[n++] = cJSON_IsNumber(e) ? e->valuedouble : NAN;
+    if (j->on_fit) j->on_fit(j->ctx, &f, n == CDCD_PWL_KNOTS ? knots : NULL);
+}
+
+/* The whole of buf on the control channel. 0 or -1 (mpirun is gone: the watch ends). */
+static int send_all(int fd, const char *buf, size_t len) {
+    while (len > 0) {
+        ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return -1;
+        buf += n, len -= (size_t)n;
+    }
+    return 0;
+}
+
+/* Rank 0 asks for a refit: the daemon fits its store's samples to the schedule the request
+ * carries and sends the result back (cli/train_control.h has the reply's form). */
+static void answer_refit(const cdcdd_mpi_job *j, const child *c, const cJSON *o) {
+    int64_t step = i64(o, "step");
+    cdcd_schedule s;
+    const char *why = NULL;
+    char *sched = NULL, *line = NULL;
+    if (cdcd_schedule_from_json(&s, cJSON_GetObjectItemCaseSensitive(o, "schedule")) != 0)
+        why = "the request's schedule is malformed";
+    else if (!j->refit || j->refit(j->ctx, &s, step) != 1)
+        why = "the store could not give the recent samples";
+    else if (!(sched = cdcd_schedule_to_json(&s)))
+        why = "out of memory";
+    size_t cap = (sched ? strlen(sched) : 0) + 128;
+    if ((line = malloc(cap)) != NULL) {
+        int n = sched ? snprintf(line, cap, "{\"type\":\"schedule\",\"step\":%lld,\"schedule\":%s}\n", (long long)step, sched)
+                      : snprintf(line, cap, "{\"type\":\"schedule\",\"step\":%lld,\"error\":\"%s\"}\n", (long long)step, why);
+        if (send_all(c->in_fd, line, (size_t)n) != 0)
+            cdcd_warn("%s: cannot send the refit of step %lld to rank 0: %s", j->run_dir, (long long)step, strerror(errno));
+    }
+    if (why) cdcd_warn("%s: refit at step %lld: %s; rank 0 keeps its schedule", j->run_dir, (long long)step, why);
+    free(line);
+    free(sched);
 }
 
 /* One report line into the sink. The step's number, or 0 for other lines; -1 when the line
  * is not a report (mpirun's own output is logged and skipped); -2 for "started". */
-static int64_t dispatch(const cdcdd_mpi_job *j, const char *line, size_t len) {
+static int64_t dispatch(const cdcdd_mpi_job *j, const child *c, const char *line, size_t len) {
     cJSON *o = cJSON_ParseWithLength(line, len);
     const cJSON *t = o ? cJSON_GetObjectItemCaseSensitive(o, "type") : NULL;
     int64_t rc = 0;
@@ -293,6 +340,8 @@ static int64_t dispatch(const cdcdd_mpi_job *j, const char *line, size_t len) {
         if (entropy_line(j, o) != 0) cdcd_warn("%s: a malformed entropy report was skipped", j->run_dir);
     } else if (strcmp(t->valuestring, "fit") == 0) {
         fit_line(j, o);
+    } else if (strcmp(t->valuestring, "refit") == 0) {
+        answer_refit(j, c, o);
     } else if (strcmp(t->valuestring, "valid") == 0) {
         if (s->on_valid) s->on_valid(s->ctx, i64(o, "step"), num(o, "loss"));
     } else if (strcmp(t->valuestring, "checkpoint") == 0) {
@@ -338,7 +387,7 @@ static void saw_step(progress *p, int64_t step, double now) {
 
 /* Reads what is there; dispatches whole lines. 1 at end of file, 0 otherwise, -1 on a line
  * too long (err set). */
-static int read_lines(const cdcdd_mpi_job *j, int fd, char **buf, size_t *len, size_t *cap, progress *p,
+static int read_lines(const cdcdd_mpi_job *j, const child *c, char **buf, size_t *len, size_t *cap, progress *p,
                       char *err, size_t errlen) {
     if (*cap - *len < 65536) {
         size_t nc = *cap ? *cap * 2 : 131072;
@@ -349,7 +398,7 @@ static int read_lines(const cdcdd_mpi_job *j, int fd, char **buf, size_t *len, s
         }
         *buf = nb, *cap = nc;
     }
-    ssize_t got = read(fd, *buf + *len, *cap - *len);
+    ssize_t got = read(c->out_fd, *buf + *len, *cap - *len);
     if (got == 0) return 1;
     if (got < 0) return errno == EINTR || errno == EAGAIN ? 0 : 1;
     *len += (size_t)got;
@@ -357,7 +406,7 @@ static int read_lines(const cdcdd_mpi_job *j, int fd, char **buf, size_t *len, s
     p->last_line_s = now;
     char *start = *buf, *nl;
     while ((nl = memchr(start, '\n', (size_t)(*buf + *len - start))) != NULL) {
-        int64_t step = dispatch(j, start, (size_t)(nl - start));
+        int64_t step = dispatch(j, c, start, (size_t)(nl - start));
         if (step > 0) saw_step(p, step, now);
         if (step == -2) p->started = 1;
         if (j->beat) j->beat(j->ctx);
@@ -416,7 +465,7 @@ static int follow(const cdcdd_mpi_job *j, const child *c, progress *p, int *sign
         }
         struct pollfd pf = {.fd = c->out_fd, .events = POLLIN};
         if (poll(&pf, 1, 250) > 0) {
-            int e = read_lines(j, c->out_fd, &buf, &len, &cap, p, err, errlen);
+            int e = read_lines(j, c, &buf, &len, &cap, p, err, errlen);
             if (e != 0) {
                 rc = e < 0 ? -1 : 0;
                 break;
@@ -445,6 +494,7 @@ cdcdd_mpi_result cdcdd_mpi_job_run(const cdcdd_mpi_job *j, int64_t *last_step, c
     int rc = follow(j, &c, &p, &signalled, err, errlen);
     if (rc != 0) kill(-c.pid, SIGKILL);
     close(c.out_fd);
+    close(c.in_fd);
     /* mpirun has exited: kill whatever is left of its group while its zombie still holds the
      * group's id (no other group can have it yet), then reap it */
     siginfo_t si;

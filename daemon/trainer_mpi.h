@@ -2,6 +2,9 @@
  * --report` as a supervised child in its own process group, followed on the trainer thread.
  * Rank 0's JSON lines (cli/train_report.h) are turned back into the calls a local trainer
  * makes on its sink, so the store rows, events, SSE and dashboard are those of a local run.
+ * The schedule refits are the daemon's too: rank 0 asks for each one (cdcd train
+ * --fits-from-stdin), the daemon fits the samples in its store, as for a local run, and
+ * writes the schedule to mpirun's stdin, which reaches rank 0; rank 0 broadcasts it.
  *
  * Control: pause, stop and shutdown send SIGUSR2 to mpirun, which forwards it to every rank;
  * the ranks agree on it at the next step boundary, checkpoint and exit 0. A rank that dies
@@ -18,6 +21,7 @@
 #include <stdint.h>
 
 #include "runconfig.h"
+#include "schedule.h"
 #include "train.h"
 
 #define CDCDD_MPI_HANG_FACTOR 10      /* no step for this many median step times: hung */
@@ -32,8 +36,11 @@ typedef struct {
     const cdcd_run_config *cfg; /* ranks, hostfile, threads (per rank: threads / ranks) */
     const char *resume;         /* checkpoint to resume from, or NULL for a fresh start */
     const cdcd_train_sink *sink;
-    /* fits arrive with their knots (a JSON array, or NULL) */
-    void (*on_fit)(void *ctx, const cdcd_fit_report *fit, const char *knots_json);
+    /* fits arrive with their CDCD_PWL_KNOTS knots, or NULL when the report has none */
+    void (*on_fit)(void *ctx, const cdcd_fit_report *fit, const double *knots);
+    /* Rank 0's refit request: sched is its active schedule, to become the one refitted from
+     * the store's samples. 1 refitted, 0 no fit (the store failed: rank 0 keeps its own). */
+    int (*refit)(void *ctx, cdcd_schedule *sched, int64_t step);
     int (*command)(void *ctx);  /* nonzero once the owner asks the run to wind down */
     void (*beat)(void *ctx);    /* called at every report line */
     void *ctx;

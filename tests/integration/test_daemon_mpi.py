@@ -5,10 +5,13 @@ rank 0's reports as it stores a local trainer's.
 
   - trains_and_stores: POST /runs with 2 ranks runs to the end; metrics rows for every step,
     one (sigma, CE) sample per sequence per step, schedule fits with knots, validation and
-    checkpoint rows, all in SQLite and served by the API; losses equal a local run with
-    grad_accum 2 (the same arithmetic as 2 ranks, bit for bit).
+    checkpoint rows, all in SQLite and served by the API; losses and schedule fits equal a
+    local run with grad_accum 2 (the same arithmetic as 2 ranks, bit for bit; the daemon
+    refits both from its store).
   - pause_resume_stop: pause checkpoints and ends the job (state paused, no rank left),
-    resume continues from that checkpoint, stop ends it.
+    resume continues from that checkpoint, stop ends it. The first refit after the resume
+    fits the store's samples from before the pause too (the daemon refits from SQLite and
+    sends the schedule to rank 0), not only what the new job has seen.
   - killed_rank_fails_run: kill -9 of one rank fails the run with mpirun's words stored in
     its error, leaves no rank behind, and the daemon keeps serving.
   - daemon_kill9_no_orphans: kill -9 of the daemon leaves no rank running; the restarted
@@ -105,10 +108,15 @@ def trains_and_stores(d, data):
     a = rows(d.state, "SELECT step, loss FROM metrics WHERE run = ? AND loss IS NOT NULL ORDER BY step", rid)
     b = rows(d.state, "SELECT step, loss FROM metrics WHERE run = ? AND loss IS NOT NULL ORDER BY step", lid)
     assert a == b, f"first difference: {next(((x, y) for x, y in zip(a, b) if x != y), None)}"
+    fit_sql = "SELECT step, ok, mu, s, h, o, rmse, n, knots FROM schedule_fits WHERE run = ? ORDER BY step"
+    fa, fb = rows(d.state, fit_sql, rid), rows(d.state, fit_sql, lid)
+    assert len(fa) == 2 and fa == fb, f"fits differ: {[x[:8] for x in fa]} against {[x[:8] for x in fb]}"
 
 
 def pause_resume_stop(d, data):
-    rid = d.create_run(dist_config("pause", max_steps=100000))["id"]
+    cfg = dist_config("pause", max_steps=100000)
+    cfg["schedule"] = {"refit_every": 2, "window": 64}
+    rid = d.create_run(cfg)["id"]
     run_dir = os.path.join(d.state, "runs", str(rid))
     d.wait_run(rid, lambda x: x["step"] >= 4, 120, "step 4")
     assert len(ranks_of(run_dir)) == 2, job_processes(run_dir)
@@ -120,6 +128,13 @@ def pause_resume_stop(d, data):
     assert ck == at, f"paused at {at}, newest checkpoint {ck}"
     assert d.post(f"/runs/{rid}/resume").status in (200, 202)
     d.wait_run(rid, lambda x: x["state"] == "running" and x["step"] >= at + 3, 120, "resumed")
+    deadline, fits = time.time() + 60, []
+    while not fits and time.time() < deadline:  # rows are committed in batches: wait for it
+        fits = rows(d.state, "SELECT step, n FROM schedule_fits WHERE run = ? AND step > ? ORDER BY step", rid, at)
+        time.sleep(0.2)
+    assert fits, f"no schedule fit after the resume at step {at}"
+    step, n = fits[0]
+    assert n == min(64, 4 * step), f"the refit at step {step} (resumed at {at}) fitted {n} samples"
     assert d.post(f"/runs/{rid}/stop").status in (200, 202)
     d.wait_state(rid, "stopped", 120)
     assert wait_gone(run_dir), f"processes left after stop: {job_processes(run_dir)}"
