@@ -167,10 +167,15 @@ TEST(test_notify_watchdog_rule) {
 }
 
 static atomic_int beater_stop;
+static atomic_long beater_beats[4]; /* beats done, per beater: the ticks wait for them */
+typedef struct {
+    int id, slot;
+} beater_arg;
 static void *beater(void *arg) {
-    int id = *(int *)arg;
+    const beater_arg *a = arg;
     while (!atomic_load(&beater_stop)) {
-        cdcdd_notify_heartbeat_beat(id);
+        cdcdd_notify_heartbeat_beat(a->id);
+        atomic_fetch_add(&beater_beats[a->slot], 1);
         usleep(100);
     }
     return NULL;
@@ -186,15 +191,24 @@ TEST(test_notify_heartbeat_threads) {
     cdcdd_notify_reset_for_tests();
     enum { N = 4 };
     int ids[N];
+    beater_arg args[N];
     pthread_t th[N];
     atomic_store(&beater_stop, 0);
     for (int i = 0; i < N; i++) {
         ids[i] = cdcdd_notify_heartbeat_register("beater");
-        pthread_create(&th[i], NULL, beater, &ids[i]);
+        args[i] = (beater_arg){.id = ids[i], .slot = i};
+        atomic_store(&beater_beats[i], 0);
+        pthread_create(&th[i], NULL, beater, &args[i]);
     }
     int pinged = 0;
     for (int t = 0; t < 10; t++) {
-        usleep(5000);
+        /* every thread beats between two ticks (however the scheduler runs them on a busy
+         * machine): then every tick must ping. Two counts past the snapshot, since the beat
+         * behind the first may have come before the last tick. */
+        long seen[N];
+        for (int i = 0; i < N; i++) seen[i] = atomic_load(&beater_beats[i]);
+        for (int i = 0, waited = 0; i < N && waited < 5000000; i++)
+            while (atomic_load(&beater_beats[i]) < seen[i] + 2 && waited < 5000000) usleep(100), waited += 100;
         pinged += cdcdd_notify_watchdog_tick() == 1;
         recv_msg(fd);
     }
