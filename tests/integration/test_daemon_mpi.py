@@ -16,6 +16,9 @@ rank 0's reports as it stores a local trainer's.
     its error, leaves no rank behind, and the daemon keeps serving.
   - daemon_kill9_no_orphans: kill -9 of the daemon leaves no rank running; the restarted
     daemon resumes the run from its last checkpoint.
+  - sigterm_checkpoints: SIGTERM to the daemon alone (what systemd's KillMode=mixed sends)
+    winds the job down: every rank exits, the daemon exits 0, the newest checkpoint is of the
+    last step logged, and the restarted daemon resumes the run from it.
   - bad_input: ranks 0, ranks that do not divide the batch, a hostfile outside the state
     directory or missing, and mpirun missing from PATH each get a 400 naming the field.
 SKIP when mpirun is absent or bin/cdcd was built without MPI. Binaries from $CDCD_BIN."""
@@ -177,6 +180,23 @@ def daemon_kill9_no_orphans(d, data):
     d.wait_state(rid, "stopped", 120)
 
 
+def sigterm_checkpoints(d, data):
+    rid = d.create_run(dist_config("term", max_steps=100000, checkpoint_every=1000))["id"]
+    run_dir = os.path.join(d.state, "runs", str(rid))
+    d.wait_run(rid, lambda x: x["step"] >= 4, 120, "step 4")
+    rc = d.stop()
+    assert rc == 0, f"cdcdd exited with {rc}: {d.log_tail()}"
+    assert wait_gone(run_dir), f"processes left after SIGTERM: {job_processes(run_dir)}"
+    last = rows(d.state, "SELECT max(step) FROM metrics WHERE run = ? AND loss IS NOT NULL", rid)[0][0]
+    ck = rows(d.state, "SELECT max(step) FROM checkpoints WHERE run = ?", rid)[0][0]
+    assert ck == last and ck >= 4, f"last step {last}, newest checkpoint {ck}"
+    assert os.path.exists(os.path.join(run_dir, f"step-{ck:08d}.ckpt.done")), os.listdir(run_dir)
+    d.start()
+    d.wait_run(rid, lambda x: x["state"] == "running" and x["step"] >= ck + 2, 120, "resumed after SIGTERM")
+    assert d.post(f"/runs/{rid}/stop").status in (200, 202)
+    d.wait_state(rid, "stopped", 120)
+
+
 def bad_input(d, data):
     def refused(cfg, field):
         resp = d.post("/runs", cfg)
@@ -216,7 +236,8 @@ def main():
         d.start()
         for name, fn in (("trains_and_stores", trains_and_stores), ("pause_resume_stop", pause_resume_stop),
                          ("killed_rank_fails_run", killed_rank_fails_run),
-                         ("daemon_kill9_no_orphans", daemon_kill9_no_orphans), ("bad_input", bad_input)):
+                         ("daemon_kill9_no_orphans", daemon_kill9_no_orphans),
+                         ("sigterm_checkpoints", sigterm_checkpoints), ("bad_input", bad_input)):
             check(name, lambda fn=fn: fn(d, data))
     finally:
         if d:
