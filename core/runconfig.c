@@ -153,6 +153,8 @@ static const field_spec fields[] = {
     {"cond", "p_self_cond", F_FLOAT, OFF(cond.p_self_cond), 0, 1, 0, NULL},
     {"distributed", "ranks", F_INT, OFF(distributed.ranks), 1, CDCD_RUN_MAX_RANKS, 0, NULL},
     {"distributed", "hostfile", F_STRING, OFF(distributed.hostfile), 0, 0, CDCD_RUN_HOSTFILE_MAX, NULL},
+    {"distributed", "max_restarts", F_INT, OFF(distributed.max_restarts), 0, CDCD_RUN_MAX_RESTARTS, 0, NULL},
+    {"distributed", "hang_min_s", F_INT, OFF(distributed.hang_min_s), 1, CDCD_RUN_HANG_MIN_S_MAX, 0, NULL},
 };
 #undef OFF
 
@@ -183,6 +185,7 @@ static void apply_defaults(cdcd_run_config *c) {
     c->train.batch_size = RUN_DEFAULT_BATCH;
     c->train.grad_accum = 1;
     c->distributed.ranks = 1;
+    c->distributed.hang_min_s = CDCD_RUN_HANG_MIN_S_DEFAULT;
     c->train.max_steps = RUN_DEFAULT_MAX_STEPS;
     c->train.threads = RUN_DEFAULT_THREADS;
     c->train.checkpoint_every = RUN_DEFAULT_CHECKPOINT_EVERY;

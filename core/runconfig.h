@@ -14,6 +14,9 @@
 #define CDCD_RUN_PATH_MAX 1024
 #define CDCD_RUN_MAX_RANKS 256   /* distributed.ranks */
 #define CDCD_RUN_HOSTFILE_MAX 256
+#define CDCD_RUN_MAX_RESTARTS 100        /* distributed.max_restarts */
+#define CDCD_RUN_HANG_MIN_S_DEFAULT 60   /* distributed.hang_min_s */
+#define CDCD_RUN_HANG_MIN_S_MAX 86400
 
 typedef enum { CDCD_DECAY_COSINE = 0, CDCD_DECAY_EXP = 1, CDCD_DECAY_NONE = 2 } cdcd_lr_decay;
 typedef enum { CDCD_DATA_WINDOW = 0, CDCD_DATA_TRUNCATE = 1 } cdcd_data_mode;
@@ -73,6 +76,8 @@ typedef struct cdcd_run_config {
         int ranks;   /* MPI ranks the daemon launches the run on (1 = a trainer thread in cdcdd) */
         char hostfile[CDCD_RUN_HOSTFILE_MAX]; /* Open MPI hostfile, relative to cdcdd's state
                                                  directory; "" = every rank on this machine */
+        int max_restarts; /* a failed job is relaunched from its last DONE checkpoint this often */
+        int hang_min_s;   /* no step for max(10 x the median step, this many s): hung */
     } distributed;
 } cdcd_run_config;
 

@@ -411,22 +411,44 @@ static int mpi_refit(void *ctx, cdcd_schedule *sched, int64_t step) {
 static int mpi_command(void *ctx) { return read_cmd(ctx) != CDCDD_TRAINER_CMD_NONE; }
 static void mpi_beat(void *ctx) { cdcdd_notify_heartbeat_beat(((cdcdd_trainer_ctl *)ctx)->hb); }
 
-/* A distributed run: mpirun's ranks train; their reports go through the same sink. */
+/* A distributed run: mpirun's ranks train; their reports go through the same sink. A job
+ * that fails is relaunched, up to distributed.max_restarts times, from the newest
+ * checkpoint with its DONE marker (the rows logged after it are dropped, as on any resume;
+ * the old job's group is gone before the new one starts). */
 static cdcdd_trainer_exit mpi_loop(cdcdd_trainer_ctl *ctl, const cdcd_train_sink *sink, int64_t from, char *err,
                                    size_t errlen) {
-    cdcdd_mpi_job j = {.run_dir = ctl->run_dir, .state_dir = ctl->p.state_dir, .cfg = ctl->cfg,
-                       .resume = ctl->resume_path[0] ? ctl->resume_path : NULL, .sink = sink,
-                       .on_fit = mpi_on_fit, .refit = mpi_refit, .command = mpi_command, .beat = mpi_beat, .ctx = ctl};
-    int64_t last = 0;
-    cdcdd_mpi_result r = cdcdd_mpi_job_run(&j, &last, err, errlen);
-    ctl->mpi_step = last > from ? last : from;
-    if (rows_lost(ctl, err, errlen)) return CDCDD_TRAINER_FAILED;
-    if (r == CDCDD_MPI_FAILED) {
-        cdcd_error("run %lld: %s", (long long)ctl->p.run_id, err);
-        return CDCDD_TRAINER_FAILED;
+    for (int restarts = 0;; restarts++) {
+        cdcdd_mpi_job j = {.run_dir = ctl->run_dir, .state_dir = ctl->p.state_dir, .cfg = ctl->cfg,
+                           .resume = ctl->resume_path[0] ? ctl->resume_path : NULL, .sink = sink,
+                           .on_fit = mpi_on_fit, .refit = mpi_refit, .command = mpi_command, .beat = mpi_beat,
+                           .ctx = ctl};
+        int64_t last = 0;
+        cdcdd_mpi_result r = cdcdd_mpi_job_run(&j, &last, err, errlen);
+        ctl->mpi_step = last > from ? last : from;
+        if (rows_lost(ctl, err, errlen)) return CDCDD_TRAINER_FAILED;
+        if (r == CDCDD_MPI_FINISHED) return CDCDD_TRAINER_FINISHED;
+        if (r == CDCDD_MPI_WOUND_DOWN) return exit_for(read_cmd(ctl));
+        int max = ctl->cfg->distributed.max_restarts;
+        if (restarts >= max || read_cmd(ctl) != CDCDD_TRAINER_CMD_NONE) {
+            if (restarts > 0) {
+                size_t n = strlen(err);
+                snprintf(err + n, errlen - n, " (after %d restart%s)", restarts, restarts == 1 ? "" : "s");
+            }
+            cdcd_error("run %lld: %s", (long long)ctl->p.run_id, err);
+            return CDCDD_TRAINER_FAILED;
+        }
+        cdcd_warn("run %lld: %s; relaunching the job (restart %d of %d)", (long long)ctl->p.run_id, err, restarts + 1,
+                  max);
+        char why[CDCDD_RUN_ERROR_MAX];
+        ctl->resume_path[0] = '\0';
+        if (trainer_open(ctl, sink, &from, why, sizeof why) != 0) {
+            size_t n = strlen(err);
+            snprintf(err + n, errlen - n, "; the relaunch failed: %.300s", why);
+            cdcd_error("run %lld: %s", (long long)ctl->p.run_id, err);
+            return CDCDD_TRAINER_FAILED;
+        }
+        err[0] = '\0';
     }
-    if (r == CDCDD_MPI_FINISHED) return CDCDD_TRAINER_FINISHED;
-    return exit_for(read_cmd(ctl));
 }
 
 static void trainer_main(void *arg) {

@@ -361,6 +361,7 @@ typedef struct {
     int n_intervals;
     int64_t last_step;
     int started; /* rank 0 reported "started": every rank has its signal handlers */
+    double min_s; /* the run's distributed.hang_min_s */
 } progress;
 
 static int cmp_double(const void *a, const void *b) {
@@ -376,7 +377,7 @@ static double hang_limit(const progress *p) {
     memcpy(v, p->intervals, sizeof(double) * (size_t)n);
     qsort(v, (size_t)n, sizeof v[0], cmp_double);
     double lim = CDCDD_MPI_HANG_FACTOR * v[n / 2];
-    return lim > CDCDD_MPI_HANG_MIN_S ? lim : CDCDD_MPI_HANG_MIN_S;
+    return lim > p->min_s ? lim : p->min_s;
 }
 
 static void saw_step(progress *p, int64_t step, double now) {
@@ -473,9 +474,9 @@ static int follow(const cdcdd_mpi_job *j, const child *c, progress *p, int *sign
         }
         double quiet_s = cdcd_now_s() - p->last_step_s, lim = hang_limit(p);
         if (quiet_s > lim) {
-            snprintf(err, errlen, "no step from the ranks in %.0f s (limit %.0f s: %d x the median step, at least %d s%s); "
-                     "the job was killed", quiet_s, lim, CDCDD_MPI_HANG_FACTOR, CDCDD_MPI_HANG_MIN_S,
-                     p->last_step ? "" : ", or the start-up limit");
+            snprintf(err, errlen, "no step from the ranks in %.0f s (limit %.0f s: %d x the median step, at least "
+                     "distributed.hang_min_s = %.0f s%s); the job was killed", quiet_s, lim, CDCDD_MPI_HANG_FACTOR,
+                     p->min_s, p->last_step ? "" : ", or the start-up limit");
             rc = 1;
             break;
         }
@@ -489,7 +490,7 @@ cdcdd_mpi_result cdcdd_mpi_job_run(const cdcdd_mpi_job *j, int64_t *last_step, c
     cdcdd_mpi_kill_leftovers(j->run_dir);
     child c;
     if (spawn(j, &c, err, errlen) != 0) return CDCDD_MPI_FAILED;
-    progress p = {.last_step_s = cdcd_now_s()};
+    progress p = {.last_step_s = cdcd_now_s(), .min_s = j->cfg->distributed.hang_min_s};
     int signalled = 0;
     int rc = follow(j, &c, &p, &signalled, err, errlen);
     if (rc != 0) kill(-c.pid, SIGKILL);

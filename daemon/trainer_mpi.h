@@ -10,8 +10,9 @@
  * the ranks agree on it at the next step boundary, checkpoint and exit 0. A rank that dies
  * ends the job (MPI_Abort or mpirun's own teardown) and the run fails with the last lines of
  * mpirun's output (RUN_DIR/mpirun.log). A job that reports no step within
- * CDCDD_MPI_HANG_FACTOR x the median step time (CDCDD_MPI_START_TIMEOUT_S before the first
- * step) is killed, group and all, and fails. RUN_DIR/mpirun.pid names the group while it
+ * CDCDD_MPI_HANG_FACTOR x the median step time, and never less than the run's
+ * distributed.hang_min_s (CDCDD_MPI_START_TIMEOUT_S before the first step), is killed, group
+ * and all, and fails. RUN_DIR/mpirun.pid names the group while it
  * runs, so a daemon killed with -9 kills what is left of it at its next start; the child
  * also dies with its parent thread (PR_SET_PDEATHSIG). */
 #ifndef CDCDD_TRAINER_MPI_H
@@ -25,7 +26,6 @@
 #include "train.h"
 
 #define CDCDD_MPI_HANG_FACTOR 10      /* no step for this many median step times: hung */
-#define CDCDD_MPI_HANG_MIN_S 60       /* ... and never less than this */
 #define CDCDD_MPI_START_TIMEOUT_S 600 /* from launch to the first step */
 #define CDCDD_MPI_LOG_TAIL 400        /* bytes of mpirun.log quoted in a failure */
 #define CDCDD_MPI_LINE_MAX (4u << 20) /* longest report line accepted */
@@ -33,7 +33,7 @@
 typedef struct {
     const char *run_dir;
     const char *state_dir;      /* the hostfile is relative to it */
-    const cdcd_run_config *cfg; /* ranks, hostfile, threads (per rank: threads / ranks) */
+    const cdcd_run_config *cfg; /* ranks, hostfile, hang_min_s, threads (per rank: threads / ranks) */
     const char *resume;         /* checkpoint to resume from, or NULL for a fresh start */
     const cdcd_train_sink *sink;
     /* fits arrive with their CDCD_PWL_KNOTS knots, or NULL when the report has none */

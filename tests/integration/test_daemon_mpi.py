@@ -14,6 +14,12 @@ rank 0's reports as it stores a local trainer's.
     sends the schedule to rank 0), not only what the new job has seen.
   - killed_rank_fails_run: kill -9 of one rank fails the run with mpirun's words stored in
     its error, leaves no rank behind, and the daemon keeps serving.
+  - restart_after_rank_killed: with distributed.max_restarts 1, a killed rank relaunches the
+    job from the newest checkpoint with its DONE marker (the steps logged after it are dropped,
+    so the metrics stay gapless and unrepeated); a second kill fails the run "after 1 restart".
+  - hung_rank_fails_run: a rank stopped with SIGSTOP leaves the others waiting in the
+    all-reduce; after distributed.hang_min_s (3 s here) without a step the group is killed,
+    the stopped rank included, and the run fails with the hang in its error.
   - daemon_kill9_no_orphans: kill -9 of the daemon leaves no rank running; the restarted
     daemon resumes the run from its last checkpoint.
   - sigterm_checkpoints: SIGTERM to the daemon alone (what systemd's KillMode=mixed sends)
@@ -158,6 +164,79 @@ def killed_rank_fails_run(d, data):
     assert d.get("/health").status == 200
 
 
+def new_steps_after(d, rid, since, beyond, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        new = rows(d.state, "SELECT max(step) FROM metrics WHERE run = ? AND time > ?", rid, since)[0][0]
+        if new and new > beyond:
+            return new
+        time.sleep(0.2)
+    raise AssertionError(f"no step past {beyond} since {since}: {d.run(rid)}")
+
+
+def wait_dead(pids, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if not [p for p in pids if os.path.exists(f"/proc/{p}")]:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"processes still alive: {pids}")
+
+
+def restart_after_rank_killed(d, data):
+    cfg = dist_config("restart", max_steps=100000, checkpoint_every=5)
+    cfg["distributed"]["max_restarts"] = 1
+    rid = d.create_run(cfg)["id"]
+    run_dir = os.path.join(d.state, "runs", str(rid))
+    try:
+        d.wait_run(rid, lambda x: x["step"] >= 7, 120, "step 7")
+        first = ranks_of(run_dir)
+        assert len(first) == 2, job_processes(run_dir)
+        os.kill(first[-1], signal.SIGKILL)
+        wait_dead(first)  # the first job's group is gone before the relaunch
+        relaunched = time.time()
+        new_steps_after(d, rid, relaunched, 8)
+        r = d.run(rid)
+        assert r["state"] == "running", r
+        second = ranks_of(run_dir)
+        assert len(second) == 2 and not set(second) & set(first), (first, second)
+        steps = [s for (s,) in rows(d.state, "SELECT step FROM metrics WHERE run = ? AND loss IS NOT NULL ORDER BY step",
+                                    rid)]
+        assert steps == list(range(1, len(steps) + 1)), f"steps not gapless after the relaunch: {steps[:20]}"
+        os.kill(second[0], signal.SIGKILL)
+        r = d.wait_run(rid, lambda x: x["state"] == "failed", 120, "failed")
+        assert "after 1 restart" in (r["error"] or ""), r["error"]
+        assert wait_gone(run_dir), f"processes left: {job_processes(run_dir)}"
+    finally:
+        if d.run(rid)["state"] in ("running", "queued"):
+            d.post(f"/runs/{rid}/stop")
+            d.wait_state(rid, "stopped", 120)
+
+
+def hung_rank_fails_run(d, data):
+    cfg = dist_config("hang", max_steps=100000)
+    cfg["distributed"]["hang_min_s"] = 3
+    rid = d.create_run(cfg)["id"]
+    run_dir = os.path.join(d.state, "runs", str(rid))
+    d.wait_run(rid, lambda x: x["step"] >= 3, 120, "step 3")
+    ranks = ranks_of(run_dir)
+    assert len(ranks) == 2, job_processes(run_dir)
+    stopped = time.time()
+    os.kill(ranks[-1], signal.SIGSTOP)
+    try:
+        r = d.wait_run(rid, lambda x: x["state"] == "failed", 60, "failed")
+        assert "no step from the ranks" in (r["error"] or ""), r["error"]
+        assert time.time() - stopped >= 3, "failed before the hang limit"
+        assert wait_gone(run_dir), f"processes left: {job_processes(run_dir)}"
+    finally:
+        for p in ranks:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except OSError:
+                pass
+    assert d.get("/health").status == 200
+
+
 def daemon_kill9_no_orphans(d, data):
     rid = d.create_run(dist_config("orphan", max_steps=100000, checkpoint_every=5))["id"]
     run_dir = os.path.join(d.state, "runs", str(rid))
@@ -236,6 +315,8 @@ def main():
         d.start()
         for name, fn in (("trains_and_stores", trains_and_stores), ("pause_resume_stop", pause_resume_stop),
                          ("killed_rank_fails_run", killed_rank_fails_run),
+                         ("restart_after_rank_killed", restart_after_rank_killed),
+                         ("hung_rank_fails_run", hung_rank_fails_run),
                          ("daemon_kill9_no_orphans", daemon_kill9_no_orphans),
                          ("sigterm_checkpoints", sigterm_checkpoints), ("bad_input", bad_input)):
             check(name, lambda fn=fn: fn(d, data))

@@ -58,6 +58,10 @@ TEST(test_runconfig_tiny_defaults) {
     EXPECT(c->cond.p_self_cond == 0.5f && c->optim.ema == 0.0f);
     EXPECT(c->train.minutes == 60.0f); /* tiny is the one-hour recipe */
     EXPECT(c->train.sample_every == 500 && c->train.sample_n == 4 && c->train.sample_steps == 100);
+    /* one process, and for a distributed run: no relaunch, a minute of silence is a hang */
+    EXPECT(c->distributed.ranks == 1 && c->distributed.hostfile[0] == 0);
+    EXPECT(c->distributed.max_restarts == 0 && c->distributed.hang_min_s == CDCD_RUN_HANG_MIN_S_DEFAULT);
+    EXPECT(CDCD_RUN_HANG_MIN_S_DEFAULT == 60);
     cdcd_run_config_free(c);
     /* the embedding head takes no output prior unless asked (and then it is an error) */
     c = parse("{\"model\":{\"head\":\"embedding\"}}", 1, 0, &err);
@@ -114,6 +118,10 @@ TEST(test_runconfig_errors_name_the_field) {
     expect_error("{\"model\":{\"head\":\"embedding\",\"output_prior\":true}}", "model.output_prior", 1);
     expect_error("{\"model\":{\"head\":\"softmax\"}}", "model.head", 1);
     expect_error("{\"train\":[]}", "train", 1);
+    expect_error("{\"distributed\":{\"ranks\":0}}", "distributed.ranks", 1);
+    expect_error("{\"distributed\":{\"max_restarts\":-1}}", "distributed.max_restarts", 1);
+    expect_error("{\"distributed\":{\"max_restarts\":101}}", "distributed.max_restarts", 1);
+    expect_error("{\"distributed\":{\"hang_min_s\":0}}", "distributed.hang_min_s", 1);
     expect_error("[1,2]", "", 1);
     expect_error("{\"train\":", "", 1);
 }
