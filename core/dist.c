@@ -28,7 +28,7 @@ static int one_barrier(cdcd_dist *d, char *e, size_t el) { return (void)d, (void
 
 static const cdcd_dist_ops ONE_OPS = {one_sum_f32, one_sum_f64, one_max_i64, one_gather_f32,
                                       one_gather_u64, one_bcast, one_barrier, NULL};
-static cdcd_dist ONE = {&ONE_OPS, 0, 1, 0};
+static cdcd_dist ONE = {.ops = &ONE_OPS, .rank = 0, .size = 1, .local_rank = 0, .threads_serialized = 0};
 
 cdcd_dist *cdcd_dist_single(void) { return &ONE; }
 

@@ -2,7 +2,8 @@
  * of one. A table of collectives, so core/train.c names no MPI symbol: only a program that
  * calls cdcd_dist_mpi_init (bin/cdcd) links libmpi; the daemon launches mpirun instead.
  * Every call is collective (all ranks make it, in the same order) and returns 0, or -1
- * with the error text in err. The trainer thread is the only caller. */
+ * with the error text in err. The trainer thread is the only caller, except while the
+ * gradient overlap's thread sums (core/grad_overlap.h), when the trainer makes no call. */
 #ifndef CDCD_DIST_H
 #define CDCD_DIST_H
 
@@ -30,6 +31,8 @@ typedef struct {
 struct cdcd_dist {
     const cdcd_dist_ops *ops;
     int rank, size, local_rank; /* local_rank: the rank on this host (one GPU each, later) */
+    int threads_serialized;     /* 1: calls may come from a second thread, one at a time
+                                   (MPI_THREAD_SERIALIZED: the overlap's communication thread) */
 };
 
 /* A world of one, where every collective is the identity (a sum over one rank is the value
@@ -40,7 +43,7 @@ cdcd_dist *cdcd_dist_single(void);
 int cdcd_dist_launched(void);
 /* 1 when this build has MPI (Open MPI found by pkg-config ompi-c at build time). */
 int cdcd_dist_mpi_available(void);
-/* Joins the MPI job mpirun started (MPI_Init_thread, funneled; errors returned, not
+/* Joins the MPI job mpirun started (MPI_Init_thread, serialized; errors returned, not
  * aborted), or, when not launched, gives cdcd_dist_single(). NULL with err when launched
  * but the build has no MPI, or MPI fails. */
 cdcd_dist *cdcd_dist_mpi_init(char *err, size_t errlen);

@@ -1,7 +1,7 @@
 /* The ranks of an Open MPI job: see dist.h. With CDCD_HAVE_MPI (the Makefile defines it
  * when pkg-config finds ompi-c) this joins the job; without, it refuses a launched process
- * and gives the world of one otherwise. The trainer thread is the only caller, so
- * MPI_THREAD_FUNNELED is enough. Counts above INT_MAX go in pieces: MPI counts are int. */
+ * and gives the world of one otherwise. Calls come from the trainer thread, or from the
+ * gradient overlap's thread while the trainer waits: MPI_THREAD_SERIALIZED. Counts above INT_MAX go in pieces: MPI counts are int. */
 #include "dist.h"
 
 #include <stdio.h>
@@ -97,12 +97,15 @@ cdcd_dist *cdcd_dist_mpi_init(char *err, size_t errlen) {
     int provided = 0, inited = 0;
     MPI_Initialized(&inited);
     if (!inited) {
-        if (mpi_fail(MPI_Init_thread(NULL, NULL, MPI_THREAD_FUNNELED, &provided), "init", err, errlen) != 0) {
+        if (mpi_fail(MPI_Init_thread(NULL, NULL, MPI_THREAD_SERIALIZED, &provided), "init", err, errlen) != 0) {
             free(m);
             return NULL;
         }
         m->finalize = 1;
+    } else {
+        MPI_Query_thread(&provided);
     }
+    m->base.threads_serialized = provided >= MPI_THREAD_SERIALIZED;
     /* errors come back as codes (the trainer reports them), not as an abort inside MPI */
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
     m->base.ops = &MPI_OPS;

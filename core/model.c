@@ -417,6 +417,27 @@ static void trunk_forward(cdcd_model *m) {
 
 /* ================================================================ backward */
 
+void cdcd_model_set_grad_ready(cdcd_model *m, cdcd_grad_ready_fn fn, void *ctx) {
+    m->grad_ready = fn;
+    m->grad_ready_ctx = ctx;
+}
+
+/* Tensors [first, end) of the table as a range of the flat buffers (to the next tensor's
+ * offset, or the end: the union of consecutive spans is everything). */
+static void tensor_span(const cdcd_model *m, int first, int end, size_t *off, size_t *n) {
+    *off = m->table[first].offset;
+    *n = (end < m->n_tensors ? m->table[end].offset : m->n_params) - *off;
+}
+
+/* Tensors [first, end) have their final gradient: accumulate, then hand them over. */
+static void release_grads(cdcd_model *m, int first, int end) {
+    if (!m->grad_ready) return;
+    size_t off, n;
+    tensor_span(m, first, end, &off, &n);
+    if (m->grad_acc) m->be->ops->add(m->be, m->grads + off, m->grad_sum + off, n);
+    m->grad_ready(m->grad_ready_ctx, off, n);
+}
+
 /* From dz (N,D) (and, in the embedding mode, dDx) back to every parameter gradient. */
 static void trunk_backward(cdcd_model *m, int has_cond) {
     const cdcd_model_config *cf = &m->cfg;
@@ -433,6 +454,8 @@ static void trunk_backward(cdcd_model *m, int has_cond) {
                        a->lnf_rstd, a->fmod + D, 2 * D, B, T, D);
     op->linear_backward(be, a->dc, 0, m->g.final_ada_w, m->g.final_ada_b, a->dfmod, a->c,
                         m->p.final_ada_w, B, C, 2 * D);
+
+    release_grads(m, TENSORS_PRE + cf->n_layers * TENSORS_PER_LAYER, m->n_tensors); /* head, final adaLN */
 
     for (int l = cf->n_layers - 1; l >= 0; l--) {
         layer_acts *L = &a->layers[l];
@@ -475,6 +498,7 @@ static void trunk_backward(cdcd_model *m, int has_cond) {
                            L->ln1_rstd, L->mod + D, 6 * D, B, T, D);
         op->linear_backward(be, a->dc, 1, gw->ada_w, gw->ada_b, a->dmod, a->c, w->ada_w, B, C,
                             6 * D);
+        release_grads(m, TENSORS_PRE + l * TENSORS_PER_LAYER, TENSORS_PRE + (l + 1) * TENSORS_PER_LAYER);
     }
     /* input layer */
     op->linear_backward(be, a->dchan, 0, m->g.in_w, m->g.in_b, a->dh, a->chan, m->p.in_w, N,
@@ -693,8 +717,11 @@ int cdcd_model_forward_backward_acc(cdcd_model *m, const cdcd_batch *b, int accu
                                  N, D, E);
     }
     reduce_losses(m, b, n_rows, n_valid, loss, per_seq_loss);
+    m->grad_acc = accumulate;
     trunk_backward(m, b->cond_mask != NULL);
-    if (accumulate) be->ops->add(be, m->grads, m->grad_sum, m->n_params);
+    if (m->grad_ready) release_grads(m, 0, TENSORS_PRE); /* embeddings, input and time layers */
+    else if (accumulate) be->ops->add(be, m->grads, m->grad_sum, m->n_params);
+    m->grad_acc = 0;
     return 0;
 }
 

@@ -206,6 +206,17 @@ int cdcd_model_forward_backward(cdcd_model *m, const cdcd_batch *b, float *loss,
  * micro-batch losses and gradients sum to the whole batch's). */
 int cdcd_model_forward_backward_acc(cdcd_model *m, const cdcd_batch *b, int accumulate, float *loss,
                                     float *per_seq_loss);
+/* Data-parallel overlap: when set, the next forward-backward calls fn as soon as a range
+ * of the gradient is final, so its all-reduce can start while backward goes on: the head
+ * and final adaLN first, then each block from the last to the first, then the embeddings
+ * and the input and time layers. The ranges are [offset, offset + n) floats of
+ * CDCD_MODEL_GRADS, in the same order on every call; together they cover the whole
+ * gradient, each float once, and an accumulating call has added the earlier micro-steps
+ * into a range before it is handed over. The kernels behind a range have finished when fn
+ * runs (host-memory backends; a device backend would have to synchronise first). NULL fn:
+ * no calls (the default). */
+typedef void (*cdcd_grad_ready_fn)(void *ctx, size_t offset, size_t n);
+void cdcd_model_set_grad_ready(cdcd_model *m, cdcd_grad_ready_fn fn, void *ctx);
 /* The same loss, forward only (validation); gradients untouched. 0 or -1. */
 int cdcd_model_forward_loss(cdcd_model *m, const cdcd_batch *b, float *loss,
                             float *per_seq_loss);

@@ -46,6 +46,7 @@
 #define CDCD_COUNT_(name, r, c, d) +1
 #define TENSORS_FIXED (0 CDCD_TENSORS_PRE(CDCD_COUNT_) CDCD_TENSORS_POST(CDCD_COUNT_))
 #define TENSORS_PER_LAYER (0 CDCD_TENSORS_BLOCK(CDCD_COUNT_))
+#define TENSORS_PRE (0 CDCD_TENSORS_PRE(CDCD_COUNT_))
 #define CDCD_PTR_FIELD_(name, r, c, d) float *name;
 
 typedef struct {
@@ -184,6 +185,9 @@ struct cdcd_model {
     size_t other_bytes;
     /* current call */
     int B, T;
+    cdcd_grad_ready_fn grad_ready; /* cdcd_model_set_grad_ready */
+    void *grad_ready_ctx;
+    int grad_acc;                  /* the call accumulates: a range gets grad_sum before release */
     const uint8_t *pad;          /* a.pad, or NULL when the call has no pad mask */
 };
 

@@ -154,6 +154,7 @@ static const field_spec fields[] = {
     {"distributed", "ranks", F_INT, OFF(distributed.ranks), 1, CDCD_RUN_MAX_RANKS, 0, NULL},
     {"distributed", "hostfile", F_STRING, OFF(distributed.hostfile), 0, 0, CDCD_RUN_HOSTFILE_MAX, NULL},
     {"distributed", "max_restarts", F_INT, OFF(distributed.max_restarts), 0, CDCD_RUN_MAX_RESTARTS, 0, NULL},
+    {"distributed", "overlap", F_BOOL, OFF(distributed.overlap), 0, 1, 0, NULL},
     {"distributed", "hang_min_s", F_INT, OFF(distributed.hang_min_s), 1, CDCD_RUN_HANG_MIN_S_MAX, 0, NULL},
 };
 #undef OFF

@@ -78,6 +78,8 @@ typedef struct cdcd_run_config {
                                                  directory; "" = every rank on this machine */
         int max_restarts; /* a failed job is relaunched from its last DONE checkpoint this often */
         int hang_min_s;   /* no step for max(10 x the median step, this many s): hung */
+        int overlap;      /* 1: the gradient all-reduce overlaps the backward pass, layer by
+                             layer, on a communication thread (core/grad_overlap.h) */
     } distributed;
 } cdcd_run_config;
 

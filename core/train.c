@@ -18,6 +18,7 @@
 #include "masks.h"
 #include "model.h"
 #include "dist.h"
+#include "grad_overlap.h"
 #include "rng.h"
 #include "runconfig.h"
 #include "schedule.h"
@@ -65,6 +66,8 @@ struct cdcd_trainer {
                            [r * B / ranks, (r + 1) * B / ranks) of every batch */
     float *per_seq_all; /* (B) allgather target; NULL alone */
     double comm_seconds, step_seconds; /* time in reduce_ranks, and in whole steps (this process) */
+    double comm_busy_seconds;          /* time the overlap's thread spent in all-reduce */
+    cdcd_grad_overlap *overlap;        /* distributed.overlap: the gradient sums' thread, or NULL */
     /* Batch buffers: the whole batch's ids, masks and sigmas; a micro-batch's noise. */
     int32_t *ids;       /* (B,T) */
     uint8_t *pad;       /* (B,T) */
@@ -140,6 +143,8 @@ void cdcd_trainer_comm_time(const cdcd_trainer *t, double *comm_s, double *step_
     *step_s = t->step_seconds;
 }
 
+double cdcd_trainer_comm_busy_time(const cdcd_trainer *t) { return t->overlap ? t->comm_busy_seconds : -1; }
+
 void cdcd_trainer_set_minutes(cdcd_trainer *t, double minutes) {
     if (minutes >= 0) t->cfg.train.minutes = (float)minutes;
 }
@@ -162,6 +167,7 @@ static void free_buffers(cdcd_trainer *t) {
 
 void cdcd_trainer_free(cdcd_trainer *t) {
     if (!t) return;
+    cdcd_grad_overlap_free(t->overlap);
     cdcd_batch_free(t->train_it);
     cdcd_tokfile_close(t->train_tf);
     cdcd_tokfile_close(t->valid_tf);
@@ -356,6 +362,12 @@ static cdcd_trainer *trainer_build(const cdcd_run_config *cfg, const char *run_d
         !t->fit_loss || ema_failed || (t->dist->size > 1 && !t->per_seq_all)) {
         snprintf(err, errlen, "out of memory for the training buffers");
         goto fail;
+    }
+    if (t->dist->size > 1 && cfg->distributed.overlap) {
+        char e[256];
+        t->overlap = cdcd_grad_overlap_create(t->dist, e, sizeof e);
+        if (!t->overlap) /* the same on every rank (the same MPI): they all sum after backward */
+            cdcd_warn("distributed.overlap: %s; the gradients are summed after the backward pass", e);
     }
     return t;
 fail:
@@ -561,9 +573,13 @@ static int reduce_ranks(cdcd_trainer *t, float *loss) {
         set_err(t, "distributed training needs the gradients in host memory (the CPU backend)");
         return -1;
     }
-    double l = *loss, c0 = cdcd_now_s();
+    double l = *loss, c0 = cdcd_now_s(), busy = 0;
     int per = t->B / t->dist->size;
-    if (t->dist->ops->allreduce_sum_f32(t->dist, g, cdcd_model_param_count(t->model), e, sizeof e) != 0 ||
+    /* with the overlap the gradient sums ran during backward: what is left is the wait */
+    int grads_rc = t->overlap ? cdcd_grad_overlap_finish(t->overlap, &busy, e, sizeof e)
+                              : t->dist->ops->allreduce_sum_f32(t->dist, g, cdcd_model_param_count(t->model), e, sizeof e);
+    t->comm_busy_seconds += busy;
+    if (grads_rc != 0 ||
         t->dist->ops->allreduce_sum_f64(t->dist, &l, 1, e, sizeof e) != 0 ||
         t->dist->ops->allgather_f32(t->dist, t->per_seq + (size_t)t->dist->rank * per, (size_t)per, t->per_seq_all,
                                     e, sizeof e) != 0) {
@@ -641,7 +657,13 @@ int cdcd_trainer_step(cdcd_trainer *t) {
     cdcd_train_result res = {0};
     for (int j = 0; j < t->accum; j++) {
         float part = 0.0f;
-        if (micro_step(t, j, k_self, loss_seqs, &part) != 0) return -1;
+        if (t->overlap && j == t->accum - 1) { /* the last micro-step finishes the gradient */
+            cdcd_grad_overlap_begin(t->overlap, cdcd_model_grads(t->model));
+            cdcd_model_set_grad_ready(t->model, cdcd_grad_overlap_post, t->overlap);
+        }
+        int rc = micro_step(t, j, k_self, loss_seqs, &part);
+        cdcd_model_set_grad_ready(t->model, NULL, NULL);
+        if (rc != 0) return -1;
         res.loss += part; /* each part is already divided by the whole batch's count */
     }
     if (t->dist->size > 1 && reduce_ranks(t, &res.loss) != 0) return -1;

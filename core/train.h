@@ -100,6 +100,9 @@ int64_t cdcd_trainer_step_count(const cdcd_trainer *t);
 /* This process's seconds in the ranks' all-reduce and gathers, and in whole steps, since
  * create or resume (both 0 alone): the communication share of a distributed step. */
 void cdcd_trainer_comm_time(const cdcd_trainer *t, double *comm_s, double *step_s);
+/* With distributed.overlap: the seconds its thread spent in all-reduce (hidden behind
+ * backward or not); -1 without it. */
+double cdcd_trainer_comm_busy_time(const cdcd_trainer *t);
 const cdcd_run_config *cdcd_trainer_config(const cdcd_trainer *t);
 struct cdcd_model *cdcd_trainer_model(cdcd_trainer *t);
 struct cdcd_schedule *cdcd_trainer_schedule(cdcd_trainer *t);

@@ -4,6 +4,10 @@ machine (Open MPI, --oversubscribe, shared-memory transport, one BLAS thread per
 
   - bitwise: 2 ranks x 16 sequences give parameters, AdamW moments, EMA and schedule
     bit-identical to 1 rank with train.grad_accum 2 (2 micro-steps of 16), after 10 steps;
+  - overlap: with distributed.overlap (the gradient sums on a communication thread, layer
+    by layer during backward) the same 2-rank run is bit-identical to the blocking one, also
+    with 2 micro-steps of 8 per rank (the earlier micro-step is added into each range before
+    its sum);
   - close: 2 ranks x 16 against 1 rank x 32 in one pass: step-1 grad norm within 1e-6
     relative, 10-step losses within 1e-5;
   - resume: a 2-rank run resumed from its step-5 checkpoint ends bit for bit where the
@@ -67,9 +71,11 @@ class Runner:
     def __init__(self, tmp, data):
         self.tmp, self.data, self.n = tmp, data, 0
 
-    def config(self, **train):
+    def config(self, distributed=None, **train):
         cfg = json.loads(json.dumps(CONFIG))
         cfg["train"].update(train)
+        if distributed:
+            cfg["distributed"] = distributed
         self.n += 1
         path = os.path.join(self.tmp, f"cfg{self.n}.json")
         with open(path, "w") as f:
@@ -114,6 +120,23 @@ def main():
             assert losses(o2) == losses(oa), "the per-step losses differ"
             state["r2"] = o2
         check("two_ranks_bit_identical_to_two_micro_steps", two_ranks_bitwise)
+
+        def overlap_bitwise():
+            ro, oo = run.train(2, "r2-overlap", run.config(distributed={"overlap": True}))
+            assert ro.returncode == 0, ro.stderr[-800:]
+            assert "overlapped gradient sums took" in ro.stderr, ro.stderr[-400:]
+            a, b = sections(os.path.join(state["r2"], "step-00000010.ckpt")), sections(os.path.join(oo, "step-00000010.ckpt"))
+            for name in SECTIONS:
+                assert a[name] == b[name], f"with the overlap: section {name} differs"
+            # the accumulating path: earlier micro-steps are added into each range before its sum
+            rk, ok = run.train(2, "r2-overlap-acc", run.config(distributed={"overlap": True}, grad_accum=2))
+            assert rk.returncode == 0, rk.stderr[-800:]
+            r4, o4 = run.train(2, "r2-acc", run.config(grad_accum=2))
+            assert r4.returncode == 0, r4.stderr[-800:]
+            a, b = sections(os.path.join(o4, "step-00000010.ckpt")), sections(os.path.join(ok, "step-00000010.ckpt"))
+            for name in SECTIONS:
+                assert a[name] == b[name], f"overlap with 2 micro-steps: section {name} differs"
+        check("overlap_bit_identical_to_the_blocking_all_reduce", overlap_bitwise)
 
         def two_ranks_close_to_one_pass():
             r1, o1 = run.train(1, "r1", run.config())
