@@ -30,9 +30,17 @@ struct cdcdd_stories {
     char tok_path[CDCD_RUN_PATH_MAX];   /* the run's training token file: the reference text */
     cdcd_text_ref *ref;                 /* built at the first batch; NULL: no figures */
     int ref_tried, warned_tok;
+    int threads, use_ema;               /* for batches sampled from a checkpoint */
     double mark;                        /* monotonic time the current interval began */
     int64_t mark_step;
 };
+
+/* The weights a batch is sampled from: the live trainer's, or a checkpoint's. */
+typedef struct {
+    struct cdcd_model *model;
+    const struct cdcd_schedule *sched;
+    const struct cdcd_vocab_map *vmap;
+} story_weights;
 
 /* The stories of one batch as the sampler gave them. */
 typedef struct {
@@ -121,6 +129,8 @@ cdcdd_stories *cdcdd_stories_new(const cdcdd_stories_params *p) {
         cdcd_info("run %lld: the model has no conditioning channels: its periodic stories are all unconditional",
                   (long long)p->run_id);
     snprintf(s->tok_path, sizeof s->tok_path, "%s", cfg->data.train);
+    s->threads = p->threads > 0 ? p->threads : 1;
+    s->use_ema = cfg->optim.ema > 0;
     s->mark = cdcd_now_s();
     s->mark_step = p->from_step;
     return s;
@@ -207,7 +217,7 @@ static void story_set_free(story_set *x) {
 }
 
 /* Samples story i into x. 0, or -1 (logged; cancelled or failed). */
-static int sample_story(cdcdd_stories *s, struct cdcd_trainer *t, const struct cdcd_tokenizer *tok, int64_t step,
+static int sample_story(cdcdd_stories *s, const story_weights *w, const struct cdcd_tokenizer *tok, int64_t step,
                         int i, story_set *x) {
     cdcd_sample_params p;
     cdcd_sample_params_default(&p);
@@ -216,12 +226,11 @@ static int sample_story(cdcdd_stories *s, struct cdcd_trainer *t, const struct c
     p.length = s->length;
     p.seed = story_seed(i);
     p.prompt = story_prompt(s, i);
-    p.vmap = cdcd_trainer_vocab_map(t); /* a corpus-vocabulary run: model ids <-> tokenizer ids */
+    p.vmap = w->vmap; /* a corpus-vocabulary run: model ids <-> tokenizer ids */
     cdcd_sample_result res;
     memset(&res, 0, sizeof res);
     char err[256] = "";
-    if (cdcd_sample(cdcd_trainer_model(t), cdcd_trainer_schedule(t), tok, &p, stories_progress, s, &res, err,
-                    sizeof err) != 0) {
+    if (cdcd_sample(w->model, w->sched, tok, &p, stories_progress, s, &res, err, sizeof err) != 0) {
         if (cancelled(s))
             cdcd_info("run %lld: periodic stories at step %lld abandoned: the trainer is winding down",
                       (long long)s->p.run_id, (long long)step);
@@ -318,8 +327,8 @@ static void announce_batch(cdcdd_stories *s, const story_batch *x, const story_s
     cdcdd_buf_free(&b);
 }
 
-/* Samples, measures, stores and announces the batch of `step` with the live weights. */
-static void stories_batch(cdcdd_stories *s, struct cdcd_trainer *t, int64_t step) {
+/* Samples, measures, stores and announces the batch of `step` with the weights w. */
+static void stories_batch(cdcdd_stories *s, const story_weights *w, int64_t step) {
     const struct cdcd_tokenizer *tok = cdcdd_vocab_get(s->p.vocab, NULL);
     if (!tok) {
         if (!s->warned_tok)
@@ -342,11 +351,8 @@ static void stories_batch(cdcdd_stories *s, struct cdcd_trainer *t, int64_t step
         story_set_free(&set);
         return;
     }
-    /* A run with an EMA writes its stories from the EMA weights, as its checkpoints sample. */
-    int swapped = cdcd_trainer_swap_ema(t);
     int ok = 1;
-    for (int i = 0; i < n && ok; i++) ok = sample_story(s, t, tok, step, i, &set) == 0;
-    if (swapped) cdcd_trainer_swap_ema(t);
+    for (int i = 0; i < n && ok; i++) ok = sample_story(s, w, tok, step, i, &set) == 0;
     if (ok) {
         if (s->ref) {
             cdcd_text_stats stats;
@@ -379,7 +385,30 @@ void cdcdd_stories_after_step(cdcdd_stories *s, struct cdcd_trainer *t, int unle
     int64_t step = cdcd_trainer_step_count(t);
     if (step <= 0 || step % s->every != 0) return;
     if (unless_stored && batch_stored(s->p.store, s->p.run_id, step)) return;
-    stories_batch(s, t, step);
+    /* A run with an EMA writes its stories from the EMA weights, as its checkpoints sample. */
+    int swapped = cdcd_trainer_swap_ema(t);
+    story_weights w = {cdcd_trainer_model(t), cdcd_trainer_schedule(t), cdcd_trainer_vocab_map(t)};
+    stories_batch(s, &w, step);
+    if (swapped) cdcd_trainer_swap_ema(t);
+}
+
+void cdcdd_stories_at_checkpoint(cdcdd_stories *s, const char *path, int64_t step, int unless_stored) {
+    if (!s || step <= 0) return;
+    int due = unless_stored ? step % s->every == 0 && !batch_stored(s->p.store, s->p.run_id, step)
+                            : step / s->every > s->mark_step / s->every;
+    if (!due) return;
+    cdcd_inference_bundle b;
+    char err[256] = "";
+    if (cdcd_load_for_inference(path, s->threads, 1, s->use_ema, &b, err, sizeof err) != 0) {
+        cdcd_warn("run %lld: periodic stories at step %lld: cannot load %s: %s", (long long)s->p.run_id,
+                  (long long)step, path, err);
+        s->mark_step = step; /* not again for this interval */
+        return;
+    }
+    story_weights w = {b.model, b.sched, b.vmap};
+    stories_batch(s, &w, step);
+    s->mark_step = step;
+    cdcd_inference_bundle_free(&b);
 }
 
 /* ---- GET /runs/{id}/stories ---- */

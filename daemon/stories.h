@@ -43,6 +43,7 @@ typedef struct {
     int hb;               /* the trainer's heartbeat (-1: none) */
     int (*cancelled)(void *ctx); /* non-zero when the trainer must wind down */
     void *cancel_ctx;
+    int threads;          /* sampling from a checkpoint (a distributed run): threads to use */
 } cdcdd_stories_params;
 
 /* NULL when the run samples no stories (train.sample_every = 0) or out of memory. */
@@ -52,6 +53,13 @@ cdcdd_stories *cdcdd_stories_new(const cdcdd_stories_params *p);
  * with unless_stored, not when the store already has that step's batch (a restart).
  * Failures are logged and training goes on. NULL s does nothing. */
 void cdcdd_stories_after_step(cdcdd_stories *s, struct cdcd_trainer *t, int unless_stored);
+/* A distributed run's batches (its weights live in the ranks): after each checkpoint the
+ * ranks report, the batch is sampled from that checkpoint's file (its EMA weights when the
+ * run has an EMA) when the training since the last batch crossed a multiple of
+ * sample_every; the batch carries the checkpoint's step (with the defaults, checkpoint_every
+ * divides sample_every, so the steps are those of a local run). unless_stored: at a restart,
+ * the resumed checkpoint's batch when its step is a multiple and none is stored. */
+void cdcdd_stories_at_checkpoint(cdcdd_stories *s, const char *path, int64_t step, int unless_stored);
 void cdcdd_stories_free(cdcdd_stories *s);
 
 /* GET /runs/{id}/stories: batches newest first, before before_step, with their stories

@@ -39,6 +39,7 @@ struct cdcdd_trainer_ctl {
     int mpi;                   /* 1: a distributed run, trained by mpirun's ranks (trainer_mpi.h) */
     char resume_path[CDCDD_RUN_DIR_MAX + 64]; /* mpi: the checkpoint the ranks resume from */
     int64_t mpi_step;          /* mpi: the last step reported */
+    cdcdd_stories *mpi_stories; /* mpi: periodic stories, sampled from the ranks' checkpoints */
 };
 
 /* ------------------------------------------------------------------ events */
@@ -175,6 +176,8 @@ static void sink_on_checkpoint(void *ctx, int64_t step, const char *path, uint64
     snprintf(ev->sha, sizeof ev->sha, "%s", sha256_hex ? sha256_hex : "");
     ev->path = path ? strdup(path) : NULL;
     post(ctl, ev);
+    /* a distributed run's weights are in its ranks: its stories come from their checkpoints */
+    if (ctl->mpi_stories && path) cdcdd_stories_at_checkpoint(ctl->mpi_stories, path, step, 0);
 }
 
 /* The refit's window comes from the store, as the design says. */
@@ -484,7 +487,17 @@ static void trainer_main(void *arg) {
         }
     }
     if (open_rc == 0 && ctl->mpi) {
+        int share = ctl->cfg->train.threads / ctl->cfg->distributed.ranks;
+        cdcdd_stories_params sp = {.store = ctl->p.store, .vocab = ctl->p.vocab, .loopq = ctl->p.loopq,
+                                   .hub = ctl->p.hub, .run_id = ctl->p.run_id, .cfg = ctl->cfg, .from_step = from,
+                                   .hb = ctl->hb, .cancelled = winding_down, .cancel_ctx = ctl,
+                                   .threads = share > 0 ? share : 1};
+        ctl->mpi_stories = cdcdd_stories_new(&sp);
+        /* a restart at a sampling step: the batch the interruption lost (none when stored) */
+        if (ctl->resume_path[0]) cdcdd_stories_at_checkpoint(ctl->mpi_stories, ctl->resume_path, from, 1);
         reason = mpi_loop(ctl, &sink, from, err, sizeof err);
+        cdcdd_stories_free(ctl->mpi_stories);
+        ctl->mpi_stories = NULL;
     } else if (open_rc == 0) {
         cdcdd_stories_params sp = {.store = ctl->p.store, .vocab = ctl->p.vocab, .loopq = ctl->p.loopq,
                                    .hub = ctl->p.hub, .run_id = ctl->p.run_id, .cfg = ctl->cfg, .from_step = from,

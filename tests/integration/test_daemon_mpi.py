@@ -7,7 +7,8 @@ rank 0's reports as it stores a local trainer's.
     one (sigma, CE) sample per sequence per step, schedule fits with knots, validation and
     checkpoint rows, all in SQLite and served by the API; losses and schedule fits equal a
     local run with grad_accum 2 (the same arithmetic as 2 ranks, bit for bit; the daemon
-    refits both from its store).
+    refits both from its store); periodic stories, sampled from the ranks' checkpoints, are
+    stored at the same steps with the same texts as the local run's from its live weights.
   - pause_resume_stop: pause checkpoints and ends the job (state paused, no rank left),
     resume continues from that checkpoint, stop ends it. The first refit after the resume
     fits the store's samples from before the pause too (the daemon refits from SQLite and
@@ -96,7 +97,8 @@ def wait_gone(run_dir, timeout=20):
 
 
 def trains_and_stores(d, data):
-    rid = d.create_run(dist_config("dist"))["id"]
+    stories = {"sample_every": 10, "sample_n": 2, "sample_steps": 4}
+    rid = d.create_run(dist_config("dist", **stories))["id"]
     r = d.wait_run(rid, lambda x: x["state"] in ("finished", "failed"), 240, "finished")
     assert r["state"] == "finished", f"{r['state']}: {r.get('error')}"
     steps = [s for (s,) in rows(d.state, "SELECT step FROM metrics WHERE run = ? AND loss IS NOT NULL ORDER BY step", rid)]
@@ -110,8 +112,8 @@ def trains_and_stores(d, data):
     api = d.get(f"/runs/{rid}/metrics").json()
     assert api["total"] == 20, str(api)[:300]
     # the same run trained locally with 2 micro-steps: the same losses, bit for bit
-    local = tiny_config(name="local", train={"batch_size": 4, "max_steps": 20, "checkpoint_every": 10,
-                                             "valid_every": 10, "grad_accum": 2, "threads": 1})
+    local = tiny_config(name="local", train=dict(stories, batch_size=4, max_steps=20, checkpoint_every=10,
+                                                 valid_every=10, grad_accum=2, threads=1))
     lid = d.create_run(local)["id"]
     d.wait_run(lid, lambda x: x["state"] == "finished", 240, "local finished")
     a = rows(d.state, "SELECT step, loss FROM metrics WHERE run = ? AND loss IS NOT NULL ORDER BY step", rid)
@@ -120,6 +122,14 @@ def trains_and_stores(d, data):
     fit_sql = "SELECT step, ok, mu, s, h, o, rmse, n, knots FROM schedule_fits WHERE run = ? ORDER BY step"
     fa, fb = rows(d.state, fit_sql, rid), rows(d.state, fit_sql, lid)
     assert len(fa) == 2 and fa == fb, f"fits differ: {[x[:8] for x in fa]} against {[x[:8] for x in fb]}"
+    story_sql = "SELECT step, seed, text FROM samples WHERE run = ? AND kind = 'periodic' ORDER BY step, seed"
+    sa, sb = rows(d.state, story_sql, rid), rows(d.state, story_sql, lid)
+    assert [r[:2] for r in sa] == [(10, 1), (10, 2), (20, 1), (20, 2)], sa
+    assert sa == sb, f"stories differ: {sa[:1]} against {sb[:1]}"
+    batches = rows(d.state, "SELECT step, n, figures FROM story_batches WHERE run = ? ORDER BY step", rid)
+    assert [b[:2] for b in batches] == [(10, 2), (20, 2)] and all(b[2] for b in batches), batches
+    got = d.get(f"/runs/{rid}/stories").json()
+    assert [b["step"] for b in got["batches"]] == [20, 10], str(got)[:300]
 
 
 def pause_resume_stop(d, data):
