@@ -106,6 +106,10 @@ typedef struct {
     void (*download)(cdcd_backend *be, void *dst, const void *src, size_t bytes);
     void (*copy)(cdcd_backend *be, void *dst, const void *src, size_t bytes);
     void (*sync)(cdcd_backend *be); /* waits for every op issued so far */
+    /* The first failure of a device backend (out of memory, an illegal address...), or
+     * NULL: after one, its ops do nothing and the model's calls fail with this text. NULL
+     * slot: the backend cannot fail (the CPU's). */
+    const char *(*error)(cdcd_backend *be);
     /* ---- optimiser. segs (host array) tile the flat arrays; n_segs <= the backend's
      * max_segments. */
     /* sum of g^2 over the segments, double accumulation per segment, summed in order */
@@ -222,6 +226,9 @@ struct cdcd_backend {
 cdcd_backend *cdcd_backend_cpu_create(int n_threads, int max_segments, int blas_threads);
 static inline void cdcd_backend_free(cdcd_backend *be) {
     if (be) be->ops->destroy(be);
+}
+static inline const char *cdcd_backend_error(cdcd_backend *be) {
+    return be && be->ops->error ? be->ops->error(be) : NULL;
 }
 
 #endif
