@@ -36,6 +36,20 @@ MPI_CFLAGS := $(shell pkg-config --cflags ompi-c)
 MPI_LIBS := $(shell pkg-config --libs ompi-c)
 endif
 
+# The CUDA backend (core/cuda/*.cu, backend_cuda.h): built when nvcc is found under
+# CUDA_HOME; CUDA=0 turns it off (core/backend_cuda_none.c then answers "no CUDA"). cuBLASLt
+# and the CUDA runtime are linked with an rpath; no NVML, no cuDNN. NVCC_ARCH: H100/H200
+# code plus PTX for newer GPUs.
+CUDA_HOME ?= /usr/local/cuda
+NVCC ?= $(CUDA_HOME)/bin/nvcc
+CUDA ?= $(shell test -x $(NVCC) && echo 1)
+NVCC_ARCH ?= -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90
+ifeq ($(CUDA),1)
+CUDA_DEF := -DCDCD_HAVE_CUDA=1
+CUDA_SRC := $(wildcard core/cuda/*.cu)
+CUDA_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcudart -lstdc++
+endif
+
 ARCH ?= -march=native
 OPT ?= -O2
 WARN := -Wall -Wextra -Wno-unused-parameter
@@ -51,12 +65,14 @@ BASE_CFLAGS := -std=c11 -D_GNU_SOURCE -DCDCD_VERSION=\"$(VERSION)\" \
   $(WARN) $(CFLAGS) $(SAN) -fno-omit-frame-pointer -pthread -MMD -MP
 pkg_cflags = $(shell pkg-config --cflags $(1) 2>/dev/null)
 pkg_libs = $(shell pkg-config --libs $(1) 2>/dev/null)
-CORE_CFLAGS := $(BASE_CFLAGS) $(MPI_DEF) -Icore $(call pkg_cflags,$(CORE_PKGS)) $(MPI_CFLAGS)
+CORE_CFLAGS := $(BASE_CFLAGS) $(MPI_DEF) $(CUDA_DEF) -Icore $(call pkg_cflags,$(CORE_PKGS)) $(MPI_CFLAGS)
 CLI_CFLAGS := $(BASE_CFLAGS) -Icore $(call pkg_cflags,$(CLI_PKGS))
 DAEMON_CFLAGS := $(BASE_CFLAGS) $(SYSTEMD_DEF) -Icore -Idaemon $(call pkg_cflags,$(DAEMON_PKGS))
-CORE_LDLIBS := $(call pkg_libs,$(CORE_PKGS)) -lm -lpthread
-CLI_LDLIBS := $(call pkg_libs,$(CLI_PKGS)) $(MPI_LIBS) -lm -lpthread
-DAEMON_LDLIBS := $(call pkg_libs,$(DAEMON_PKGS)) -lm -lpthread
+CORE_LDLIBS := $(call pkg_libs,$(CORE_PKGS)) $(CUDA_LIBS) -lm -lpthread
+CLI_LDLIBS := $(call pkg_libs,$(CLI_PKGS)) $(MPI_LIBS) $(CUDA_LIBS) -lm -lpthread
+DAEMON_LDLIBS := $(call pkg_libs,$(DAEMON_PKGS)) $(CUDA_LIBS) -lm -lpthread
+NVCC_WARN := -Xcompiler -Wall,-Wextra,-Wno-unused-parameter $(if $(filter -Werror,$(WARN)),-Werror all-warnings -Xcompiler -Werror)
+NVCC_FLAGS := -std=c++17 $(OPT) -lineinfo $(NVCC_ARCH) $(NVCC_WARN) -D_GNU_SOURCE -Icore -Icore/cuda
 LDFLAGS += $(SAN) -pthread
 
 CORE_SRC := $(wildcard core/*.c)
@@ -71,7 +87,7 @@ CORE_TEST_SRC := $(filter-out $(DAEMON_TEST_SRC),$(TEST_SRC))
 BENCH_SRC := $(wildcard bench/*.c)
 TOOL_SRC := $(wildcard tests/tools/*.c)
 
-CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/%.o)
+CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/%.o) $(CUDA_SRC:%.cu=$(BUILD)/%.o)
 CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/%.o)
 DAEMON_OBJ := $(DAEMON_SRC:%.c=$(BUILD)/%.o)
 DAEMON_LIB_OBJ := $(filter-out $(BUILD)/daemon/main.o,$(DAEMON_OBJ))
@@ -94,9 +110,21 @@ deps:
 deps-build:
 	@scripts/deps.sh --build-only
 
-$(BUILD)/core/%.o: core/%.c
+# Core objects differ with and without the CUDA backend (CDCD_HAVE_CUDA): a stamp named after
+# the setting makes a switch rebuild them.
+CUDA_STAMP := $(BUILD)/cuda-$(if $(filter 1,$(CUDA)),on,off).stamp
+$(CUDA_STAMP):
+	@mkdir -p $(dir $@)
+	@rm -f $(BUILD)/cuda-*.stamp
+	@touch $@
+
+$(BUILD)/core/%.o: core/%.c $(CUDA_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CORE_CFLAGS) -c $< -o $@
+
+$(BUILD)/core/cuda/%.o: core/cuda/%.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCC_FLAGS) -MMD -MF $(@:.o=.d) -c $< -o $@
 
 $(BUILD)/cli/%.o: cli/%.c
 	@mkdir -p $(dir $@)
@@ -173,7 +201,7 @@ $(BUILD)/fuzz/make_corpus: tests/fuzz/make_corpus.c $(LIB)
 	$(CC) $(CORE_CFLAGS) -o $@ $< $(LIB) $(LDFLAGS) $(CORE_LDLIBS)
 
 fuzz-bins:
-	@$(MAKE) --no-print-directory BUILD=$(FUZZ_BUILD) CC=$(FUZZ_CC) OPT=-O1 SAN="$(FUZZ_SAN)" \
+	@$(MAKE) --no-print-directory BUILD=$(FUZZ_BUILD) CC=$(FUZZ_CC) OPT=-O1 SAN="$(FUZZ_SAN)" CUDA=0 \
 	  $(FUZZ_SRC:tests/fuzz/%.c=$(FUZZ_BUILD)/fuzz/%) $(FUZZ_BUILD)/fuzz/make_corpus
 
 fuzz: fuzz-bins

@@ -16,6 +16,7 @@
 #include "commands.h"
 #include "flops.h"
 #include "masks.h"
+#include "device.h"
 #include "model.h"
 #include "rng.h"
 #include "sampler.h"
@@ -38,11 +39,13 @@ static void usage(FILE *out) {
     fprintf(out, "usage: cdcd bench --preset tiny|small|base|seed100m [--batch 32] [--seq 128] [--threads 2]\n"
                  "                  [--steps 5] [--mode train|sample] [--sample-steps 200] [--json]\n"
                  "                  [--vocab-size V] [--d-emb E] [--output-prior]\n"
-                 "  --vocab-size  the model's output vocabulary (a corpus vocabulary: data.vocab = corpus)\n");
+                 "                  [--device auto|cpu|cuda|cuda:N]\n"
+                 "  --vocab-size  the model's output vocabulary (a corpus vocabulary: data.vocab = corpus)\n"
+                 "  --device      where the model runs (default auto: the GPU when there is one)\n");
 }
 
 int cdcd_cmd_bench(int argc, char **argv) {
-    const char *preset = "tiny", *mode = "train";
+    const char *preset = "tiny", *mode = "train", *device = "auto";
     int B = 32, T = 128, threads = 2, steps = 5, sample_steps = 200, json = 0;
     int vocab_size = 0, d_emb = 0, output_prior = 0;
     static const struct option opts[] = {{"preset", required_argument, 0, 'p'}, {"batch", required_argument, 0, 'b'},
@@ -50,11 +53,11 @@ int cdcd_cmd_bench(int argc, char **argv) {
                                          {"steps", required_argument, 0, 's'},  {"mode", required_argument, 0, 'm'},
                                          {"sample-steps", required_argument, 0, 'k'}, {"json", no_argument, 0, 'J'},
                                          {"vocab-size", required_argument, 0, 'V'}, {"d-emb", required_argument, 0, 'E'},
-                                         {"output-prior", no_argument, 0, 'P'},
+                                         {"output-prior", no_argument, 0, 'P'}, {"device", required_argument, 0, 'D'},
                                          {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
     int ch;
     optind = 1;
-    while ((ch = getopt_long(argc, argv, "p:b:L:j:s:m:k:JV:E:Ph", opts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "p:b:L:j:s:m:k:JV:E:PD:h", opts, NULL)) != -1) {
         switch (ch) {
         case 'p': preset = optarg; break;
         case 'b': B = atoi(optarg); break;
@@ -67,6 +70,7 @@ int cdcd_cmd_bench(int argc, char **argv) {
         case 'V': vocab_size = atoi(optarg); break;
         case 'E': d_emb = atoi(optarg); break;
         case 'P': output_prior = 1; break;
+        case 'D': device = optarg; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -96,7 +100,12 @@ int cdcd_cmd_bench(int argc, char **argv) {
     char err[256];
     /* Sampling needs no gradients or optimiser state: an inference-only model, as cdcd sample
      * and the daemon's checkpoint sampling load. */
-    cdcd_model *m = cdcd_model_create_ex(&c, B, T, threads, 1, train ? 0 : CDCD_MODEL_INFERENCE, err, sizeof err);
+    int dev = cdcd_device_resolve(device, 0, err, sizeof err);
+    if (dev < -1) {
+        fprintf(stderr, "cdcd bench: --device: %s\n", err);
+        return 2;
+    }
+    cdcd_model *m = cdcd_model_create_on(&c, B, T, threads, 1, train ? 0 : CDCD_MODEL_INFERENCE, dev, err, sizeof err);
     if (!m) {
         fprintf(stderr, "cdcd bench: %s\n", err);
         return 1;
@@ -140,6 +149,7 @@ int cdcd_cmd_bench(int argc, char **argv) {
             }
             cdcd_sample_result_free(&out);
         }
+        cdcd_model_sync(m); /* a device runs ahead of the host: the step ends when its work does */
         if (s >= 0) times[s] = cdcd_now_s() - t0;
     }
     qsort(times, (size_t)steps, sizeof *times, cmp_double);
@@ -151,17 +161,17 @@ int cdcd_cmd_bench(int argc, char **argv) {
     cdcd_model_memory mem;
     cdcd_model_memory_report(m, &mem);
     if (!json) {
-        printf("%s %s, batch %d x %d, %d threads: %.1f tokens/s (median of %d), %.1f ms per %s, %.1f GFLOP/s, "
+        printf("%s %s on %s, batch %d x %d, %d threads: %.1f tokens/s (median of %d), %.1f ms per %s, %.1f GFLOP/s, "
                "peak RSS %.0f MB, OpenBLAS %s kernels\n",
-               preset, mode, B, T, threads, tokens / med, steps, med * 1e3, train ? "step" : "sampling run",
+               preset, mode, cdcd_model_backend_name(m), B, T, threads, tokens / med, steps, med * 1e3, train ? "step" : "sampling run",
                (f.gemm + f.other) * calls / med * 1e-9, peak_rss_mb(), cdcd_blas_core_name());
     } else {
-        printf("{\"mode\":\"%s\",\"preset\":\"%s\",\"batch\":%d,\"seq\":%d,\"threads\":%d,\"steps\":%d,"
+        printf("{\"device\":\"%s\",\"mode\":\"%s\",\"preset\":\"%s\",\"batch\":%d,\"seq\":%d,\"threads\":%d,\"steps\":%d,"
                "\"sample_steps\":%d,\"tokens_per_s\":%.2f,\"step_ms\":{\"median\":%.2f,\"min\":%.2f,\"max\":%.2f},"
                "\"step_ms_median\":%.2f,\"peak_rss_mb\":%.1f,\"gflops\":%.2f,\"gemm_flops_per_token\":%.6g,"
                "\"flops_per_step\":%.6g,\"params\":%zu,\"memory_mb\":{\"params\":%.1f,\"grads\":%.1f,\"adam\":%.1f,"
                "\"activations\":%.1f},\"blas_core\":\"%s\"}\n",
-               mode, preset, B, T, threads, steps, train ? 0 : sample_steps, tokens / med, med * 1e3, times[0] * 1e3,
+               cdcd_model_backend_name(m), mode, preset, B, T, threads, steps, train ? 0 : sample_steps, tokens / med, med * 1e3, times[0] * 1e3,
                times[steps - 1] * 1e3, med * 1e3, peak_rss_mb(), (f.gemm + f.other) * calls / med * 1e-9,
                gemm_per_token, (f.gemm + f.other) * calls, cdcd_model_param_count(m), mem.params / 1048576.0,
                mem.grads / 1048576.0, mem.adam / 1048576.0, mem.activations / 1048576.0,

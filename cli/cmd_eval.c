@@ -46,7 +46,7 @@
 static const double eval_default_sigmas[] = {0.5, 1, 2, 5, 10, 20, 50, 100};
 
 static void usage(FILE *out) {
-    fprintf(out, "usage: cdcd eval --checkpoint C --data valid.tok [--batches N] [--batch B]\n"
+    fprintf(out, "usage: cdcd eval --checkpoint C --data valid.tok [--batches N] [--batch B] [--device D]\n"
                  "                 [--sigmas 0.5,1,2,...] [--threads N] [--seed S] [--no-ema] [--self-cond] [--json]\n"
                  "       cdcd eval --samples FILE [--train PATH] [--valid PATH] [--vocab PATH] [--seed S] [--json]\n"
                  "  --self-cond  first a pass without it, then the loss with that x-hat-0 as the\n"
@@ -406,7 +406,7 @@ done:
 }
 
 int cdcd_cmd_eval(int argc, char **argv) {
-    const char *ckpt = NULL, *data = NULL, *samples = NULL, *train_path = NULL, *valid_path = NULL,
+    const char *device = NULL, *ckpt = NULL, *data = NULL, *samples = NULL, *train_path = NULL, *valid_path = NULL,
                *vocab_path = NULL;
     int batches = EVAL_DEFAULT_BATCHES, B = EVAL_DEFAULT_BATCH, threads = 2, json = 0, use_ema = 1, self_cond = 0;
     unsigned long long seed = 1;
@@ -421,10 +421,11 @@ int cdcd_cmd_eval(int argc, char **argv) {
                                          {"self-cond", no_argument, 0, 'C'},
                                          {"samples", required_argument, 0, 'm'},    {"train", required_argument, 0, 'r'},
                                          {"valid", required_argument, 0, 'V'},      {"vocab", required_argument, 0, 'v'},
+                                         {"device", required_argument, 0, 'D'},
                                          {0, 0, 0, 0}};
     int ch;
     optind = 1;
-    while ((ch = getopt_long(argc, argv, "c:d:b:B:s:j:S:EJCm:r:V:v:h", opts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "c:d:b:B:s:j:S:EJCm:r:V:v:D:h", opts, NULL)) != -1) {
         switch (ch) {
         case 'c': ckpt = optarg; break;
         case 'd': data = optarg; break;
@@ -457,6 +458,7 @@ int cdcd_cmd_eval(int argc, char **argv) {
             }
             break;
         }
+        case 'D': device = optarg; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -484,7 +486,7 @@ int cdcd_cmd_eval(int argc, char **argv) {
     }
     char err[512];
     cdcd_inference_bundle ib;
-    if (cdcd_load_for_inference(ckpt, threads, B, use_ema, &ib, err, sizeof err) != 0) {
+    if (cdcd_load_for_inference_on(ckpt, device, threads, B, use_ema, &ib, err, sizeof err) != 0) {
         fprintf(stderr, "cdcd eval: %s\n", err);
         return 1;
     }

@@ -92,6 +92,8 @@ static cdcd_tokenizer *sample_tokenizer(const cdcd_inference_bundle *ib, const c
 static void usage(FILE *out) {
     fprintf(out,
             "usage: cdcd sample --checkpoint C [options]\n"
+            "  --device D        auto (default: the checkpoint's; the GPU when there is one), cpu,\n"
+            "                    cuda or cuda:N\n"
             "  --n N             stories (default 4)\n"
             "  --steps N         ODE steps (default 200)\n"
             "  --seed N          seed (same seed and threads: same output)\n"
@@ -120,7 +122,7 @@ static void usage(FILE *out) {
 int cdcd_cmd_sample(int argc, char **argv) {
     cdcd_sample_params p;
     cdcd_sample_params_default(&p);
-    const char *ckpt = NULL, *vocab = NULL;
+    const char *ckpt = NULL, *vocab = NULL, *device = NULL;
     int threads = 2, json = 0, use_ema = 1;
     progress_ctx pc = {0};
     static const struct option opts[] = {
@@ -134,7 +136,7 @@ int cdcd_cmd_sample(int argc, char **argv) {
         {"vocab", required_argument, 0, 'v'},      {"json", no_argument, 0, 'J'},
         {"progress", required_argument, 0, 'P'},   {"help", no_argument, 0, 'h'},
         {"no-self-cond", no_argument, 0, 'N'},     {"clamp", required_argument, 0, 'K'},
-        {"churn", required_argument, 0, 'G'},
+        {"churn", required_argument, 0, 'G'},      {"device", required_argument, 0, 'D'},
         {0, 0, 0, 0}};
     int ch;
     char *end;
@@ -147,7 +149,7 @@ int cdcd_cmd_sample(int argc, char **argv) {
             return 2;                                                                      \
         }                                                                                  \
     } while (0)
-    while ((ch = getopt_long(argc, argv, "c:n:s:S:p:i:g:t:T:L:HCEj:v:JP:hNK:G:", opts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "c:n:s:S:p:i:g:t:T:L:HCEj:v:JP:hNK:G:D:", opts, NULL)) != -1) {
         switch (ch) {
         case 'c': ckpt = optarg; break;
         case 'n': NUM_ARG(p.n, (int)strtol(optarg, &end, 10)); break;
@@ -169,6 +171,7 @@ int cdcd_cmd_sample(int argc, char **argv) {
         case 'v': vocab = optarg; break;
         case 'J': json = 1; break;
         case 'P': NUM_ARG(pc.every, (int)strtol(optarg, &end, 10)); break;
+        case 'D': device = optarg; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -186,7 +189,7 @@ int cdcd_cmd_sample(int argc, char **argv) {
     char err[512];
     cdcd_inference_bundle ib;
     int batch = p.n < 64 ? (p.n > 0 ? p.n : 1) : 64;
-    if (cdcd_load_for_inference(ckpt, threads, batch, use_ema, &ib, err, sizeof err) != 0) {
+    if (cdcd_load_for_inference_on(ckpt, device, threads, batch, use_ema, &ib, err, sizeof err) != 0) {
         fprintf(stderr, "cdcd sample: %s\n", err);
         return 1;
     }

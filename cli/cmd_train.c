@@ -186,6 +186,8 @@ static void usage(FILE *out) {
             "  --max-steps N   override train.max_steps (also when resuming)\n"
             "  --time-limit M  train for M minutes (train.minutes: the lr schedule ends there,\n"
             "                  then the final checkpoint)\n"
+            "  --device D      auto (the GPU when there is one; under mpirun the host's GPU\n"
+            "                  local-rank mod count), cpu, cuda or cuda:N; overrides \"device\"\n"
             "  --quiet         no progress line\n"
             "  --report        rank 0 writes the run's steps, samples, fits, validation and\n"
             "                  checkpoints to stdout as JSON lines (what cdcdd reads)\n"
@@ -195,7 +197,7 @@ static void usage(FILE *out) {
 }
 
 int cdcd_cmd_train(int argc, char **argv) {
-    const char *config_path = NULL, *out_dir = NULL, *resume = NULL, *data_dir = NULL;
+    const char *config_path = NULL, *out_dir = NULL, *resume = NULL, *data_dir = NULL, *device = NULL;
     int quiet = 0, report = 0, fits_from_stdin = 0;
     long long max_steps_override = 0;
     double time_limit_min = 0;
@@ -208,11 +210,12 @@ int cdcd_cmd_train(int argc, char **argv) {
                                          {"time-limit", required_argument, 0, 'T'},
                                          {"report", no_argument, 0, 'R'},
                                          {"fits-from-stdin", no_argument, 0, 'F'},
+                                         {"device", required_argument, 0, 'D'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     int ch;
     optind = 1;
-    while ((ch = getopt_long(argc, argv, "c:o:r:d:m:qT:RFh", opts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "c:o:r:d:m:qT:RFD:h", opts, NULL)) != -1) {
         switch (ch) {
         case 'c': config_path = optarg; break;
         case 'o': out_dir = optarg; break;
@@ -223,6 +226,7 @@ int cdcd_cmd_train(int argc, char **argv) {
         case 'T': time_limit_min = atof(optarg); break;
         case 'R': report = 1; break;
         case 'F': fits_from_stdin = 1; break;
+        case 'D': device = optarg; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -280,6 +284,15 @@ int cdcd_cmd_train(int argc, char **argv) {
             return 2;
         }
         if (max_steps_override > 0) cfg->train.max_steps = max_steps_override;
+        if (device) {
+            char derr[160];
+            if (cdcd_device_check(device, derr, sizeof derr) != 0) {
+                fprintf(stderr, "cdcd train: --device: %s\n", derr);
+                cdcd_run_config_free(cfg);
+                return 2;
+            }
+            snprintf(cfg->device, sizeof cfg->device, "%s", device);
+        }
         if (time_limit_min > 0) cfg->train.minutes = (float)time_limit_min;
     }
     int append = resume != NULL;
@@ -304,14 +317,16 @@ int cdcd_cmd_train(int argc, char **argv) {
                             .recent_samples = NULL,
                             .refit_schedule = fits_from_stdin ? sink_refit : NULL};
     const cdcd_train_sink *sk = lead ? &sink : NULL;
-    t = resume ? cdcd_trainer_resume_dist(resume, out_dir, sk, dist, err, sizeof err)
+    t = resume ? cdcd_trainer_resume_on(resume, out_dir, sk, dist, device, err, sizeof err)
                : cdcd_trainer_create_dist(cfg, out_dir, sk, dist, err, sizeof err);
     if (!t) {
         fprintf(stderr, "cdcd train: %s\n", err);
         goto done;
     }
     c.t = t;
-    if (c.report) cdcd_report_started(c.report, cdcd_trainer_step_count(t), dist->size);
+    if (lead && strcmp(cdcd_model_backend_name(cdcd_trainer_model(t)), "cpu") != 0)
+        fprintf(stderr, "cdcd train: the model is on %s (device \"%s\")\n", cdcd_model_backend_name(cdcd_trainer_model(t)),
+                cdcd_trainer_config(t)->device);    if (c.report) cdcd_report_started(c.report, cdcd_trainer_step_count(t), dist->size);
     if (lead && dist->size > 1)
         fprintf(stderr, "cdcd train: %d ranks, %d sequences each per step\n", dist->size,
                 cdcd_trainer_config(t)->train.batch_size / dist->size);

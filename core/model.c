@@ -6,6 +6,7 @@
  * model_internal.h); the CPU kernels are backend_cpu*.c over ops.c. */
 
 #include "model.h"
+#include "backend_cuda.h"
 #include "model_internal.h"
 
 #include <math.h>
@@ -72,6 +73,12 @@ cdcd_model *cdcd_model_create(const cdcd_model_config *c, int max_batch, int max
 cdcd_model *cdcd_model_create_ex(const cdcd_model_config *c, int max_batch, int max_seq,
                                  int n_threads, uint64_t seed, unsigned flags, char *err,
                                  size_t errlen) {
+    return cdcd_model_create_on(c, max_batch, max_seq, n_threads, seed, flags, CDCD_DEVICE_CPU, err, errlen);
+}
+
+cdcd_model *cdcd_model_create_on(const cdcd_model_config *c, int max_batch, int max_seq,
+                                 int n_threads, uint64_t seed, unsigned flags, int device,
+                                 char *err, size_t errlen) {
     char dummy[8];
     if (!err || !errlen) {
         err = dummy;
@@ -115,7 +122,17 @@ cdcd_model *cdcd_model_create_ex(const cdcd_model_config *c, int max_batch, int 
             s->decay = m->table[i].decay;
         }
     /* blas.h: a trainable model asks for its thread count outside inference */
-    m->be = cdcd_backend_cpu_create(n_threads, n_segs, m->trainable ? n_threads : 1);
+    if (device >= 0) { /* a GPU: its own memory and kernels; the host pool is not needed */
+        char berr[256] = "";
+        m->be = cdcd_backend_cuda_create(device, n_segs, berr, sizeof berr);
+        if (!m->be) {
+            snprintf(err, errlen, "%s", berr);
+            cdcd_model_free(m);
+            return NULL;
+        }
+    } else {
+        m->be = cdcd_backend_cpu_create(n_threads, n_segs, m->trainable ? n_threads : 1);
+    }
     if (!m->be) goto oom;
     size_t pbytes = m->n_params * sizeof(float);
     m->params = m->be->ops->alloc(m->be, pbytes);
@@ -220,6 +237,16 @@ void cdcd_model_free(cdcd_model *m) {
 
 const cdcd_model_config *cdcd_model_get_config(const cdcd_model *m) { return &m->cfg; }
 int cdcd_model_max_batch(const cdcd_model *m) { return m->max_batch; }
+const char *cdcd_model_error(const cdcd_model *m) { return cdcd_backend_error(m->be); }
+const char *cdcd_model_backend_name(const cdcd_model *m) { return m->be->ops->name; }
+void cdcd_model_sync(cdcd_model *m) { m->be->ops->sync(m->be); }
+
+/* 1 (logged) when the model's device backend has failed: the call must fail too. */
+static int backend_failed(const cdcd_model *m) {
+    const char *e = cdcd_backend_error(m->be);
+    if (e) cdcd_error("model: %s", e);
+    return e != NULL;
+}
 int cdcd_model_max_seq(const cdcd_model *m) { return m->max_seq; }
 int cdcd_model_trainable(const cdcd_model *m) { return m->trainable; }
 size_t cdcd_model_param_count(const cdcd_model *m) { return m->n_params; }
@@ -722,7 +749,7 @@ int cdcd_model_forward_backward_acc(cdcd_model *m, const cdcd_batch *b, int accu
     if (m->grad_ready) release_grads(m, 0, TENSORS_PRE); /* embeddings, input and time layers */
     else if (accumulate) be->ops->add(be, m->grads, m->grad_sum, m->n_params);
     m->grad_acc = 0;
-    return 0;
+    return backend_failed(m) ? -1 : 0;
 }
 
 int cdcd_model_forward_loss(cdcd_model *m, const cdcd_batch *b, float *loss,
@@ -733,7 +760,7 @@ int cdcd_model_forward_loss(cdcd_model *m, const cdcd_batch *b, float *loss,
     int n_rows = gather_loss_rows(m, b, &n_valid);
     head_ce(m, n_rows, 0);
     reduce_losses(m, b, n_rows, n_valid, loss, per_seq_loss);
-    return 0;
+    return backend_failed(m) ? -1 : 0;
 }
 
 /* ================================================================ inference */
@@ -772,7 +799,7 @@ int cdcd_model_forward_x0(cdcd_model *m, const cdcd_batch *b, float *x0) {
     out.x0 = x0;
     head_infer(m, &out, 1.0f);
     m->be->ops->set_inference(m->be, 0);
-    return 0;
+    return backend_failed(m) ? -1 : 0;
 }
 
 int cdcd_model_infer(cdcd_model *m, const cdcd_infer_input *in, cdcd_infer_output *out) {
@@ -805,7 +832,7 @@ int cdcd_model_infer(cdcd_model *m, const cdcd_infer_input *in, cdcd_infer_outpu
     }
     head_infer(m, out, in->score_temp);
     be->ops->set_inference(be, 0);
-    return 0;
+    return backend_failed(m) ? -1 : 0;
 fail:
     return -1;
 }
@@ -819,7 +846,7 @@ void cdcd_model_unit_embeddings(cdcd_model *m, float *out) {
 /* ================================================================ AdamW */
 
 float cdcd_model_grad_norm(cdcd_model *m) {
-    if (!m->trainable) return NAN;
+    if (!m->trainable || backend_failed(m)) return NAN;
     return (float)sqrt(m->be->ops->grad_sqnorm(m->be, m->grads, m->segs, m->n_segs));
 }
 

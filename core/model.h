@@ -125,6 +125,21 @@ cdcd_model *cdcd_model_create(const cdcd_model_config *c, int max_batch, int max
 cdcd_model *cdcd_model_create_ex(const cdcd_model_config *c, int max_batch, int max_seq,
                                  int n_threads, uint64_t seed, unsigned flags, char *err,
                                  size_t errlen);
+/* The same on a device: CDCD_DEVICE_CPU (-1, the CPU backend with n_threads), or the GPU
+ * of that index (backend_cuda.h; n_threads is then unused). NULL with err when the device
+ * is missing or its memory too small. Results agree with the CPU to the tolerances of
+ * tests/unit/test_backend_cuda.c (TF32 products), not bit for bit. */
+#define CDCD_DEVICE_CPU (-1)
+cdcd_model *cdcd_model_create_on(const cdcd_model_config *c, int max_batch, int max_seq,
+                                 int n_threads, uint64_t seed, unsigned flags, int device,
+                                 char *err, size_t errlen);
+/* The first failure of the model's device (a CUDA error: out of memory, an illegal
+ * address), or NULL; after one, every call fails (returns -1 or NaN). */
+const char *cdcd_model_error(const cdcd_model *m);
+/* "cpu" or "cuda" */
+const char *cdcd_model_backend_name(const cdcd_model *m);
+/* Waits until every call issued so far has finished on the device (timing; no-op on the CPU). */
+void cdcd_model_sync(cdcd_model *m);
 /* 1 unless created with CDCD_MODEL_INFERENCE. */
 int cdcd_model_trainable(const cdcd_model *m);
 void cdcd_model_free(cdcd_model *m);

@@ -101,6 +101,7 @@ _Static_assert(sizeof(cdcd_head_mode) == sizeof(int) && sizeof(cdcd_lr_decay) ==
 static const field_spec fields[] = {
     {NULL, "name", F_STRING, OFF(name), 0, 0, CDCD_RUN_NAME_MAX, NULL},
     {NULL, "seed", F_UINT64, OFF(seed), 0, 9007199254740991.0, 0, NULL},
+    {NULL, "device", F_STRING, OFF(device), 0, 0, CDCD_DEVICE_SPEC_MAX, NULL},
     {"model", "vocab_size", F_INT, OFF(model.vocab_size), 8, RUN_MAX_VOCAB, 0, NULL},
     {"model", "d_emb", F_INT, OFF(model.d_emb), 2, RUN_MAX_DIM, 0, NULL},
     {"model", "d_model", F_INT, OFF(model.d_model), 2, RUN_MAX_DIM, 0, NULL},
@@ -186,6 +187,7 @@ static void apply_defaults(cdcd_run_config *c) {
     c->train.batch_size = RUN_DEFAULT_BATCH;
     c->train.grad_accum = 1;
     c->distributed.ranks = 1;
+    snprintf(c->device, sizeof c->device, "auto");
     c->distributed.hang_min_s = CDCD_RUN_HANG_MIN_S_DEFAULT;
     c->train.max_steps = RUN_DEFAULT_MAX_STEPS;
     c->train.threads = RUN_DEFAULT_THREADS;
@@ -358,6 +360,8 @@ static int validate(cdcd_run_config *c, int self_cond_given, int prior_given, co
         return set_error(err, "distributed", "hostfile", "must be a path inside the state directory (no leading / and no ..)");
     if (hf[0] && c->distributed.ranks < 2)
         return set_error(err, "distributed", "hostfile", "needs distributed.ranks of 2 or more");
+    char derr[128];
+    if (cdcd_device_check(c->device, derr, sizeof derr) != 0) return set_error(err, NULL, "device", "%s", derr);
     if (c->schedule.tmax <= c->schedule.tmin)
         return set_error(err, "schedule", "tmax", "must be greater than schedule.tmin");
     if (m->output_prior && m->head != CDCD_HEAD_LOGITS)

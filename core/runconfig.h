@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "device.h"
 #include "model.h"
 
 #define CDCD_RUN_NAME_MAX 64
@@ -27,6 +28,7 @@ typedef enum { CDCD_VOCAB_FULL = 0, CDCD_VOCAB_CORPUS = 1 } cdcd_vocab_kind;
 typedef struct cdcd_run_config {
     char name[CDCD_RUN_NAME_MAX];
     char preset[16];
+    char device[CDCD_DEVICE_SPEC_MAX]; /* "auto" (default), "cpu", "cuda", "cuda:N" (device.h) */
     uint64_t seed;
     cdcd_model_config model; /* the "model" section, as core/model.h takes it */
     struct {

@@ -68,6 +68,7 @@ struct cdcd_trainer {
     double comm_seconds, step_seconds; /* time in reduce_ranks, and in whole steps (this process) */
     double comm_busy_seconds;          /* time the overlap's thread spent in all-reduce */
     cdcd_grad_overlap *overlap;        /* distributed.overlap: the gradient sums' thread, or NULL */
+    float *host_grads;                 /* device backend under MPI: the gradient's host copy */
     /* Batch buffers: the whole batch's ids, masks and sigmas; a micro-batch's noise. */
     int32_t *ids;       /* (B,T) */
     uint8_t *pad;       /* (B,T) */
@@ -157,6 +158,7 @@ static void free_buffers(cdcd_trainer *t) {
     free(t->sigma);
     free(t->per_seq);
     free(t->per_seq_all);
+    free(t->host_grads);
     free(t->noise);
     free(t->self_cond);
     free(t->ring_sigma);
@@ -331,8 +333,13 @@ static cdcd_trainer *trainer_build(const cdcd_run_config *cfg, const char *run_d
         snprintf(err, errlen, "data.train: %s", merr);
         goto fail;
     }
-    t->model = cdcd_model_create(&mc, t->Bm, t->T, cfg->train.threads, cfg->seed ^ (uint64_t)STREAM_INIT, merr,
-                                 sizeof merr);
+    int device = cdcd_device_resolve(cfg->device, t->dist->local_rank, merr, sizeof merr);
+    if (device < -1) {
+        snprintf(err, errlen, "device: %s", merr);
+        goto fail;
+    }
+    t->model = cdcd_model_create_on(&mc, t->Bm, t->T, cfg->train.threads, cfg->seed ^ (uint64_t)STREAM_INIT, 0,
+                                    device, merr, sizeof merr);
     if (!t->model) {
         snprintf(err, errlen, "model: %s", merr);
         goto fail;
@@ -363,7 +370,10 @@ static cdcd_trainer *trainer_build(const cdcd_run_config *cfg, const char *run_d
         snprintf(err, errlen, "out of memory for the training buffers");
         goto fail;
     }
-    if (t->dist->size > 1 && cfg->distributed.overlap) {
+    if (t->dist->size > 1 && cfg->distributed.overlap && !cdcd_model_grads(t->model)) {
+        cdcd_warn("distributed.overlap: the model is on %s, whose gradient is summed through host memory after "
+                  "the backward pass; no overlap", cdcd_model_backend_name(t->model));
+    } else if (t->dist->size > 1 && cfg->distributed.overlap) {
         char e[256];
         t->overlap = cdcd_grad_overlap_create(t->dist, e, sizeof e);
         if (!t->overlap) /* the same on every rank (the same MPI): they all sum after backward */
@@ -558,7 +568,9 @@ static int micro_step(cdcd_trainer *t, int j, int k_self, int loss_seqs, float *
         b.self_cond = t->self_cond;
     }
     if (cdcd_model_forward_backward_acc(t->model, &b, j > 0, loss, t->per_seq + row0) != 0) {
-        set_err(t, "training step %lld failed (bad batch)", (long long)t->step + 1);
+        const char *dev = cdcd_model_error(t->model);
+        if (dev) set_err(t, "training step %lld failed: %s", (long long)t->step + 1, dev);
+        else set_err(t, "training step %lld failed (bad batch)", (long long)t->step + 1);
         return -1;
     }
     return 0;
@@ -568,17 +580,29 @@ static int micro_step(cdcd_trainer *t, int j, int k_self, int loss_seqs, float *
  * rank (for identical schedule refits). 0, or -1 with t->err. */
 static int reduce_ranks(cdcd_trainer *t, float *loss) {
     char e[256];
+    size_t np = cdcd_model_param_count(t->model);
     float *g = cdcd_model_grads(t->model);
-    if (!g) {
-        set_err(t, "distributed training needs the gradients in host memory (the CPU backend)");
-        return -1;
+    if (!g) { /* a device backend: the sum goes through host memory (NCCL would skip the copies) */
+        if (!t->host_grads && !(t->host_grads = malloc(np * sizeof *t->host_grads))) {
+            set_err(t, "out of memory for the host copy of the gradient");
+            return -1;
+        }
+        if (cdcd_model_read(t->model, CDCD_MODEL_GRADS, 0, np, t->host_grads) != 0) {
+            set_err(t, "step %lld: cannot read the gradient from the device", (long long)t->step + 1);
+            return -1;
+        }
+        g = t->host_grads;
     }
     double l = *loss, c0 = cdcd_now_s(), busy = 0;
     int per = t->B / t->dist->size;
     /* with the overlap the gradient sums ran during backward: what is left is the wait */
     int grads_rc = t->overlap ? cdcd_grad_overlap_finish(t->overlap, &busy, e, sizeof e)
-                              : t->dist->ops->allreduce_sum_f32(t->dist, g, cdcd_model_param_count(t->model), e, sizeof e);
+                              : t->dist->ops->allreduce_sum_f32(t->dist, g, np, e, sizeof e);
     t->comm_busy_seconds += busy;
+    if (grads_rc == 0 && g == t->host_grads && cdcd_model_write(t->model, CDCD_MODEL_GRADS, 0, np, g) != 0) {
+        set_err(t, "step %lld: cannot write the summed gradient to the device", (long long)t->step + 1);
+        return -1;
+    }
     if (grads_rc != 0 ||
         t->dist->ops->allreduce_sum_f64(t->dist, &l, 1, e, sizeof e) != 0 ||
         t->dist->ops->allgather_f32(t->dist, t->per_seq + (size_t)t->dist->rank * per, (size_t)per, t->per_seq_all,
@@ -594,11 +618,17 @@ static int reduce_ranks(cdcd_trainer *t, float *loss) {
 
 /* FNV-1a over the parameters' bytes: equal on every rank of a healthy job. */
 static uint64_t params_hash(cdcd_trainer *t) {
-    const float *p = cdcd_model_params(t->model);
-    size_t n = cdcd_model_param_count(t->model) * sizeof(float);
+    size_t np = cdcd_model_param_count(t->model);
+    const float *p = cdcd_model_host_view(t->model, CDCD_MODEL_PARAMS);
+    if (!p) { /* a device backend: hash a host copy (every TRAIN_DIST_CHECK_EVERY steps only) */
+        if (!t->host_grads && !(t->host_grads = malloc(np * sizeof *t->host_grads))) return 0;
+        if (cdcd_model_read(t->model, CDCD_MODEL_PARAMS, 0, np, t->host_grads) != 0) return 0;
+        p = t->host_grads;
+    }
+    size_t n = np * sizeof(float);
     const unsigned char *b = (const unsigned char *)p;
     uint64_t h = 0xcbf29ce484222325ull;
-    for (size_t i = 0; p && i < n; i++) h = (h ^ b[i]) * 0x100000001b3ull;
+    for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 0x100000001b3ull;
     return h;
 }
 
@@ -676,6 +706,10 @@ int cdcd_trainer_step(cdcd_trainer *t) {
     } else {
         res.grad_norm = cdcd_adamw_step(t->model, &op, t->adam_t + 1);
         res.nonfinite = !isfinite(res.grad_norm);
+    }
+    if (cdcd_model_error(t->model)) { /* a device failure is not a non-finite step to skip */
+        set_err(t, "training step %lld failed: %s", (long long)t->step + 1, cdcd_model_error(t->model));
+        return -1;
     }
     if (!res.nonfinite) t->adam_t++;
     t->step++;
@@ -995,6 +1029,11 @@ int cdcd_checkpoint_complete(const char *path, char *err, size_t errlen) {
 
 cdcd_trainer *cdcd_trainer_resume_dist(const char *checkpoint_path, const char *run_dir,
                                        const cdcd_train_sink *sink, cdcd_dist *dist, char *err, size_t errlen) {
+    return cdcd_trainer_resume_on(checkpoint_path, run_dir, sink, dist, NULL, err, errlen);
+}
+
+cdcd_trainer *cdcd_trainer_resume_on(const char *checkpoint_path, const char *run_dir, const cdcd_train_sink *sink,
+                                     cdcd_dist *dist, const char *device, char *err, size_t errlen) {
     cdcd_ckpt_reader *r = cdcd_ckpt_open(checkpoint_path, err, errlen);
     cdcd_run_config *cfg = NULL;
     cdcd_trainer *t = NULL;
@@ -1002,6 +1041,10 @@ cdcd_trainer *cdcd_trainer_resume_dist(const char *checkpoint_path, const char *
     if (check_done_marker(r, checkpoint_path, err, errlen) != 0) goto fail;
     cfg = ckpt_config(r, checkpoint_path, err, errlen);
     if (!cfg) goto fail;
+    if (device) { /* train on a GPU, resume on the CPU, or the other way round */
+        if (cdcd_device_check(device, err, errlen) != 0) goto fail;
+        snprintf(cfg->device, sizeof cfg->device, "%s", device);
+    }
     cdcd_vocab_map *vmap;
     if (ckpt_vmap(r, cfg, checkpoint_path, &vmap, err, errlen) != 0) goto fail;
     char *vocab;
@@ -1056,6 +1099,11 @@ fail:
 
 int cdcd_load_for_inference(const char *path, int threads, int max_batch, int use_ema,
                             cdcd_inference_bundle *out, char *err, size_t errlen) {
+    return cdcd_load_for_inference_on(path, NULL, threads, max_batch, use_ema, out, err, errlen);
+}
+
+int cdcd_load_for_inference_on(const char *path, const char *device, int threads, int max_batch, int use_ema,
+                               cdcd_inference_bundle *out, char *err, size_t errlen) {
     memset(out, 0, sizeof *out);
     cdcd_ckpt_reader *r = cdcd_ckpt_open(path, err, errlen);
     if (!r) return -1;
@@ -1068,7 +1116,12 @@ int cdcd_load_for_inference(const char *path, int threads, int max_batch, int us
     }
     const cdcd_model_config mc = cfg->model;
     char merr[256];
-    out->model = cdcd_model_create_ex(&mc, max_batch, mc.max_seq_len, threads, 0, CDCD_MODEL_INFERENCE,
+    int dev = cdcd_device_resolve(device ? device : cfg->device, 0, merr, sizeof merr);
+    if (dev < -1) {
+        snprintf(err, errlen, "%s: %s", path, merr);
+        goto fail;
+    }
+    out->model = cdcd_model_create_on(&mc, max_batch, mc.max_seq_len, threads, 0, CDCD_MODEL_INFERENCE, dev,
                                       merr, sizeof merr);
     if (!out->model) {
         snprintf(err, errlen, "%s: %s", path, merr);

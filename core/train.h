@@ -74,6 +74,11 @@ cdcd_trainer *cdcd_trainer_create_dist(const cdcd_run_config *cfg, const char *r
 cdcd_trainer *cdcd_trainer_resume_dist(const char *checkpoint_path, const char *run_dir,
                                        const cdcd_train_sink *sink, struct cdcd_dist *dist, char *err,
                                        size_t errlen);
+/* resume_dist on another device than the checkpoint's config names (device.h spec; NULL:
+ * the config's): checkpoints are backend-neutral. */
+cdcd_trainer *cdcd_trainer_resume_on(const char *checkpoint_path, const char *run_dir,
+                                     const cdcd_train_sink *sink, struct cdcd_dist *dist, const char *device,
+                                     char *err, size_t errlen);
 /* Resumes from a checkpoint file (config, weights, optimiser, schedule, RNG and data
  * position all come from it): the following steps are bit-identical to an uninterrupted
  * run with the same thread count. NULL on error with a message in err. */
@@ -154,6 +159,10 @@ typedef struct {
  * 0, or -1 with a message in err (truncated, corrupt, wrong version...). */
 int cdcd_load_for_inference(const char *path, int threads, int max_batch, int use_ema,
                             cdcd_inference_bundle *out, char *err, size_t errlen);
+/* The same on a device (device.h spec; NULL = the checkpoint's own "device", "auto" for
+ * most): a checkpoint is the same whichever backend wrote or reads it. */
+int cdcd_load_for_inference_on(const char *path, const char *device, int threads, int max_batch, int use_ema,
+                               cdcd_inference_bundle *out, char *err, size_t errlen);
 void cdcd_inference_bundle_free(cdcd_inference_bundle *b);
 
 #endif

@@ -88,6 +88,13 @@ void cdcdd_api_runs_create(cdcdd_req *req) {
         cdcdd_reply_error(req, 400, "invalid_config", field, "%s: %s", field, why);
         return;
     }
+    /* a GPU asked for by name must be there now (a local run: the ranks of a distributed one
+     * pick theirs on their own hosts) */
+    if (cfg->distributed.ranks < 2 && cdcd_device_resolve(cfg->device, 0, why, sizeof why) < -1) {
+        cdcd_run_config_free(cfg);
+        cdcdd_reply_error(req, 400, "invalid_config", "device", "device: %s", why);
+        return;
+    }
     cdcdd_req_suspend(req); /* answered by on_created once the row is committed */
     cdcdd_runs_create(app->runs, cfg, threads_given, on_created, req);
 }

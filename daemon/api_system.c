@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "api.h"
+#include "backend_cuda.h"
 #include "clock.h"
 #include "embed.h"
 
@@ -13,8 +14,19 @@ void cdcdd_api_health(cdcdd_req *req) {
     cdcdd_app *app = req->ctx;
     cdcdd_buf b;
     cdcdd_buf_init(&b);
-    cdcdd_buf_printf(&b, "{\"status\":\"%s\",\"version\":\"%s\",\"uptime_s\":%.1f}",
-                     app->stopping ? "stopping" : "ok", CDCD_VERSION, cdcd_now_s() - app->started_mono);
+    cdcdd_buf_printf(&b, "{\"status\":\"%s\",\"version\":\"%s\",\"uptime_s\":%.1f,\"cuda_built\":%s,\"gpus\":[",
+                     app->stopping ? "stopping" : "ok", CDCD_VERSION, cdcd_now_s() - app->started_mono,
+                     cdcd_cuda_built() ? "true" : "false");
+    int n = cdcd_cuda_device_count();
+    for (int i = 0; i < n && i < CDCD_CUDA_MAX_DEVICES; i++) {
+        cdcd_cuda_device_info g;
+        if (cdcd_cuda_device_query(i, &g) != 0) continue;
+        cdcdd_buf_printf(&b, "%s{\"index\":%d,\"name\":", i ? "," : "", i);
+        cdcdd_buf_json_str(&b, g.name);
+        cdcdd_buf_printf(&b, ",\"memory_total_bytes\":%zu,\"memory_used_bytes\":%zu,\"compute_capability\":\"%d.%d\"}",
+                         g.total_bytes, g.total_bytes - g.free_bytes, g.major, g.minor);
+    }
+    cdcdd_buf_puts(&b, "]}");
     cdcdd_reply_buf(req, app->stopping ? 503 : 200, &b);
 }
 
@@ -69,6 +81,25 @@ static void prom_help(cdcdd_buf *b, const char *name, const char *type, const ch
 static void prom_value(cdcdd_buf *b, double v) {
     if (v != v) cdcdd_buf_puts(b, "NaN");
     else cdcdd_buf_printf(b, "%.9g", v);
+}
+
+/* The GPUs (backend_cuda.h): memory total and in use, labelled by index and name. */
+static void prom_gpus(cdcdd_buf *b) {
+    int n = cdcd_cuda_device_count();
+    prom_help(b, "cdcdd_gpus", "gauge", "GPUs visible to the daemon (0 without the CUDA backend).");
+    cdcdd_buf_printf(b, "cdcdd_gpus %d\n", n);
+    if (n == 0) return;
+    prom_help(b, "cdcdd_gpu_memory_total_bytes", "gauge", "GPU memory.");
+    prom_help(b, "cdcdd_gpu_memory_used_bytes", "gauge", "GPU memory in use (every process).");
+    for (int i = 0; i < n && i < CDCD_CUDA_MAX_DEVICES; i++) {
+        cdcd_cuda_device_info g;
+        if (cdcd_cuda_device_query(i, &g) != 0) continue;
+        for (char *c = g.name; *c; c++)
+            if (*c == '"' || *c == '\\' || *c == '\n') *c = '_'; /* a Prometheus label value */
+        cdcdd_buf_printf(b, "cdcdd_gpu_memory_total_bytes{gpu=\"%d\",name=\"%s\"} %zu\n", i, g.name, g.total_bytes);
+        cdcdd_buf_printf(b, "cdcdd_gpu_memory_used_bytes{gpu=\"%d\",name=\"%s\"} %zu\n", i, g.name,
+                         g.total_bytes - g.free_bytes);
+    }
 }
 
 static void prom_http(cdcdd_buf *b, const cdcdd_http_stats *h) {
@@ -168,6 +199,7 @@ void cdcdd_api_prometheus(cdcdd_req *req) {
 
     prom_http(&b, cdcdd_http_get_stats(app->http));
     prom_store(&b, app->store);
+    prom_gpus(&b);
 
     size_t len = 0;
     char *body = cdcdd_buf_take(&b, &len);

@@ -49,6 +49,7 @@ struct cdcdd_run {
     int sample_jobs;            /* sampling jobs reading this run */
     int deleting;
     int threads;                /* BLAS threads of its trainer while it runs */
+    int gpu;                    /* the GPU its trainer holds while it runs, or -1 */
     cdcdd_run_waiter *waiters;  /* answered when the trainer exits */
     cdcdd_run *next;
 };

@@ -11,6 +11,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cJSON.h>
+
+#include "backend_cuda.h"
 #include "clock.h"
 #include "log.h"
 #include "run_json.h"
@@ -19,6 +22,7 @@
 
 struct cdcdd_runs {
     cdcdd_runs_config cfg;
+    int gpus;               /* GPUs visible to the daemon (counted once), -1 until counted */
     cdcdd_run *head, *tail; /* by id */
     int64_t next_id;
     int count;
@@ -155,8 +159,47 @@ static void fail_run(cdcdd_runs *runs, cdcdd_run *r, const char *fmt, ...) {
 
 static void on_trainer_event(cdcdd_trainer_event *ev);
 
+/* The run's "device" ("auto" when absent or unreadable: the trainer reports a bad one) and
+ * its distributed.ranks. */
+static int run_device(const cdcdd_run *r, char *out, size_t cap) {
+    snprintf(out, cap, "auto");
+    cJSON *o = r->config_json ? cJSON_Parse(r->config_json) : NULL;
+    const cJSON *d = cJSON_GetObjectItemCaseSensitive(o, "device");
+    const cJSON *dist = cJSON_GetObjectItemCaseSensitive(o, "distributed");
+    const cJSON *ranks = cJSON_GetObjectItemCaseSensitive(dist, "ranks");
+    if (cJSON_IsString(d)) snprintf(out, cap, "%s", d->valuestring);
+    int n = cJSON_IsNumber(ranks) ? ranks->valueint : 1;
+    cJSON_Delete(o);
+    return n;
+}
+
+/* One run per GPU: a run whose device is "auto" or "cuda" gets the lowest GPU no running
+ * run holds, as "cuda:K"; "cuda:N" keeps its GPU (the user's choice, shared if so). 0 and
+ * r->gpu set (-1: the CPU, or a distributed run, whose ranks pick by local rank), or -1
+ * when every GPU is taken (the run stays queued). */
+static int assign_gpu(cdcdd_runs *runs, cdcdd_run *r, char *device, size_t cap) {
+    r->gpu = -1;
+    if (runs->gpus < 0) runs->gpus = cdcd_cuda_device_count();
+    int ranks = run_device(r, device, cap);
+    int explicit_gpu = strncmp(device, "cuda:", 5) == 0;
+    if (explicit_gpu) r->gpu = atoi(device + 5);
+    if (explicit_gpu || runs->gpus == 0 || strcmp(device, "cpu") == 0 || ranks > 1) return 0;
+    for (int k = 0; k < runs->gpus; k++) {
+        int taken = 0;
+        for (cdcdd_run *o = runs->head; o && !taken; o = o->next) taken = o != r && o->ctl && o->gpu == k;
+        if (!taken) {
+            r->gpu = k;
+            snprintf(device, cap, "cuda:%d", k);
+            return 0;
+        }
+    }
+    return -1;
+}
+
 /* Spawns the trainer thread of a queued run. */
 static void run_start(cdcdd_runs *runs, cdcdd_run *r) {
+    char device[CDCD_DEVICE_SPEC_MAX];
+    if (assign_gpu(runs, r, device, sizeof device) != 0) return; /* queued until a GPU is free */
     cdcdd_trainer_params p = {.store = runs->cfg.store,
                               .loopq = runs->cfg.loopq,
                               .vocab = runs->cfg.vocab,
@@ -166,6 +209,7 @@ static void run_start(cdcdd_runs *runs, cdcdd_run *r) {
                               .state_dir = runs->cfg.opts->state_dir,
                               .config_json = r->config_json,
                               .threads = 0,
+                              .device = r->gpu >= 0 ? device : NULL,
                               .on_event = on_trainer_event,
                               .owner = runs};
     char err[CDCDD_RUN_ERROR_MAX] = "";
@@ -537,6 +581,7 @@ static void on_loaded(void *ctx, cdcdd_run *r) {
 int cdcdd_runs_open(const cdcdd_runs_config *cfg, cdcdd_runs **out, char *err, size_t errlen) {
     *out = NULL;
     cdcdd_runs *runs = calloc(1, sizeof *runs);
+    if (runs) runs->gpus = -1;
     if (!runs) {
         snprintf(err, errlen, "out of memory");
         return -1;

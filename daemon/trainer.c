@@ -563,6 +563,8 @@ int cdcdd_trainer_start(const cdcdd_trainer_params *p, cdcdd_trainer_ctl **out, 
         return -1;
     }
     if (p->threads > 0) ctl->cfg->train.threads = p->threads;
+    if (p->device) snprintf(ctl->cfg->device, sizeof ctl->cfg->device, "%s", p->device);
+    ctl->p.device = NULL; /* applied, not kept */
     ctl->mpi = ctl->cfg->distributed.ranks > 1;
     uv_thread_options_t topt = {.flags = UV_THREAD_HAS_STACK_SIZE, .stack_size = CDCDD_TRAINER_STACK};
     int rc = uv_thread_create_ex(&ctl->thread, &topt, trainer_main, ctl);

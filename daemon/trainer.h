@@ -78,6 +78,7 @@ typedef struct {
     const char *state_dir;      /* a distributed run's hostfile is relative to it */
     const char *config_json;    /* the stored, normalised config (parsed here) */
     int threads;                /* BLAS threads (replaces train.threads) */
+    const char *device;         /* replaces the config's "device" (the GPU the daemon gave it), or NULL */
     void (*on_event)(cdcdd_trainer_event *ev); /* loop thread; frees ev with cdcdd_trainer_event_free */
     void *owner;
 } cdcdd_trainer_params;

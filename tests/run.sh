@@ -85,7 +85,7 @@ fi
 
 if want asan; then
     family_start "unit tests under ASan+UBSan"
-    if make --no-print-directory -s BUILD=build-asan OPT=-O1 \
+    if make --no-print-directory -s BUILD=build-asan OPT=-O1 CUDA=0 \
         SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" \
         build-asan/libcdcd.a $(ls tests/unit/test_*.c | sed 's#tests/unit/\(.*\)\.c#build-asan/tests/\1#') \
         >"$ART/asan-build.log" 2>&1; then
@@ -125,7 +125,7 @@ if want asan-daemon; then
     SAN_LOGS=$ART/asan-daemon
     rm -rf "$SAN_LOGS"
     mkdir -p "$SAN_LOGS"
-    if make --no-print-directory -s BUILD=build-asan BIN=bin-asan OPT=-O1 \
+    if make --no-print-directory -s BUILD=build-asan BIN=bin-asan OPT=-O1 CUDA=0 \
         SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" bin-asan/cdcdd bin-asan/cdcd \
         >"$ART/asan-daemon-build.log" 2>&1; then
         for t in tests/integration/test_daemon_*.py; do

@@ -34,6 +34,7 @@ struct cuda_backend {
     cudaStream_t stream;
     cublasLtHandle_t lt;
     void *lt_workspace;
+    cdcd_backend_segment *d_segs; /* (max_segments) the optimiser's segments, uploaded per call */
     double *d_red;     /* (max_segments) device scratch for per-segment reductions */
     double *h_red;     /* (max_segments) pinned host copy */
     int failed;        /* 1 after the first error: later ops do nothing */
