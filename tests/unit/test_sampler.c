@@ -12,6 +12,7 @@
 #include "sampler.h"
 #include "schedule.h"
 #include "tokenizer.h"
+#include "backend_cuda.h"
 #include "test.h"
 
 /* A toy vocabulary written as a vocab.txt, so prompts go through the real tokenizer. */
@@ -76,17 +77,21 @@ static cdcd_schedule sched;
 static cdcd_tokenizer *tok;
 static double final_loss = 1e9;
 
-/* Trains the toy model once (shared by the tests below). */
-static void train_toy(void) {
+/* Trains a toy model on `device` (CDCD_DEVICE_CPU or a GPU): *out is NULL on failure. */
+static void train_toy_on(int device, cdcd_model **out, cdcd_schedule *sc, double *loss_out) {
     cdcd_model_config c = toy_config();
     char err[256];
     enum { B = 32 };
     /* Under the sanitizers (fast mode) the model trains briefly: the mechanics tests run, the
      * quality tests (*_follows_grammar, grammar_is_learned) skip. */
     const int STEPS = test_fast_mode() ? 150 : 1500;
-    trained_model = cdcd_model_create(&c, B, SENT_T, 2, 5, err, sizeof err);
-    if (!trained_model) return;
-    cdcd_schedule_init(&sched, CDCD_SCHEDULE_CAUCHY, 0.05f, 50.0f);
+    cdcd_model *model = cdcd_model_create_on(&c, B, SENT_T, 2, 5, 0, device, err, sizeof err);
+    *out = NULL;
+    if (!model) {
+        printf("  toy model: %s\n", err);
+        return;
+    }
+    cdcd_schedule_init(sc, CDCD_SCHEDULE_CAUCHY, 0.05f, 50.0f);
     int32_t ids[B * SENT_T];
     uint8_t pad[B * SENT_T], cond[B * SENT_T], loss_mask[B * SENT_T];
     float sigma[B], noise[B * SENT_T * 16], per_seq[B];
@@ -101,25 +106,36 @@ static void train_toy(void) {
     for (int step = 0; step < STEPS; step++) {
         for (int b = 0; b < B; b++) make_sentence(&r, ids + b * SENT_T);
         cdcd_masks_make(&mp, &r, B, SENT_T, pad, cond, loss_mask);
-        cdcd_schedule_sample_sigmas(&sched, &r, B, sigma);
+        cdcd_schedule_sample_sigmas(sc, &r, B, sigma);
         cdcd_rng_fill_normal(&r, noise, sizeof noise / sizeof noise[0], 1.0f);
         cdcd_batch batch = {.B = B, .T = SENT_T, .ids = ids, .pad_mask = pad, .cond_mask = cond,
                             .loss_mask = loss_mask, .sigma = sigma, .noise = noise, .self_cond = NULL};
         cdcd_train_result res;
         if (step > STEPS * 3 / 4) op.lr = 1e-3f;
-        if (cdcd_model_train_step(trained_model, &batch, &op, step + 1, per_seq, &res) != 0) return;
+        if (cdcd_model_train_step(model, &batch, &op, step + 1, per_seq, &res) != 0) {
+            cdcd_model_free(model);
+            return;
+        }
         for (int b = 0; b < B && hist_n < 4096; b++) {
             hist_sigma[hist_n] = sigma[b];
             hist_loss[hist_n++] = per_seq[b];
         }
         if ((step + 1) % 100 == 0) {
             int n = hist_n < 500 ? hist_n : 500;
-            cdcd_schedule_refit(&sched, hist_sigma + hist_n - n, hist_loss + hist_n - n, n, step + 1);
+            cdcd_schedule_refit(sc, hist_sigma + hist_n - n, hist_loss + hist_n - n, n, step + 1);
             hist_n = 0;
         }
         ema = step ? 0.95 * ema + 0.05 * res.loss : res.loss;
     }
-    final_loss = ema;
+    *loss_out = ema;
+    *out = model;
+}
+
+/* Trains the toy model once on the CPU (shared by the tests below). */
+static void train_toy(void) {
+    char err[256];
+    train_toy_on(CDCD_DEVICE_CPU, &trained_model, &sched, &final_loss);
+    if (!trained_model) return;
     write_vocab();
     tok = cdcd_tok_load_sized(vocab_path, TOY_V, err, sizeof err);
     if (!tok) printf("  toy vocab: %s\n", err);
@@ -160,6 +176,36 @@ TEST(test_sampler_grammar_is_learned) {
     EXPECT(good0 < out.n / 4);
     cdcd_model_free(untrained);
     cdcd_sample_result_free(&out);
+}
+
+/* The grammar test with the model on the GPU (issue 14): trained and sampled there, so the
+ * CUDA backend's forward, backward, AdamW and inference head together learn what the CPU's do. */
+TEST(test_sampler_grammar_on_gpu) {
+    if (!cdcd_cuda_built()) SKIP("this build has no CUDA backend (nvcc not found at build time)");
+    if (cdcd_cuda_device_count() == 0) SKIP("no GPU: cdcd_cuda_device_count() is 0");
+    SKIP_IF_FAST("the toy model trains 150 steps, too few to learn the grammar");
+    cdcd_model *m = NULL;
+    cdcd_schedule sc;
+    double loss = 1e9;
+    train_toy_on(0, &m, &sc, &loss);
+    ASSERT(m != NULL);
+    EXPECTF(loss < 1.0, "toy model did not train on the GPU: loss %.3f", loss);
+    cdcd_sample_params p;
+    cdcd_sample_params_default(&p);
+    p.n = 32;
+    p.steps = 60;
+    p.length = SENT_T;
+    cdcd_sample_result out;
+    char err[256];
+    ASSERT(cdcd_sample(m, &sc, NULL, &p, NULL, NULL, &out, err, sizeof err) == 0);
+    int good = 0;
+    for (int i = 0; i < out.n; i++) good += follows_grammar(out.ids + (size_t)i * out.T);
+    int distinct = distinct_rows(out.ids, out.n, out.T);
+    printf("  grammar on the GPU: %d/%d follow the template, %d distinct (loss %.3f)\n", good, out.n, distinct, loss);
+    EXPECTF(good >= out.n * 3 / 4, "only %d of %d follow the grammar", good, out.n);
+    EXPECTF(distinct >= out.n / 2, "only %d distinct sentences of %d", distinct, out.n);
+    cdcd_sample_result_free(&out);
+    cdcd_model_free(m);
 }
 
 TEST(test_sampler_prompt_positions_fixed) {
@@ -521,6 +567,7 @@ int main(void) {
     RUN(test_sampler_timesteps);
     RUN(test_sampler_euler_step_by_hand);
     RUN(test_sampler_grammar_is_learned);
+    RUN(test_sampler_grammar_on_gpu);
     RUN(test_sampler_churn);
     RUN(test_sampler_churn_follows_grammar);
     RUN(test_sampler_prompt_positions_fixed);
