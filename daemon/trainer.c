@@ -14,6 +14,7 @@
 #include "ckpt.h"
 #include "clock.h"
 #include "log.h"
+#include "model.h"
 #include "notify.h"
 #include "run_store.h"
 #include "runconfig.h"
@@ -499,6 +500,8 @@ static void trainer_main(void *arg) {
         cdcdd_stories_free(ctl->mpi_stories);
         ctl->mpi_stories = NULL;
     } else if (open_rc == 0) {
+        cdcd_info("run %lld: the model is on %s (device \"%s\")", (long long)ctl->p.run_id,
+                  cdcd_model_backend_name(cdcd_trainer_model(ctl->t)), ctl->cfg->device);
         cdcdd_stories_params sp = {.store = ctl->p.store, .vocab = ctl->p.vocab, .loopq = ctl->p.loopq,
                                    .hub = ctl->p.hub, .run_id = ctl->p.run_id, .cfg = ctl->cfg, .from_step = from,
                                    .hb = ctl->hb, .cancelled = winding_down, .cancel_ctx = ctl};
