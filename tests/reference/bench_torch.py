@@ -19,6 +19,11 @@ sample: one run = a whole Euler sampling run (no grad): x ~ N(0, tmax^2 I), for 
 Prints one JSON object: tokens_per_s, step_ms {median, min, max}, peak_rss_mb
 (getrusage ru_maxrss), threads, config.
 
+On a GPU (issue 14): --device cuda runs the same model there (the batch made on the host
+and moved once, timings after torch.cuda.synchronize()); --compile wraps the model (train)
+or its denoiser (sample) in torch.compile; --bf16 runs forward and loss under
+torch.autocast(bfloat16); fp32 runs allow TF32 matmuls, as cdcd's cuBLASLt products.
+
 BLAS: torch here runs its GEMMs on Debian's OpenBLAS, which falls back to the generic
 "Prescott" kernels when it cannot identify the CPU (a quarter of the sgemm rate). Like the
 C side (core/blas.h), this script then re-executes itself once with
@@ -128,25 +133,26 @@ def karras_schedule(n, tmax=300.0, tmin=1.0, rho=7.0):
 
 
 @torch.no_grad()
-def sample(model, B, T, steps, g, tmax=300.0):
+def sample(model, B, T, steps, g, tmax=300.0, dev=torch.device("cpu"), den=None):
     """Unconditional Euler sampler; returns the argmax ids (B,T)."""
+    den = den or model.denoise
     e = model.unit_embeddings() * math.sqrt(model.E)  # (V,E) the e_j of the sampler
     ts = karras_schedule(steps, tmax=tmax)
-    x = torch.randn(B, T, model.E, generator=g) * tmax
-    pad = torch.ones(B, T, dtype=torch.uint8)
+    x = (torch.randn(B, T, model.E, generator=g) * tmax).to(dev)
+    pad = torch.ones(B, T, dtype=torch.uint8, device=dev)
     for i, t in enumerate(ts):
-        sigma = torch.full((B,), t)
-        logits = model.denoise(x, sigma, pad)
-        x0 = torch.matmul(logits.softmax(dim=-1), e)
+        sigma = torch.full((B,), t, device=dev)
+        logits = den(x, sigma, pad)
+        x0 = torch.matmul(logits.float().softmax(dim=-1), e)
         t_next = ts[i + 1] if i + 1 < len(ts) else 1.0
         x = x + (t_next - t) * (x - x0) / t
-    logits = model.denoise(x, torch.full((B,), 1.0), pad)
+    logits = den(x, torch.full((B,), 1.0, device=dev), pad)
     return logits.argmax(dim=-1)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="tiny", choices=["tiny", "small"])
+    ap.add_argument("--preset", default="tiny", choices=["tiny", "small", "base"])
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
@@ -154,9 +160,17 @@ def main():
     ap.add_argument("--mode", default="train", choices=["train", "sample"])
     ap.add_argument("--sample-steps", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--bf16", action="store_true")
     a = ap.parse_args()
 
-    ensure_blas_kernel()
+    dev = torch.device(a.device)
+    if a.device == "cpu":
+        ensure_blas_kernel()
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     torch.set_num_threads(a.threads)
     set_blas_threads(a.threads)
     torch.manual_seed(a.seed)
@@ -164,39 +178,53 @@ def main():
     cfg = ref.preset(a.preset, head="logits", cond_channels=True, max_seq_len=128)
     if a.seq > cfg["max_seq_len"]:
         ap.error(f"--seq {a.seq} > max_seq_len {cfg['max_seq_len']}")
-    model = ref.CDCDModel(cfg, seed=a.seed)
+    model = ref.CDCDModel(cfg, seed=a.seed).to(dev)
     B, T = a.batch, a.seq
     times = []
+    fwd = torch.compile(model) if a.compile else model
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if a.bf16 else torch.autocast(a.device, enabled=False)
+
+    def sync():
+        if a.device == "cuda":
+            torch.cuda.synchronize()
 
     if a.mode == "train":
         model.train()
         opt = ref.make_adamw(model, lr=1e-3, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.01)
-        batches = [train_batch(cfg, B, T, g) for _ in range(2)]
+        batches = [tuple(x.to(dev) for x in train_batch(cfg, B, T, g)) for _ in range(2)]
 
         def step(i):
             ids, pad, cond, lm, sigma, noise = batches[i % len(batches)]
-            logits = model(ids, pad, cond, sigma, noise)
-            loss, _ = ref.cdcd_loss(logits, ids, lm)
+            with amp:
+                logits = fwd(ids, pad, cond, sigma, noise)
+                loss, _ = ref.cdcd_loss(logits, ids, lm)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
-            return float(loss)
+            return loss
 
-        step(0)  # warm-up (allocator, AdamW state)
+        for w in range(3 if a.compile else 1):  # warm-up (allocator, AdamW state, compilation)
+            step(w)
+        sync()
         for i in range(a.steps):
             t0 = time.perf_counter()
             step(i + 1)
+            sync()
             times.append(time.perf_counter() - t0)
     else:
         model.eval()
-        with torch.no_grad():  # warm-up: two model calls
-            x = torch.randn(B, T, cfg["d_emb"], generator=g)
+        den = torch.compile(model.denoise) if a.compile else model.denoise
+        with torch.no_grad(), amp:  # warm-up: two model calls (compilation too)
+            x = torch.randn(B, T, cfg["d_emb"], generator=g).to(dev)
             for _ in range(2):
-                model.denoise(x, torch.full((B,), 10.0), torch.ones(B, T, dtype=torch.uint8))
+                den(x, torch.full((B,), 10.0, device=dev), torch.ones(B, T, dtype=torch.uint8, device=dev))
+        sync()
         for _ in range(a.steps):
             t0 = time.perf_counter()
-            sample(model, B, T, a.sample_steps, g)
+            with amp:
+                sample(model, B, T, a.sample_steps, g, dev=dev, den=den)
+            sync()
             times.append(time.perf_counter() - t0)
 
     med = statistics.median(times)
@@ -207,6 +235,8 @@ def main():
         "step_ms": {"median": med * 1e3, "min": min(times) * 1e3, "max": max(times) * 1e3},
         "step_ms_median": med * 1e3,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "peak_gpu_mb": torch.cuda.max_memory_allocated() / 1048576.0 if a.device == "cuda" else None,
+        "device": a.device, "compile": a.compile, "bf16": a.bf16,
         "threads": a.threads,
         "config": dict(cfg, preset=a.preset, batch=B, seq=T, steps=a.steps,
                        sample_steps=a.sample_steps if a.mode == "sample" else None,
