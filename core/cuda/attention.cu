@@ -10,56 +10,12 @@
 #include <math.h>
 
 #include "cuda_internal.h"
+#include "cuda_math.cuh"
 
 #define CU_WARPS_PER_BLOCK (CU_THREADS / 32)
 
 /* ------------------------------------------------------------------ helpers */
 
-/* Sum over a warp, butterfly order: every lane ends with the same value. */
-static __device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-/* Max over a warp (as ops.c vmax: a > b ? a : b, so NaN does not win); every lane ends
- * with the same value. */
-static __device__ __forceinline__ float warp_max(float v) {
-    for (int o = 16; o > 0; o >>= 1) {
-        float u = __shfl_xor_sync(0xffffffffu, v, o);
-        v = u > v ? u : v;
-    }
-    return v;
-}
-
-/* Sum over the block (blockDim.x a multiple of 32) in a fixed order; every thread gets the
- * same value. sh: 32 floats of shared memory. */
-static __device__ float block_sum(float v, float *sh) {
-    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    v = warp_sum(v);
-    __syncthreads();
-    if (lane == 0) sh[w] = v;
-    __syncthreads();
-    return warp_sum(lane < nw ? sh[lane] : 0.0f);
-}
-
-/* ops.h cdcd_ops_expf: Cephes-style range reduction + degree-6 polynomial, clamped to
- * [-87, 88], NaN passed through (the softmax's exp on the CPU). */
-static __device__ __forceinline__ float cd_expf(float x) {
-    float xc = x > -87.0f ? x : -87.0f;
-    xc = xc < 88.0f ? xc : 88.0f;
-    float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-    float r = xc - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    float y = p * r * r + r + 1.0f;
-    float scale = __uint_as_float((unsigned)((int)n + 127) << 23); /* 2^n, n in [-126, 127] */
-    return x == x ? y * scale : x;
-}
 
 /* Blocks for one warp per item. */
 static unsigned warp_blocks(size_t items) { return cu_blocks(items, CU_WARPS_PER_BLOCK); }

@@ -8,6 +8,7 @@
 #include <math.h>
 
 #include "cuda_internal.h"
+#include "cuda_math.cuh"
 
 #define CU_COL_THREADS 64   /* block size of the per-sequence column sums */
 #define CU_GRID_CAP (1u << 20) /* most blocks of a grid-stride elementwise launch */
@@ -18,42 +19,6 @@
 static unsigned cu_grid(size_t n, unsigned threads) {
     unsigned g = cu_blocks(n, threads);
     return g < CU_GRID_CAP ? g : CU_GRID_CAP;
-}
-
-/* Sum over a warp, butterfly order: every lane ends with the same value. */
-static __device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-/* Sum over the block (blockDim.x a multiple of 32, at most 1024) in a fixed order; every
- * thread gets the same value. sh: 32 floats of shared memory, reusable across calls. */
-static __device__ float block_sum(float v, float *sh) {
-    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    v = warp_sum(v);
-    __syncthreads(); /* an earlier call's readers are done with sh */
-    if (lane == 0) sh[w] = v;
-    __syncthreads();
-    return warp_sum(lane < nw ? sh[lane] : 0.0f);
-}
-
-/* ops.h cdcd_ops_expf: Cephes-style range reduction + degree-6 polynomial, clamped to
- * [-87, 88], NaN passed through (ported so GELU and the softmax follow the CPU's exp). */
-static __device__ __forceinline__ float cd_expf(float x) {
-    float xc = x > -87.0f ? x : -87.0f;
-    xc = xc < 88.0f ? xc : 88.0f;
-    float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-    float r = xc - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    float y = p * r * r + r + 1.0f;
-    float scale = __uint_as_float((unsigned)((int)n + 127) << 23); /* 2^n, n in [-126, 127] */
-    return x == x ? y * scale : x;
 }
 
 /* ops.c erfc_abs: erfc(|z|), Numerical Recipes' Chebyshev fit (relative error < 1.2e-7). */

@@ -12,31 +12,13 @@
 #include <math_constants.h>
 
 #include "cuda_internal.h"
+#include "cuda_math.cuh"
 
 #define HEAD_THREADS 512       /* threads per row block (a multiple of 32) */
 #define CE_GRAD_FLOOR_F 1e-30f /* ops.c CE_GRAD_FLOOR: smaller softmax gradients stored as 0 */
 
 /* ------------------------------------------------------------------ device helpers */
 
-/* ops.h cdcd_ops_expf, operation for operation (no fused multiply-adds): the same bits as
- * the CPU's for the same argument, including its clamp to [-87, 88]. */
-__device__ __forceinline__ float head_expf(float x) {
-    float xc = x > -87.0f ? x : -87.0f; /* NaN lands here too; passed through at the end */
-    xc = xc < 88.0f ? xc : 88.0f;
-    float n = __fsub_rn(__fadd_rn(__fmul_rn(xc, 1.44269504088896341f), 12582912.0f), 12582912.0f);
-    float r = __fsub_rn(xc, __fmul_rn(n, 0.693359375f));
-    r = __fsub_rn(r, __fmul_rn(n, -2.12194440e-4f));
-    float p = 1.9875691500e-4f;
-    p = __fadd_rn(__fmul_rn(p, r), 1.3981999507e-3f);
-    p = __fadd_rn(__fmul_rn(p, r), 8.3334519073e-3f);
-    p = __fadd_rn(__fmul_rn(p, r), 4.1665795894e-2f);
-    p = __fadd_rn(__fmul_rn(p, r), 1.6666665459e-1f);
-    p = __fadd_rn(__fmul_rn(p, r), 5.0000001201e-1f);
-    float y = __fadd_rn(__fadd_rn(__fmul_rn(__fmul_rn(p, r), r), r), 1.0f);
-    unsigned bits = (unsigned)((int)n + 127) << 23; /* n in [-126, 127] */
-    float scale = __uint_as_float(bits);
-    return x == x ? __fmul_rn(y, scale) : x;
-}
 
 struct HeadSum {
     template <typename T> __device__ __forceinline__ T operator()(T a, T b) const { return a + b; }
@@ -156,7 +138,7 @@ __global__ void ce_row_kernel(float *L, int V, const float *bias, const int32_t 
     __syncthreads(); /* every thread has read l[target] before it is overwritten */
     float s = 0.0f;
     for (int j = tid; j < V; j += nt) {
-        float e = head_expf(__fsub_rn(l[j], mx));
+        float e = cd_expf(__fsub_rn(l[j], mx));
         if (want_grad) l[j] = e;
         s += e;
     }
@@ -316,7 +298,7 @@ __global__ void head_row_kernel(float *L, int V, const float *uniform, float tem
     float S = 0.0f, Sy = 0.0f;
     for (int j = tid; j < V; j += nt) {
         float y = __fmul_rn(__fsub_rn(l[j], mx), inv_score_temp);
-        float e = head_expf(y);
+        float e = cd_expf(y);
         l[j] = e;
         S += e;
         Sy += e * y;

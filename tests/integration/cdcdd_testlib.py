@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import struct
 import signal
 import socket
 import subprocess
@@ -95,6 +96,19 @@ def check(name, fn):
 
 def finish():
     sys.exit(1 if failures else 0)
+
+
+def ckpt_sections(path):
+    """name -> bytes of a cdcd checkpoint's sections (core/ckpt.h layout)."""
+    with open(path, "rb") as f:
+        blob = f.read()
+    assert blob[:8] == b"CDCDCKPT", path
+    _, n, toc = struct.unpack_from("<IIQ", blob, 8)
+    out = {}
+    for i in range(n):
+        name, off, size = struct.unpack_from("<48sQQ", blob, toc + i * 64)
+        out[name.rstrip(b"\0").decode()] = blob[off:off + size]
+    return out
 
 
 def tiny_config(**overrides):

@@ -19,27 +19,17 @@ import json
 import os
 import re
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cdcdd_testlib import CLI, Daemon, Skip, check, finish, make_data_dir, tiny_config  # noqa: E402
+from cdcdd_testlib import CLI, ckpt_sections, Daemon, Skip, check, finish, make_data_dir, tiny_config  # noqa: E402
 
 SECTIONS = ("params", "adam_m", "adam_v", "schedule", "data", "ring_sigma", "ring_loss")
 
 
-def sections(path):
-    with open(path, "rb") as f:
-        blob = f.read()
-    assert blob[:8] == b"CDCDCKPT", path
-    _, n, toc = struct.unpack_from("<IIQ", blob, 8)
-    out = {}
-    for i in range(n):
-        name, off, size = struct.unpack_from("<48sQQ", blob, toc + i * 64)
-        out[name.rstrip(b"\0").decode()] = blob[off:off + size]
-    return out
+sections = ckpt_sections
 
 
 def health_gpus(tmp, data):

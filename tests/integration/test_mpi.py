@@ -30,14 +30,13 @@ import math
 import os
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cdcdd_testlib import CLI, Skip, check, finish, make_data_dir  # noqa: E402
+from cdcdd_testlib import CLI, ckpt_sections, Skip, check, finish, make_data_dir  # noqa: E402
 
 ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
            OMPI_MCA_btl="self,vader", OMPI_MCA_rmaps_base_oversubscribe="1", OPENBLAS_NUM_THREADS="1")
@@ -51,17 +50,7 @@ CONFIG = {"preset": "tiny",
 SECTIONS = ("params", "adam_m", "adam_v", "ema", "schedule", "data", "ring_sigma", "ring_loss")
 
 
-def sections(path):
-    """name -> bytes of a cdcd checkpoint (core/ckpt.h layout)."""
-    with open(path, "rb") as f:
-        blob = f.read()
-    assert blob[:8] == b"CDCDCKPT", path
-    _, n, toc = struct.unpack_from("<IIQ", blob, 8)
-    out = {}
-    for i in range(n):
-        name, off, size = struct.unpack_from("<48sQQ", blob, toc + i * 64)
-        out[name.rstrip(b"\0").decode()] = blob[off:off + size]
-    return out
+sections = ckpt_sections
 
 
 def losses(out):

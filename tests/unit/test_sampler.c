@@ -141,10 +141,10 @@ static void train_toy(void) {
     if (!tok) printf("  toy vocab: %s\n", err);
 }
 
-TEST(test_sampler_grammar_is_learned) {
-    ASSERT(trained_model != NULL);
-    SKIP_IF_FAST("the toy model trains 150 steps, too few to learn the grammar");
-    EXPECTF(final_loss < 1.0, "toy model did not train: loss %.3f", final_loss);
+/* 32 samples of 60 Euler steps from m: at least 3/4 follow the grammar and half are distinct
+ * (256 sentences are possible: a sampler that denoises different noise into different
+ * sentences gives many distinct ones; one that collapses to the mean gives one). */
+static void expect_grammar(cdcd_model *m, const cdcd_schedule *sc, const char *where, double loss) {
     cdcd_sample_params p;
     cdcd_sample_params_default(&p);
     p.n = 32;
@@ -152,17 +152,28 @@ TEST(test_sampler_grammar_is_learned) {
     p.length = SENT_T;
     cdcd_sample_result out;
     char err[256];
-    ASSERT(cdcd_sample(trained_model, &sched, NULL, &p, NULL, NULL, &out, err, sizeof err) == 0);
+    ASSERT(cdcd_sample(m, sc, NULL, &p, NULL, NULL, &out, err, sizeof err) == 0);
     int good = 0;
     for (int i = 0; i < out.n; i++) good += follows_grammar(out.ids + (size_t)i * out.T);
     int distinct = distinct_rows(out.ids, out.n, out.T);
-    printf("  grammar: %d/%d sampled sentences follow the template, %d distinct (loss %.3f)\n", good, out.n,
-           distinct, final_loss);
-    EXPECTF(good >= out.n * 3 / 4, "only %d of %d follow the grammar", good, out.n);
-    /* 256 sentences are possible: a sampler that denoises different noise into different
-     * sentences gives many distinct ones; one that collapses to the mean gives one. */
-    EXPECTF(distinct >= out.n / 2, "only %d distinct sentences of %d", distinct, out.n);
+    printf("  grammar%s: %d/%d sampled sentences follow the template, %d distinct (loss %.3f)\n", where, good,
+           out.n, distinct, loss);
+    EXPECTF(good >= out.n * 3 / 4, "only %d of %d follow the grammar%s", good, out.n, where);
+    EXPECTF(distinct >= out.n / 2, "only %d distinct sentences of %d%s", distinct, out.n, where);
     cdcd_sample_result_free(&out);
+}
+
+TEST(test_sampler_grammar_is_learned) {
+    ASSERT(trained_model != NULL);
+    SKIP_IF_FAST("the toy model trains 150 steps, too few to learn the grammar");
+    EXPECTF(final_loss < 1.0, "toy model did not train: loss %.3f", final_loss);
+    expect_grammar(trained_model, &sched, "", final_loss);
+    cdcd_sample_params p;
+    cdcd_sample_params_default(&p);
+    p.n = 32;
+    p.length = SENT_T;
+    cdcd_sample_result out;
+    char err[256];
     /* Control: the same sampler on the untrained model must fail these checks, so they
      * measure what training and sampling learned, not the template. */
     cdcd_model_config c = toy_config();
@@ -190,21 +201,7 @@ TEST(test_sampler_grammar_on_gpu) {
     train_toy_on(0, &m, &sc, &loss);
     ASSERT(m != NULL);
     EXPECTF(loss < 1.0, "toy model did not train on the GPU: loss %.3f", loss);
-    cdcd_sample_params p;
-    cdcd_sample_params_default(&p);
-    p.n = 32;
-    p.steps = 60;
-    p.length = SENT_T;
-    cdcd_sample_result out;
-    char err[256];
-    ASSERT(cdcd_sample(m, &sc, NULL, &p, NULL, NULL, &out, err, sizeof err) == 0);
-    int good = 0;
-    for (int i = 0; i < out.n; i++) good += follows_grammar(out.ids + (size_t)i * out.T);
-    int distinct = distinct_rows(out.ids, out.n, out.T);
-    printf("  grammar on the GPU: %d/%d follow the template, %d distinct (loss %.3f)\n", good, out.n, distinct, loss);
-    EXPECTF(good >= out.n * 3 / 4, "only %d of %d follow the grammar", good, out.n);
-    EXPECTF(distinct >= out.n / 2, "only %d distinct sentences of %d", distinct, out.n);
-    cdcd_sample_result_free(&out);
+    expect_grammar(m, &sc, " on the GPU", loss);
     cdcd_model_free(m);
 }
 
