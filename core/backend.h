@@ -139,7 +139,7 @@ typedef struct {
     /* etab[v] = emb[v] / |emb[v]| and enorm[v] = |emb[v]| over V rows of E */
     void (*unit_embed_forward)(cdcd_backend *be, float *etab, float *enorm, const float *emb,
                                int V, int E);
-    /* demb (V,E) += the gradient through the normalisation of detab (V,E) */
+    /* demb (V,E) = the gradient through the normalisation of detab (V,E) (written, not added) */
     void (*unit_embed_backward)(cdcd_backend *be, float *demb, const float *detab,
                                 const float *emb, const float *enorm, int V, int E);
     /* x[n] = sqrt(E) etab[ids[n]] + sigma[n / T] noise[n]; x, noise (N,E) */
