@@ -36,7 +36,8 @@ else
   echo "gpu-check: no .debs/ (run scripts/gpu-debs.sh here first, carry .debs): using the system's packages"
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | sed 's/^/gpu: /'
-export CDCD_SHARED_DATA=${CDCD_SHARED_DATA:-$PWD/shared/data}
+if [[ -z ${CDCD_SHARED_DATA:-} && -d .debs/data ]]; then export CDCD_SHARED_DATA=$PWD/.debs/data; fi
+export CDCD_SHARED_DATA=${CDCD_SHARED_DATA:-$PWD/../shared/data}
 
 # ---- 2. build (MPI off: not needed here; the CUDA backend on: nvcc is there)
 BUILD=build-gpu BIN=bin-gpu

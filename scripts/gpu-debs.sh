@@ -2,7 +2,9 @@
 # Fetches, here, the Debian packages the GPU check needs on the lent device machine, which
 # has CUDA, nvcc, gcc and PyTorch but none of Debian's -dev packages and no network: their
 # .deb files go to .debs/ (ignored by git; the device call carries it), and
-# scripts/gpu-check.sh unpacks them into a private sysroot there. Run once before the call:
+# scripts/gpu-check.sh unpacks them into a private sysroot there. The test data the
+# integration test reads (the BERT vocabulary and TinyStories' valid.txt, never test.txt) is
+# copied beside them into .debs/data, since ../shared does not travel. Run once before the call:
 #   scripts/gpu-debs.sh
 # then, with the device tool: run  command="bash scripts/gpu-check.sh"  carry=[".debs"].
 set -euo pipefail
@@ -21,4 +23,8 @@ mkdir -p .debs
 grep -qxF '/.debs/' .git/info/exclude 2>/dev/null || echo '/.debs/' >>.git/info/exclude
 rm -f .debs/*.deb
 (cd .debs && apt-get download "${PKGS[@]}")
-echo "gpu-debs: $(ls .debs/*.deb | wc -l) packages, $(du -sh .debs | cut -f1) in .debs/"
+SHARED=${CDCD_SHARED_DATA:-../shared/data}
+mkdir -p .debs/data/tinystories
+cp "$SHARED/bert-base-uncased-vocab.txt" .debs/data/
+cp "$SHARED/tinystories/valid.txt" .debs/data/tinystories/
+echo "gpu-debs: $(ls .debs/*.deb | wc -l) packages and the test data, $(du -sh .debs | cut -f1) in .debs/"
