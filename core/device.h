@@ -7,7 +7,7 @@
 
 #include <stddef.h>
 
-#define CDCD_DEVICE_SPEC_MAX 16 /* "cuda:63" and room */
+#define CDCD_DEVICE_SPEC_MAX 24 /* "cuda:63", and room for any int after "cuda:" */
 
 /* 0 when spec is one of the forms above (N in [0, CDCD_CUDA_MAX_DEVICES)), else -1 with err.
  * Syntax only: no device is looked for. */
