@@ -199,6 +199,13 @@ cdcd_model *cdcd_model_create_on(const cdcd_model_config *c, int max_batch, int 
                      (size_t)c->n_layers * (2 * sizeof(block_ptrs) + sizeof(layer_acts)) +
                      sizeof *m;
     if (init_params(m, seed) != 0) goto oom;
+    /* a device that failed while creating (its first upload, a memset) is no model to return */
+    const char *be_err = cdcd_backend_error(m->be);
+    if (be_err) {
+        snprintf(err, errlen, "%s", be_err);
+        cdcd_model_free(m);
+        return NULL;
+    }
     return m;
 oom:
     snprintf(err, errlen, "out of memory creating the model (%.1f MB of parameters)",
@@ -274,7 +281,7 @@ int cdcd_model_read(cdcd_model *m, cdcd_model_buffer which, size_t offset, size_
     float *b = buffer_of(m, which);
     if (!b || offset > m->n_params || n > m->n_params - offset || (n && !dst)) return -1;
     m->be->ops->download(m->be, dst, b + offset, n * sizeof(float));
-    return 0;
+    return backend_failed(m) ? -1 : 0; /* a failed device copied nothing: dst is not the buffer */
 }
 
 int cdcd_model_write(cdcd_model *m, cdcd_model_buffer which, size_t offset, size_t n,
@@ -283,7 +290,7 @@ int cdcd_model_write(cdcd_model *m, cdcd_model_buffer which, size_t offset, size
     if (!b || offset > m->n_params || n > m->n_params - offset || (n && !src)) return -1;
     m->be->ops->upload(m->be, b + offset, src, n * sizeof(float));
     if (which == CDCD_MODEL_PARAMS) m->etab_valid = 0;
-    return 0;
+    return backend_failed(m) ? -1 : 0;
 }
 
 const float *cdcd_model_host_view(cdcd_model *m, cdcd_model_buffer which) {
@@ -847,7 +854,10 @@ void cdcd_model_unit_embeddings(cdcd_model *m, float *out) {
 
 float cdcd_model_grad_norm(cdcd_model *m) {
     if (!m->trainable || backend_failed(m)) return NAN;
-    return (float)sqrt(m->be->ops->grad_sqnorm(m->be, m->grads, m->segs, m->n_segs));
+    double s = m->be->ops->grad_sqnorm(m->be, m->grads, m->segs, m->n_segs);
+    /* a device failure found by the reduction's wait reads as 0: not a norm to step with */
+    if (backend_failed(m)) return NAN;
+    return (float)sqrt(s);
 }
 
 float cdcd_adamw_step(cdcd_model *m, const cdcd_adamw_params *p, int64_t t) {
@@ -879,6 +889,7 @@ int cdcd_model_train_step(cdcd_model *m, const cdcd_batch *b, const cdcd_adamw_p
         r.grad_norm = cdcd_adamw_step(m, p, t);
         r.nonfinite = !isfinite(r.grad_norm);
     }
+    if (backend_failed(m)) return -1; /* a device failure is not a non-finite step */
     if (out) *out = r;
     return 0;
 }

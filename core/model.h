@@ -160,7 +160,7 @@ typedef enum {
 } cdcd_model_buffer;
 size_t cdcd_model_param_count(const cdcd_model *m);
 /* Copies floats [offset, offset + n) of a buffer out / in. 0, or -1 (no such buffer, out
- * of range). Writing the parameters drops the tables derived from them (unit embeddings). */
+ * of range, or the device has failed: cdcd_model_error). Writing the parameters drops the tables derived from them (unit embeddings). */
 int cdcd_model_read(cdcd_model *m, cdcd_model_buffer which, size_t offset, size_t n, float *dst);
 int cdcd_model_write(cdcd_model *m, cdcd_model_buffer which, size_t offset, size_t n,
                      const float *src);
@@ -260,7 +260,8 @@ typedef struct {
     int nonfinite;   /* 1 when loss or grad norm was NaN/Inf: the update was skipped */
 } cdcd_train_result;
 
-/* forward_backward + adamw_step. per_seq_loss (B) may be NULL. 0, or -1 on bad args. */
+/* forward_backward + adamw_step. per_seq_loss (B) may be NULL. 0, or -1 on bad args or a
+ * device failure (cdcd_model_error). */
 int cdcd_model_train_step(cdcd_model *m, const cdcd_batch *b, const cdcd_adamw_params *p,
                           int64_t t, float *per_seq_loss, cdcd_train_result *out);
 

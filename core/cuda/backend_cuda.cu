@@ -39,6 +39,7 @@ void *cu_alloc(cdcd_backend *be, size_t bytes) {
 void cu_free(cdcd_backend *be, void *p) {
     cuda_backend *b = cu_of(be);
     if (!p) return;
+    cudaSetDevice(b->device); /* frees run even after a failure, so not through cu_dead */
     cudaStreamSynchronize(b->stream); /* no kernel may still use it */
     cudaFree(p);
 }
@@ -52,8 +53,13 @@ void cu_zero(cdcd_backend *be, void *dst, size_t bytes) {
 void cu_upload(cdcd_backend *be, void *dst, const void *src, size_t bytes) {
     cuda_backend *b = cu_of(be);
     if (cu_dead(b) || !bytes) return;
-    /* from pageable memory the copy is staged before the call returns: src may change after */
     CU_CHECK(b, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, b->stream));
+    /* The callers reuse or free src as soon as this returns (init_params refills one host
+     * buffer per tensor, a checkpoint's reader is closed right after cdcd_model_write). The
+     * runtime documents cudaMemcpyAsync from pageable memory only as "might be synchronous"
+     * (the staging-before-return promise is cudaMemcpy's, which would not be ordered on this
+     * non-blocking stream), so wait for the copy: src is then free to change. */
+    CU_CHECK(b, cudaStreamSynchronize(b->stream));
 }
 
 void cu_download(cdcd_backend *be, void *dst, const void *src, size_t bytes) {

@@ -45,8 +45,23 @@ static inline cuda_backend *cu_of(cdcd_backend *be) { return (cuda_backend *)be;
 
 /* Records the first failure (what failed, and why). */
 void cu_fail(cuda_backend *b, const char *what, const char *why);
-/* 1 when b has failed (the op must return at once). */
-static inline int cu_dead(cuda_backend *b) { return b->failed; }
+/* 1 when b has failed (the op must return at once). Otherwise makes b's GPU the calling
+ * thread's current device: the current device is per host thread and the last backend
+ * created on a thread sets it, while a kernel launched onto a stream of another device
+ * fails; every op (and alloc) starts here, so each one runs on its backend's GPU whichever
+ * thread calls it and whatever other backends that thread created since. */
+static inline int cu_dead(cuda_backend *b) {
+    if (b->failed) return 1;
+    int cur = -1;
+    if (cudaGetDevice(&cur) != cudaSuccess || cur != b->device) {
+        cudaError_t e = cudaSetDevice(b->device);
+        if (e != cudaSuccess) {
+            cu_fail(b, "cudaSetDevice", cudaGetErrorString(e));
+            return 1;
+        }
+    }
+    return 0;
+}
 
 #define CU_CHECK(b, call)                                                      \
     do {                                                                       \

@@ -84,14 +84,13 @@ static int layout(cuda_backend *b, cublasLtMatrixLayout_t *l, int rows, int cols
     return 0;
 }
 
-/* The plan of a problem, made on first use. NULL after a failure (recorded in b). */
+/* The plan of a problem, made on first use. NULL after a failure (recorded in b). Called
+ * with plans_mu held, and the plan is used under it too: another backend's thread may
+ * evict (destroy) any entry as soon as the lock is released. */
 static gemm_plan *plan_for(cuda_backend *b, const gemm_key *k) {
-    pthread_mutex_lock(&plans_mu);
     for (int i = 0; i < GEMM_CACHE; i++)
-        if (plans[i].used && plans[i].device == b->device && memcmp(&plans[i].key, k, sizeof *k) == 0) {
-            pthread_mutex_unlock(&plans_mu);
+        if (plans[i].used && plans[i].device == b->device && memcmp(&plans[i].key, k, sizeof *k) == 0)
             return &plans[i];
-        }
     gemm_plan *p = &plans[plans_next];
     plans_next = (plans_next + 1) % GEMM_CACHE;
     if (p->used) { /* evict the oldest */
@@ -138,7 +137,6 @@ static gemm_plan *plan_for(cuda_backend *b, const gemm_key *k) {
     p->algo = res.algo;
     p->used = 1;
     cublasLtMatmulPreferenceDestroy(pref);
-    pthread_mutex_unlock(&plans_mu);
     return p;
 fail:
     if (pref) cublasLtMatmulPreferenceDestroy(pref);
@@ -147,8 +145,18 @@ fail:
     if (p->lb) cublasLtMatrixLayoutDestroy(p->lb);
     if (p->lc) cublasLtMatrixLayoutDestroy(p->lc);
     memset(p, 0, sizeof *p);
-    pthread_mutex_unlock(&plans_mu);
     return NULL;
+}
+
+/* What cuBLASLt may assume of an operand's alignment: that of its pointer, and, for a
+ * strided batch, also of every later matrix (the batch stride in bytes). */
+static int operand_alignment(const void *p, long long stride, int batch) {
+    int al = alignment(p);
+    if (batch > 1) {
+        int as = alignment((const void *)(uintptr_t)((unsigned long long)stride * sizeof(float)));
+        if (as < al) al = as;
+    }
+    return al;
 }
 
 void cu_gemm_strided_batched(cuda_backend *b, int trans_a, int trans_b, int M, int N, int K, float alpha,
@@ -165,12 +173,16 @@ void cu_gemm_strided_batched(cuda_backend *b, int trans_a, int trans_b, int M, i
     k.trans_a = trans_a != 0, k.trans_b = trans_b != 0, k.M = M, k.N = N, k.K = K;
     k.lda = lda, k.ldb = ldb, k.ldc = ldc, k.batch = batch;
     k.sa = batch > 1 ? stride_a : 0, k.sb = batch > 1 ? stride_b : 0, k.sc = batch > 1 ? stride_c : 0;
-    k.align_a = alignment(A), k.align_b = alignment(B), k.align_c = alignment(C);
+    k.align_a = operand_alignment(A, k.sa, batch), k.align_b = operand_alignment(B, k.sb, batch);
+    k.align_c = operand_alignment(C, k.sc, batch);
     k.beta_zero = beta == 0.0f;
+    pthread_mutex_lock(&plans_mu);
     gemm_plan *p = plan_for(b, &k);
-    if (!p) return;
-    cublasStatus_t s = cublasLtMatmul(b->lt, p->desc, &alpha, B, p->la, A, p->lb, &beta, C, p->lc, C, p->lc, &p->algo,
-                                      b->lt_workspace, CU_LT_WORKSPACE, b->stream);
+    cublasStatus_t s = CUBLAS_STATUS_SUCCESS;
+    if (p) /* only enqueues: cheap to hold the lock over */
+        s = cublasLtMatmul(b->lt, p->desc, &alpha, B, p->la, A, p->lb, &beta, C, p->lc, C, p->lc, &p->algo,
+                           b->lt_workspace, CU_LT_WORKSPACE, b->stream);
+    pthread_mutex_unlock(&plans_mu);
     if (s != CUBLAS_STATUS_SUCCESS) cu_fail(b, "cublasLtMatmul", lt_status(s));
 }
 

@@ -70,9 +70,13 @@ void cu_adamw(cdcd_backend *be, float *w, const float *g, float *m, float *v, co
         return;
     }
     CU_CHECK(b, cudaMemcpyAsync(b->d_segs, segs, sizeof *segs * (size_t)n_segs, cudaMemcpyHostToDevice, b->stream));
-    dim3 grid(cu_blocks(CDCD_BACKEND_SEGMENT, CU_THREADS), (unsigned)n_segs);
-    adamw_kernel<<<grid, CU_THREADS, 0, b->stream>>>(w, g, m, v, b->d_segs, *p);
-    CU_LAUNCHED(b, "adamw_kernel");
+    /* grid.y is at most 65535: a model of more segments (> ~4e9 parameters) runs in slices */
+    for (int s0 = 0; s0 < n_segs; s0 += 65535) {
+        int ns = n_segs - s0 < 65535 ? n_segs - s0 : 65535;
+        dim3 grid(cu_blocks(CDCD_BACKEND_SEGMENT, CU_THREADS), (unsigned)ns);
+        adamw_kernel<<<grid, CU_THREADS, 0, b->stream>>>(w, g, m, v, b->d_segs + s0, *p);
+        CU_LAUNCHED(b, "adamw_kernel");
+    }
 }
 
 static unsigned grid_for(size_t n) {
